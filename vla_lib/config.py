@@ -1,0 +1,284 @@
+"""One configuration system for the CLI, the notebooks and papermill.
+
+A run is described by `RunConfig`, a tree of dataclasses. A YAML parameter file has one mapping per section
+(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`) plus a few top-level keys; papermill's
+`-f params/x.yaml` injects the same sections as notebook variables, and `RunConfig.from_dict` turns them back into
+dataclasses. CLI flags (including the seed's) are dotted overrides applied on top (see `cli.py`).
+Unknown keys are errors, never silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vla_lib.models.configuration_policy import PolicyConfig
+
+
+class ConfigError(ValueError):
+    """A parameter file or flag that does not fit the configuration."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class SyntheticConfig:
+    """The synthetic recorder (the embedded default dataset)."""
+
+    out_dir: str = "outputs/demo/sessions"
+    num_sensor_sessions: int = 4  # recv_all_* (Family A), split over the two priority groups
+    num_nosensor_sessions: int = 2  # Captures* / ZED_Captures_* (Family B)
+    duration_s: float = 20.0
+    image_width: int = 1280
+    image_height: int = 720
+    camera_hz: float = 2.0
+    sensor_hz: float = 650.0
+    robot_hz: float = 100.0
+    seed: int = 0
+
+
+@dataclass
+class GroupConfig:
+    """A dataset group: a glob of session folders under `data.root`, a sampling weight and an instruction."""
+
+    name: str
+    glob: str
+    instruction: str
+    weight: float = 1.0
+
+
+def _default_groups() -> list[GroupConfig]:
+    return [
+        GroupConfig("White_silicone_white_circle", "White_silicone_white_circle/recv_all_*",
+                    "Insert into the white square silicone with a white circle sticker attached", 2.0),
+        GroupConfig("Needle_insertion_eye_trocar", "Needle_insertion_eye_trocar/recv_all_*",
+                    "Insert the needle through the trocar into the eye phantom model", 2.0),
+        GroupConfig("OCT_insertion", "OCT_insertion/Captures*", "Perform the insertion task", 1.0),
+        GroupConfig("part1", "part1/ZED_Captures_*", "Perform the insertion task", 1.0),
+    ]
+
+
+@dataclass
+class DataConfig:
+    """Where sessions are and how training samples are cut from them (all times in seconds)."""
+
+    root: str = "outputs/demo/sessions"
+    groups: list[GroupConfig] = field(default_factory=_default_groups)
+    # Canonical view keys (see data.recorder_formats.VIEW_KEYS); the original's inference used these five.
+    views: list[str] = field(default_factory=lambda: ["View1_left", "View2_left", "View3_left", "View4_left", "View5"])
+    sensor_enabled: bool = True
+    anchor_stride_s: float = 0.1
+    sensor_window_s: float = 0.1
+    sensor_window_size: int = 65  # points of the fixed resampling grid (65 = 100 ms at 650 Hz)
+    sensor_max_gap_s: float = 0.006  # a grid point farther than this from any raw sample is marked invalid
+    horizon: int = 8
+    action_dt_s: float = 0.1
+    chunk_past_end: str = "drop"  # "drop" anchors whose chunk runs past the episode, or "pad" (+ target mask)
+    gripper_value: float = 1.0  # 7th action dimension: constant, as in the original; excluded from loss/metrics
+    val_fraction: float = 0.2
+    split_seed: int = 42
+    val_sessions: list[str] = field(default_factory=list)  # explicit override of the seeded split
+    max_sessions: int = 0  # 0 = all; for quick looks
+
+
+@dataclass
+class BackboneConfig:
+    """The frozen VL backbone: a hub id, a local path, or "tiny" (built offline on demand)."""
+
+    name_or_path: str = "tiny"
+    revision: str | None = None
+    random_weights: bool = False  # build the architecture from its config without weights (GPU timing)
+    tiny_model_dir: str = "outputs/models/tiny-qwen2.5-vl"
+    dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    attn_implementation: str = "sdpa"
+    device: str = "auto"
+    image_resize_height: int = 360
+    image_resize_width: int = 640  # pixel budget = height * width (min = max, as the seed)
+
+
+@dataclass
+class CacheConfig:
+    """The VL feature store."""
+
+    dir: str = "outputs/demo/vl_cache"
+    pooling: str = "per_view"  # "per_view": V view tokens + 1 instruction token; "mean_all": the original's 1 token
+    batch_size: int = 4
+    num_workers: int = 0
+    shard_size: int = 256  # samples per shard file (and per flush: a killed build loses at most this many)
+    allow_inline_encoding: bool = False  # training on a cache miss: error (default) or encode inline
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/demo/train"
+    epochs: int = 100
+    batch_size: int = 1
+    grad_accum_steps: int = 8
+    lr: float = 1e-4
+    sensor_lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_ratio: float = 0.03
+    hold_ratio: float = 0.02
+    weight_decay: float = 0.01
+    clip_grad_norm: float = 1.0
+    sensor_loss_weight: float = 2.0
+    nonsensor_confidence: float = 0.5  # the original's confidence idea: samples without sensor count less
+    seed: int = 42
+    num_workers: int = 0
+    save_every_steps: int = 0  # 0 = only at epoch ends
+    max_steps: int = 0  # 0 = no limit (used by tests to stop early)
+    mixed_precision: str = "auto"  # auto = bf16 autocast on CUDA, none on CPU
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "vla-stage1"
+    finetune_vl: str = "none"  # Stage 1 only: the backbone stays frozen
+    training_stage: str = "stage1"
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""  # default: <train.output_dir>/checkpoints/qwen_vla_sensor_best.pt
+    realtime_duration_s: float = 10.0
+    realtime_vl_rate_hz: float = 0.0  # 0 = as fast as it can
+    action_rate_hz: float = 10.0
+    latency_views: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
+    latency_resolutions: list[list[int]] = field(
+        default_factory=lambda: [[1280, 720], [960, 540], [640, 360], [480, 270]])
+    latency_repeats: int = 5
+    latency_warmup: int = 2
+
+
+@dataclass
+class RunConfig:
+    run_name: str = "demo"
+    output_root: str = "outputs"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    model: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_root) / self.run_name
+
+    # -- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        return _build(cls, values or {}, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"parameter file not found: {path}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        try:
+            return cls.from_dict(values)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        """Apply dotted overrides ({"train.lr": 1e-3}); values are type-checked like YAML values."""
+        values = self.to_dict()
+        for dotted, value in overrides.items():
+            node = values
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"unknown parameter '{dotted}'")
+                node = node[p]
+            if leaf not in node:
+                raise ConfigError(f"unknown parameter '{dotted}'")
+            node[leaf] = value
+        return RunConfig.from_dict(values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Typed construction from plain dicts (YAML, papermill, JSON in checkpoints)
+# ---------------------------------------------------------------------------------------------------------------
+def _build(cls: type, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"'{where or cls.__name__}' must be a mapping, got {type(values).__name__}")
+    if hasattr(cls, "expand_preset"):
+        values = cls.expand_preset(values)
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(where + k for k in unknown)}; known: {sorted(known)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in values.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def _coerce(tp: Any, value: Any, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return _build(tp, value, where + ".")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{where}' must be a list, got {value!r}")
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"'{where}' must be true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"'{where}' must be a number, got {value!r}")
+        try:
+            number = float(value) if tp is float else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"'{where}' must be {'a number' if tp is float else 'an integer'}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != int(value):
+            raise ConfigError(f"'{where}' must be an integer, got {value!r}")
+        return number
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"'{where}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a (nested) config, used in cache keys and fingerprints."""
+    import hashlib
+
+    payload = json.dumps(asdict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,70 @@
+"""Normalisation statistics, computed on the training split only, saved as JSON beside the run and in checkpoints."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+QUANTILES = (0.01, 0.5, 0.99)
+
+
+@dataclass
+class NormStats:
+    action_mean: list[float]
+    action_std: list[float]
+    action_quantiles: dict[str, list[float]]
+    force_mean: float
+    force_std: float
+    aline_mean: list[float]  # per A-line point
+    aline_std: list[float]
+    sessions: list[str]  # the training sessions they came from
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "NormStats":
+        return cls(**json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "NormStats":
+        return cls(**values)
+
+    def action_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.action_mean, np.float32), np.asarray(self.action_std, np.float32)
+
+    def sensor_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.concatenate([[self.force_mean], self.aline_mean]).astype(np.float32)
+        std = np.concatenate([[self.force_std], self.aline_std]).astype(np.float32)
+        return mean, std
+
+
+def compute_stats(train_index, max_rows_per_session: int = 20000, min_std: float = 1e-3) -> NormStats:
+    """Actions from the training samples (masked steps excluded); force and A-line from the raw sensor rows of the
+    training sessions (strided, so a long session costs the same as a short one)."""
+    valid = train_index.target_mask
+    actions = train_index.targets[valid]  # (M, 7)
+    # A constant dimension (the gripper) gets std 1 so that normalising it is the identity shift, not a blow-up.
+    std = actions.std(0)
+    std = np.where(std < min_std, 1.0, std)
+    quant = {str(q): np.quantile(actions, q, axis=0).tolist() for q in QUANTILES}
+    forces, alines = [], []
+    for session in train_index.sessions.values():
+        if session.sensor is None:
+            continue
+        n = len(session.sensor.times)
+        step = max(1, n // max_rows_per_session)
+        f = np.asarray(session.sensor.forces[::step], np.float64)
+        a = np.asarray(session.sensor.alines[::step], np.float64)
+        ok = np.isfinite(f) & np.isfinite(a).all(1)
+        forces.append(f[ok]), alines.append(a[ok])
+    if forces:
+        f, a = np.concatenate(forces), np.concatenate(alines)
+        fm, fs, am, as_ = float(f.mean()), float(max(f.std(), min_std)), a.mean(0), np.maximum(a.std(0), min_std)
+    else:  # no sensor in training: identity normalisation
+        fm, fs, am, as_ = 0.0, 1.0, np.zeros(1025), np.ones(1025)
+    return NormStats(actions.mean(0).tolist(), std.tolist(), quant, fm, fs, am.tolist(), as_.tolist(),
+                     sorted(train_index.sessions))

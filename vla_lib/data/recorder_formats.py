@@ -1,0 +1,307 @@
+"""Readers for the real recorder's on-disk layouts (original_system.md §1.2, §1.3).
+
+Family A, sensor sessions `recv_all_YYYYMMDD_HHMMSS/`:
+    View1..View4/{left,right}/<cam>_<ts>.jpg, View5/<oak>_<ts>.jpg, robot_state_*.csv,
+    sensor_data_<session>_<firstTs>.npz {timestamps, send_timestamps, forces, alines (N,1025)}
+Family B, no-sensor sessions `Captures{i}` / `ZED_Captures_{i}th`:
+    view1..view4/{left,right}/*.jpg, optional view5_oak/*.jpg, robot_rt_*.csv (epoch_s|timestamp, joint_angle_1..6,
+    EE_x..EE_r)
+Optional in both: `clock_offsets.json` {"camera_s": .., "sensor_s": ..}, seconds to add to that stream's stamps to put
+it on the robot clock (the original receiver measured the sensor offset but only printed it; our recorder keeps it).
+
+Everything is read straight from the session folder. Sensor arrays are memory-mapped, never loaded whole.
+A broken file raises `DataError` naming it; the dataset builder turns that into a reported skip.
+"""
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ALINE_POINTS = 1025
+VIEW_KEYS = [f"View{i}_{s}" for i in range(1, 5) for s in ("left", "right")] + ["View5"]
+_TS_IN_NAME = re.compile(r"_(\d+(?:\.\d+)?)\.jpe?g$", re.IGNORECASE)
+
+
+class DataError(RuntimeError):
+    """Bad input: always names the file (or folder) at fault."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class FrameList:
+    """One camera view: capture timestamps (sender clock, sorted) and the JPEG paths."""
+
+    times: np.ndarray
+    paths: list[Path]
+
+
+@dataclass
+class SensorStream:
+    path: Path
+    times: np.ndarray  # (N,) float64, sensor clock
+    send_times: np.ndarray
+    forces: np.ndarray  # (N,) float32, memory-mapped
+    alines: np.ndarray  # (N, 1025) float32, memory-mapped
+
+
+@dataclass
+class Session:
+    path: Path
+    layout: str  # "recv_all" or "captures"
+    robot_times: np.ndarray  # (N,) float64, robot clock (origin timestamps)
+    pose: np.ndarray  # (N, 6) float64: x, y, z mm; a, b, r deg
+    joints: np.ndarray  # (N, 6)
+    frames: dict[str, FrameList]
+    sensor: SensorStream | None
+    robot_recv_times: np.ndarray | None = None  # receiver clock, when the CSV has it
+    clock_offsets: dict[str, float] = field(default_factory=dict)
+    issues: list[tuple[str, str]] = field(default_factory=list)  # (file, what was skipped and why)
+
+    @property
+    def session_id(self) -> str:
+        return self.path.name
+
+    @property
+    def has_sensor(self) -> bool:
+        return self.sensor is not None
+
+    def camera_offset(self) -> float:
+        return float(self.clock_offsets.get("camera_s", 0.0))
+
+    def sensor_offset(self) -> float:
+        return float(self.clock_offsets.get("sensor_s", 0.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def detect_layout(path: Path) -> str:
+    if path.name.startswith("recv_all_") or any(path.glob("robot_state_*.csv")):
+        return "recv_all"
+    if any(path.glob("robot_rt_*.csv")) or re.match(r"(ZED_)?Captures", path.name):
+        return "captures"
+    raise DataError(path, "not a recorder session (no robot_state_*.csv or robot_rt_*.csv)")
+
+
+def read_session(path: str | Path, check_images: bool = True) -> Session:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(path, "session folder does not exist")
+    layout = detect_layout(path)
+    issues: list[tuple[str, str]] = []
+    if layout == "recv_all":
+        robot_t, pose, joints, recv_t = read_robot_state_csv(_one(path, "robot_state_*.csv"), issues)
+        frames = _read_views(path, {f"View{i}_{s}": f"View{i}/{s}" for i in range(1, 5) for s in ("left", "right")}
+                             | {"View5": "View5"}, check_images, issues)
+        npz = sorted(path.glob("sensor_data_*.npz"))
+        sensor = read_sensor_npz(npz[0]) if npz else None
+        if not npz:
+            issues.append((str(path), "no sensor_data_*.npz: session has no sensor"))
+    else:
+        robot_t, pose, joints, recv_t = read_robot_rt_csv(_one(path, "robot_rt_*.csv"), issues)
+        frames = _read_views(path, {f"View{i}_{s}": f"view{i}/{s}" for i in range(1, 5) for s in ("left", "right")}
+                             | {"View5": "view5_oak"}, check_images, issues)
+        sensor = None
+    if not any(len(f.times) for f in frames.values()):
+        raise DataError(path, "no camera frames in any view")
+    offsets_file = path / "clock_offsets.json"
+    offsets = json.loads(offsets_file.read_text()) if offsets_file.exists() else {}
+    return Session(path, layout, robot_t, pose, joints, frames, sensor, recv_t, offsets, issues)
+
+
+def _one(path: Path, pattern: str) -> Path:
+    found = sorted(path.glob(pattern))
+    if not found:
+        raise DataError(path, f"no {pattern} in session folder (empty or incomplete session)")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Robot state CSVs
+# ---------------------------------------------------------------------------------------------------------------
+RECV_ALL_POSE = ["pose_x", "pose_y", "pose_z", "pose_a", "pose_b", "pose_r"]
+RECV_ALL_JOINTS = [f"joint_{i}" for i in range(1, 7)]
+CAPTURES_POSE = ["EE_x", "EE_y", "EE_z", "EE_a", "EE_b", "EE_r"]
+CAPTURES_JOINTS = [f"joint_angle_{i}" for i in range(1, 7)]
+
+
+def read_robot_state_csv(path: Path, issues: list) -> tuple:
+    df = _read_csv(path, ["origin_timestamp", *RECV_ALL_JOINTS, *RECV_ALL_POSE])
+    df = _drop_nan_rows(df, path, issues)
+    t = df["origin_timestamp"].to_numpy(np.float64)
+    _check_increasing(t, path)
+    recv = df["recv_timestamp"].to_numpy(np.float64) if "recv_timestamp" in df else None
+    return t, df[RECV_ALL_POSE].to_numpy(np.float64), df[RECV_ALL_JOINTS].to_numpy(np.float64), recv
+
+
+def read_robot_rt_csv(path: Path, issues: list) -> tuple:
+    df = _read_csv(path, [*CAPTURES_JOINTS, *CAPTURES_POSE])
+    time_col = "epoch_s" if "epoch_s" in df else "timestamp" if "timestamp" in df else None
+    if time_col is None:
+        raise DataError(path, "no time column (expected 'epoch_s' or 'timestamp')")
+    df = _drop_nan_rows(df, path, issues)
+    t = df[time_col].to_numpy(np.float64)
+    _check_increasing(t, path)
+    return t, df[CAPTURES_POSE].to_numpy(np.float64), df[CAPTURES_JOINTS].to_numpy(np.float64), None
+
+
+def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(path, f"unreadable CSV: {e}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(path, f"missing columns {missing}")
+    if len(df) < 2:
+        raise DataError(path, f"only {len(df)} rows")
+    try:
+        return df.apply(pd.to_numeric, errors="raise")
+    except ValueError as e:
+        raise DataError(path, f"non-numeric value: {e}") from None
+
+
+def _drop_nan_rows(df: pd.DataFrame, path: Path, issues: list) -> pd.DataFrame:
+    bad = df.isna().any(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad.to_numpy())
+        issues.append((str(path), f"dropped {len(rows)} row(s) with NaN (first data rows {rows[:5].tolist()})"))
+        df = df[~bad]
+    if len(df) < 2:
+        raise DataError(path, "fewer than 2 valid rows after dropping NaN rows")
+    return df
+
+
+def _check_increasing(t: np.ndarray, path: Path) -> None:
+    back = np.flatnonzero(np.diff(t) <= 0)
+    if len(back):
+        i = int(back[0])
+        raise DataError(path, f"timestamps not increasing at row {i + 1} ({t[i]:.3f} -> {t[i + 1]:.3f}); "
+                              f"{len(back)} such step(s)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Camera folders
+# ---------------------------------------------------------------------------------------------------------------
+def _read_views(session: Path, folders: dict[str, str], check_images: bool, issues: list) -> dict[str, FrameList]:
+    frames = {}
+    for key, rel in folders.items():
+        folder = session / rel
+        if not folder.is_dir():
+            # Right images are optional in the real recorder; report, mask later.
+            issues.append((str(folder), "view folder missing: slot masked"))
+            frames[key] = FrameList(np.zeros(0), [])
+            continue
+        items = []
+        for p in folder.iterdir():
+            if p.suffix.lower() not in (".jpg", ".jpeg"):
+                continue
+            m = _TS_IN_NAME.search(p.name)
+            if not m:
+                issues.append((str(p), "no timestamp in file name: skipped"))
+                continue
+            if check_images:
+                problem = jpeg_problem(p)
+                if problem:
+                    issues.append((str(p), f"{problem}: frame skipped"))
+                    continue
+            items.append((float(m.group(1)), p))
+        items.sort()
+        frames[key] = FrameList(np.array([t for t, _ in items], np.float64), [p for _, p in items])
+    return frames
+
+
+def jpeg_problem(path: Path) -> str | None:
+    """Cheap structural check (start and end markers) so that a truncated JPEG is found without decoding it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 2))
+            tail = f.read(2)
+    except OSError as e:
+        return f"unreadable ({e})"
+    if head != b"\xff\xd8":
+        return "not a JPEG (bad start marker)"
+    if tail != b"\xff\xd9":
+        return "truncated JPEG (no end marker)"
+    return None
+
+
+def load_image(path: Path):
+    """Decode one frame; a corrupt file raises DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(path, f"corrupt image: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sensor NPZ, memory-mapped
+# ---------------------------------------------------------------------------------------------------------------
+def read_sensor_npz(path: Path) -> SensorStream:
+    keys = ("timestamps", "send_timestamps", "forces", "alines")
+    try:
+        arrays = {k: npz_memmap(path, k) for k in keys}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise DataError(path, f"unreadable or truncated NPZ: {e}") from None
+    n = len(arrays["timestamps"])
+    if n < 2:
+        raise DataError(path, f"only {n} sensor samples")
+    for k in ("send_timestamps", "forces"):
+        if arrays[k].shape != (n,):
+            raise DataError(path, f"'{k}' has shape {arrays[k].shape}, expected ({n},)")
+    if arrays["alines"].ndim != 2 or arrays["alines"].shape != (n, ALINE_POINTS):
+        raise DataError(path, f"'alines' has shape {arrays['alines'].shape}, expected ({n}, {ALINE_POINTS})")
+    t = np.asarray(arrays["timestamps"], np.float64)
+    _check_increasing(t, path)
+    return SensorStream(path, t, np.asarray(arrays["send_timestamps"], np.float64), arrays["forces"],
+                        arrays["alines"])
+
+
+def npz_memmap(path: Path, key: str) -> np.ndarray:
+    """Memory-map one array of an uncompressed `np.savez` file (np.load ignores mmap_mode for .npz).
+
+    Written by hand because numpy offers no mmap for zip members; a compressed member falls back to a full read.
+    """
+    with zipfile.ZipFile(path) as zf:
+        try:
+            info = zf.getinfo(f"{key}.npy")
+        except KeyError:
+            raise ValueError(f"no array '{key}' (has {[n[:-4] for n in zf.namelist()]})") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            with zf.open(info) as f:
+                return np.lib.format.read_array(f)
+        with open(path, "rb") as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"bad local header for '{key}'")
+            name_len = int.from_bytes(local[26:28], "little")
+            extra_len = int.from_bytes(local[28:30], "little")
+            start = info.header_offset + 30 + name_len + extra_len
+            raw.seek(start)
+            version = np.lib.format.read_magic(raw)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(raw)
+            offset = raw.tell()
+            raw.seek(0, 2)
+            needed = offset + int(np.prod(shape)) * dtype.itemsize
+            if raw.tell() < needed:
+                raise EOFError(f"'{key}' truncated ({raw.tell()} bytes, need {needed})")
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")

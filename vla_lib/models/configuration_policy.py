@@ -1,0 +1,64 @@
+"""Configuration of the Stage-1 heads (SensorEncoder + Action Expert), with named presets.
+
+`original` reproduces the original system's shapes exactly (SensorEncoder 47,238,656 parameters, concat expert
+72,448,007; original_system.md §4) with our fixes that add no parameters left on; `original_exact` also turns the
+fixes off (no sensor positional encoding, raw force/A-line) for like-for-like comparisons. `small` is the CPU demo.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FUSIONS = ("concat", "cross_attention", "gated", "none")
+
+
+@dataclass
+class PolicyConfig:
+    preset: str = ""  # when set, the preset's values fill every field the YAML does not give
+    action_dim: int = 7
+    horizon: int = 8
+    vl_dim: int = 2048  # hidden size of the backbone; train/inference take it from the feature store
+    sensor_enabled: bool = True
+    sensor_channels: int = 1026  # 1 force + 1025 A-line
+    sensor_length: int = 65
+    sensor_conv_channels: list[int] = field(default_factory=lambda: [512, 1024, 1024, 1024])
+    sensor_dim: int = 1024
+    sensor_layers: int = 2
+    sensor_heads: int = 8
+    sensor_ff: int = 4096
+    sensor_output_dim: int = 3072
+    # Fixes on by default (README lists them). Neither adds parameters, so the `original` preset keeps its counts.
+    sensor_positional_encoding: bool = True  # the original's sensor transformer had no notion of time order
+    normalize_sensor_inputs: bool = True  # force (~-3) and A-line standardised with the training-split stats
+    fusion: str = "concat"
+    expert_hidden: int = 1024
+    expert_layers: int = 4
+    expert_heads: int = 8
+    expert_ff: int = 4096
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        from vla_lib.config import ConfigError
+
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.preset and self.preset not in PRESETS:
+            raise ConfigError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.sensor_dim % self.sensor_heads or self.expert_hidden % self.expert_heads:
+            raise ConfigError("model: hidden sizes must be divisible by their head counts")
+
+    @classmethod
+    def expand_preset(cls, values: dict) -> dict:
+        """Called by the config loader: fields given explicitly win over the preset's."""
+        name = values.get("preset") or ""
+        return {**PRESETS.get(name, {}), **values}
+
+
+PRESETS: dict[str, dict] = {
+    "original": {},  # the dataclass defaults are the original's shapes
+    "original_exact": {"sensor_positional_encoding": False, "normalize_sensor_inputs": False},
+    "small": {
+        "sensor_conv_channels": [64, 128, 128, 128], "sensor_dim": 128, "sensor_layers": 1, "sensor_heads": 4,
+        "sensor_ff": 256, "sensor_output_dim": 256, "expert_hidden": 128, "expert_layers": 2, "expert_heads": 4,
+        "expert_ff": 256, "dropout": 0.0,
+    },
+}

@@ -1,0 +1,47 @@
+"""The main job: run the numbered notebooks with papermill from one parameter file into outputs/<run>/."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from vla_lib.config import RunConfig
+from vla_lib.notebook import repo_root
+
+NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency"]
+
+
+def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
+    """Write the synthetic sessions unless the data root already holds sessions (build on demand, never commit)."""
+    from vla_lib.data.synthetic import generate_dataset
+
+    root = Path(cfg.data.root)
+    if not force and root.exists() and any(root.glob("*/*")):
+        return []
+    if Path(cfg.synthetic.out_dir).resolve() != root.resolve():
+        raise ValueError(f"data.root ({root}) is empty and is not synthetic.out_dir ({cfg.synthetic.out_dir}): "
+                         "point data.root at your recordings, or at the synthetic output")
+    return generate_dataset(cfg.synthetic)
+
+
+def run_notebooks(params_file: str, only: list[str] | None = None, log=print) -> Path:
+    import papermill as pm
+
+    root = repo_root()
+    params = yaml.safe_load((root / params_file).read_text()) or {}
+    cfg = RunConfig.from_dict(params)
+    out = root / cfg.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for name in NOTEBOOKS:
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        src = root / "notebooks" / f"{name}.ipynb"
+        if not src.exists():
+            continue
+        start = time.time()
+        log(f"[demo] {name} ...")
+        pm.execute_notebook(str(src), str(out / f"{name}.ipynb"), parameters={"params_file": params_file, **params},
+                            cwd=str(root), kernel_name="python3", progress_bar=False)
+        log(f"[demo] {name} done in {time.time() - start:.0f} s -> {out / (name + '.ipynb')}")
+    return out
