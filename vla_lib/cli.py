@@ -1,0 +1,132 @@
+"""Command line: `python -m vla_lib --mode MODE [--params file.yaml] [flags]`, also under `accelerate launch -m vla_lib`
+and `torchrun -m vla_lib`.
+
+Modes: synth (write synthetic sessions), audit, cache (build the VL feature store), verify (check the store),
+train (Stage 1), eval (offline metrics, real-time replay, latency), demo (the notebooks via papermill).
+The seed's flags are accepted as written in the guide; each maps onto one field of the same dataclass config the
+notebooks use (flags override the YAML). Unknown flags and bad values are errors.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vla_lib.config import ConfigError, RunConfig
+
+MODES = ("synth", "audit", "cache", "verify", "train", "eval", "demo")
+
+# flag -> (config fields it sets, type). A store_true flag has type None.
+FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
+    "--sensor-enabled": (("data.sensor_enabled", "model.sensor_enabled"), None),
+    "--sensor-window-size": (("data.sensor_window_size", "model.sensor_length"), int),
+    "--sensor-temporal-length": (("model.sensor_length",), int),
+    "--sensor-input-channels": (("model.sensor_channels",), int),
+    "--sensor-output-dim": (("model.sensor_output_dim",), int),
+    "--fusion-strategy": (("model.fusion",), str),
+    "--image-resize-height": (("backbone.image_resize_height",), int),
+    "--image-resize-width": (("backbone.image_resize_width",), int),
+    "--model": (("backbone.name_or_path",), str),
+    "--random-weights": (("backbone.random_weights",), None),
+    "--finetune-vl": (("train.finetune_vl",), str),
+    "--training-stage": (("train.training_stage",), str),
+    "--batch-size": (("train.batch_size",), int),
+    "--grad-accum-steps": (("train.grad_accum_steps",), int),
+    "--lr": (("train.lr",), float),
+    "--min-lr": (("train.min_lr",), float),
+    "--sensor-lr": (("train.sensor_lr",), float),
+    "--warmup-ratio": (("train.warmup_ratio",), float),
+    "--hold-ratio": (("train.hold_ratio",), float),
+    "--sensor-loss-weight": (("train.sensor_loss_weight",), float),
+    "--epochs": (("train.epochs",), int),
+    "--max-steps": (("train.max_steps",), int),
+    "--save-every-steps": (("train.save_every_steps",), int),
+    "--num-workers": (("train.num_workers", "cache.num_workers"), int),
+    "--seed": (("train.seed",), int),
+    "--output-dir": (("train.output_dir",), str),
+    "--cache-dir": (("cache.dir",), str),
+    "--data-root": (("data.root",), str),
+    "--run-name": (("run_name",), str),
+    "--wandb-mode": (("train.wandb_mode",), str),
+    "--checkpoint": (("eval.checkpoint",), str),
+    "--allow-inline-encoding": (("cache.allow_inline_encoding",), None),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vla_lib", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", required=True, choices=MODES)
+    p.add_argument("--params", help="YAML parameter file (sections as in params/demo.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any other config field, e.g. --set data.anchor_stride_s=0.2 (YAML-typed value)")
+    p.add_argument("--only", nargs="*", help="demo mode: run only these notebooks (e.g. 01 02)")
+    for flag, (_, tp) in FLAGS.items():
+        if tp is None:
+            p.add_argument(flag, action="store_true", default=None)
+        else:
+            p.add_argument(flag, type=tp, default=None)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    import yaml
+
+    cfg = RunConfig.from_yaml(args.params) if args.params else RunConfig()
+    overrides = {}
+    for flag, (targets, _) in FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            overrides.update({t: value for t in targets})
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    cfg = cfg.with_overrides(overrides)
+    if cfg.train.finetune_vl != "none" or cfg.train.training_stage != "stage1":
+        raise ConfigError("this workbench trains Stage 1 only: --finetune-vl none --training-stage stage1 "
+                          f"(got {cfg.train.finetune_vl!r}, {cfg.train.training_stage!r})")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        parser.error(str(e))
+    if args.mode == "synth":
+        from vla_lib.pipeline import ensure_synthetic
+
+        made = ensure_synthetic(cfg, force=True)
+        print(f"wrote {len(made)} synthetic sessions under {cfg.synthetic.out_dir}")
+    elif args.mode == "audit":
+        from vla_lib.data.audit import audit_dataset, write_audit
+
+        table, skipped, _ = audit_dataset(cfg.data)
+        print(table.to_string())
+        write_audit(cfg.run_dir / "01_audit", table, skipped)
+    elif args.mode == "demo":
+        from vla_lib.pipeline import ensure_synthetic, run_notebooks
+
+        ensure_synthetic(cfg)
+        out = run_notebooks(args.params or "params/demo.yaml", only=args.only)
+        print(f"demo complete: {out}")
+    elif args.mode in ("cache", "verify"):
+        from vla_lib.vlm import cache_build
+
+        return cache_build.main(cfg, verify_only=args.mode == "verify")
+    elif args.mode == "train":
+        from vla_lib import train
+
+        train.train(cfg)
+    elif args.mode == "eval":
+        from vla_lib import evaluate
+
+        evaluate.main(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
