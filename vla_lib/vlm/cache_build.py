@@ -1,0 +1,123 @@
+"""Build the VL feature cache (`--mode cache`), distributed over the processes of `accelerate launch` / `torchrun`.
+
+Each distinct VL input (views + instruction) is encoded once. The keys still missing from the store are split
+across ranks (rank r takes every world-th); JPEG decoding, resizing and the image processor run in DataLoader
+workers so that the accelerator does not wait on the CPU; each rank writes its own shards; rank 0 merges the index.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vla_lib.data.recorder_formats import load_image
+from vla_lib.data.samples import build_index
+from vla_lib.vlm.backbone import backbone_fingerprint, load_backbone
+from vla_lib.vlm.encode import encode, prepare_inputs
+from vla_lib.vlm.feature_store import FeatureStore
+
+
+def store_parts(cfg, chat_template: str) -> dict:
+    """Everything that changes a stored feature."""
+    return {"backbone": backbone_fingerprint(cfg.backbone), "pixel_budget":
+            cfg.backbone.image_resize_height * cfg.backbone.image_resize_width, "pooling": cfg.cache.pooling,
+            "chat_template": hashlib.sha1(chat_template.encode()).hexdigest()[:16], "views": list(cfg.data.views),
+            "dtype": cfg.backbone.dtype}
+
+
+def open_store(cfg) -> FeatureStore:
+    """The store for this config, without loading the backbone's weights (training needs no VLM)."""
+    from transformers import AutoProcessor
+
+    from vla_lib.vlm.tiny_model import build_tiny_model
+
+    source = build_tiny_model(cfg.backbone.tiny_model_dir) if (cfg.backbone.name_or_path == "tiny" or
+                                                                cfg.backbone.random_weights) else cfg.backbone.name_or_path
+    processor = AutoProcessor.from_pretrained(source, revision=cfg.backbone.revision)
+    return FeatureStore(cfg.cache.dir, store_parts(cfg, processor.chat_template))
+
+
+class _EncodeInputs(Dataset):
+    """Item = one distinct VL input, decoded and fitted to the budget in the worker."""
+
+    def __init__(self, index, rows):
+        self.index, self.rows = index, rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, k):
+        i = self.rows[k]
+        paths = self.index.view_paths(i)
+        images = [load_image(p) for p in paths if p is not None]  # a corrupt file raises, naming it
+        return self.index.table.at[i, "cache_key"], images, self.index.table.at[i, "instruction"], \
+            [p is not None for p in paths]
+
+
+def _collate(processor, budget):
+    def collate(items):
+        keys = [k for k, *_ in items]
+        return keys, prepare_inputs(processor, [(ims, instr, mask) for _, ims, instr, mask in items], budget)
+    return collate
+
+
+def build_cache(cfg, log=print) -> dict:
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    state = PartialState()
+    main = state.is_main_process
+    say = log if main else (lambda *a, **k: None)
+    say(f"Running in CACHE mode on {state.num_processes} process(es) ({state.device})")
+    say(f"  sensor enabled: {cfg.data.sensor_enabled}, window: {cfg.data.sensor_window_size} samples = "
+        f"{cfg.data.sensor_window_s * 1e3:.0f} ms; image resize: {cfg.backbone.image_resize_width}x"
+        f"{cfg.backbone.image_resize_height}; priority weights: "
+        + ", ".join(f"{g.name} {g.weight:g}x" for g in cfg.data.groups))
+    index = build_index(cfg.data, verbose=main)
+    weighted = index.table["weight"].sum()
+    say(f"Integrated dataset: {len(index)} samples ({weighted:.0f} with priority datasets counted "
+        f"{index.table['weight'].max():g}x), {index.table['cache_key'].nunique()} distinct VL inputs")
+    for s in index.skipped:
+        say(f"  skipped {s['session']}: {s['file']}: {s['reason']}")
+
+    cfg.backbone.device = str(state.device) if cfg.backbone.device == "auto" else cfg.backbone.device
+    backbone = load_backbone(cfg.backbone)
+    store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.processor.chat_template))
+    say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view); "
+        f"store {store.dir}")
+    unique = index.unique_cache_keys()
+    todo = [int(i) for i, k in zip(unique["index"], unique["cache_key"]) if k not in store]
+    mine = todo[state.process_index::state.num_processes]
+    say(f"{len(unique) - len(todo)} cached, {len(todo)} to encode ({len(mine)} on this rank)")
+    loader = DataLoader(_EncodeInputs(index, mine), batch_size=cfg.cache.batch_size,
+                        num_workers=cfg.cache.num_workers, collate_fn=_collate(backbone.processor,
+                                                                               backbone.pixel_budget))
+    writer = store.writer(state.process_index, cfg.cache.shard_size)
+    start = time.time()
+    for keys, inputs in tqdm(loader, disable=not main, desc="encoding"):
+        feats, masks = encode(backbone, inputs, cfg.cache.pooling)
+        writer.add(keys, feats, masks)
+    writer.flush()
+    elapsed = time.time() - start
+    state.wait_for_everyone()
+    total = store.merge_index() if main else len(store)
+    rate = len(mine) * state.num_processes / elapsed if elapsed > 0 and mine else 0.0
+    say(f"Cache build complete: {total} entries, {len(todo)} encoded in {elapsed:.1f} s "
+        f"({rate:.1f} samples/s over {state.num_processes} process(es)). "
+        "You can now run training with --mode train.")
+    return {"entries": total, "encoded": len(todo), "seconds": elapsed, "samples_per_s": rate,
+            "store": str(store.dir), "unique_inputs": len(unique), "samples": len(index)}
+
+
+def main(cfg, verify_only: bool = False) -> int:
+    if verify_only:
+        store = open_store(cfg)
+        problems = store.verify()
+        print(f"{store.dir}: {len(store)} entries, {len(problems)} problem(s)")
+        for p in problems:
+            print("  " + p)
+        return 1 if problems else 0
+    build_cache(cfg)
+    return 0

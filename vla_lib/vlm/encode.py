@@ -1,0 +1,115 @@
+"""From views + instruction to pooled VL features: the original's message path, then pad-aware pooling.
+
+Message path (as the original): one user turn with the views in order, then the instruction; the processor's chat
+template (with Qwen's default system prompt); `qwen_vl_utils.process_vision_info` (each image fitted to the pixel
+budget, min = max = budget, as the seed's 640x360); then the processor.
+
+Pooling:
+- `per_view` (default): for each configured view, the mean of the last-layer states over that view's image tokens,
+  plus one instruction token (mean over the instruction's text tokens, which attend to every view): V+1 tokens and a
+  mask (a missing view is a zero slot with mask False). Keeps which view saw what, at 6 x hidden per sample.
+- `mean_all`: the original's single mean over every token (system prompt included), for comparison; pad-aware.
+Padding never enters a mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+POOLINGS = ("per_view", "mean_all")
+
+
+def build_messages(images: list, instruction: str, pixel_budget: int) -> list[dict]:
+    """`images`: the present views in slot order (paths or PIL images)."""
+    content = [{"type": "image", "image": _as_image_ref(im), "min_pixels": pixel_budget, "max_pixels": pixel_budget}
+               for im in images]
+    return [{"role": "user", "content": content + [{"type": "text", "text": instruction}]}]
+
+
+def _as_image_ref(im):
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(im, (str, Path)):
+        return Path(im).resolve().as_uri()  # a file:// URI, so qwen_vl_utils never treats it as a URL to fetch
+    if isinstance(im, np.ndarray):
+        return Image.fromarray(im)
+    return im
+
+
+def fit_images(messages: list[dict]) -> list:
+    """Decode and resize the message's images to the budget (qwen_vl_utils, the original's path)."""
+    from qwen_vl_utils import process_vision_info
+
+    images, _ = process_vision_info(messages)
+    return images or []
+
+
+@dataclass
+class EncoderInputs:
+    batch: dict  # processor output (input_ids, attention_mask, pixel_values, image_grid_thw)
+    view_masks: torch.Tensor  # (B, V) bool: which configured slots hold an image
+
+
+def prepare_inputs(processor, samples: list[tuple[list, str, list[bool]]], pixel_budget: int) -> EncoderInputs:
+    """`samples`: (present images in slot order, instruction, view mask over all slots). CPU work: runs in workers."""
+    texts, all_images = [], []
+    for images, instruction, _ in samples:
+        messages = build_messages(images, instruction, pixel_budget)
+        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
+        all_images += fit_images(messages)
+    batch = processor(text=texts, images=all_images or None, padding=True, return_tensors="pt")
+    return EncoderInputs(dict(batch), torch.tensor([m for _, _, m in samples], dtype=torch.bool))
+
+
+@torch.inference_mode()
+def encode(backbone, inputs: EncoderInputs, pooling: str = "per_view") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (B, T, D) float32, token mask (B, T) bool). T = V + 1 for per_view, 1 for mean_all."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    batch = {k: v.to(backbone.device) for k, v in inputs.batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(backbone.dtype)
+    # The LM body only: no lm_head, no logits over the vocabulary.
+    hidden = backbone.model.model(**batch, use_cache=False).last_hidden_state.float()
+    return pool(hidden, batch["input_ids"], batch["attention_mask"], batch.get("image_grid_thw"),
+                inputs.view_masks.to(hidden.device), backbone.config, pooling)
+
+
+def pool(hidden, input_ids, attention_mask, grid_thw, view_masks, config, pooling):
+    b, _, d = hidden.shape
+    valid = attention_mask.bool()
+    if pooling == "mean_all":
+        w = valid.unsqueeze(-1).float()
+        return ((hidden * w).sum(1) / w.sum(1)).unsqueeze(1), torch.ones(b, 1, dtype=torch.bool, device=hidden.device)
+    merge = config.vision_config.spatial_merge_size ** 2
+    tokens_per_image = (grid_thw.prod(-1) // merge).tolist() if grid_thw is not None else []
+    n_views = view_masks.shape[1]
+    out = torch.zeros(b, n_views + 1, d, device=hidden.device)
+    image_k = 0
+    for i in range(b):
+        ids = input_ids[i]
+        positions = torch.nonzero((ids == config.image_token_id) & valid[i]).squeeze(-1)
+        start = 0
+        for slot in torch.nonzero(view_masks[i]).squeeze(-1).tolist():
+            n = tokens_per_image[image_k]
+            out[i, slot] = hidden[i, positions[start:start + n]].mean(0)
+            start, image_k = start + n, image_k + 1
+        if start != len(positions):
+            raise RuntimeError(f"sample {i}: {len(positions)} image tokens but the grids account for {start}")
+        # Instruction: the text between the last <|vision_end|> and the turn's <|im_end|>.
+        ends = torch.nonzero((ids == config.vision_end_token_id) & valid[i]).squeeze(-1)
+        im_end = torch.nonzero((ids == _im_end_id(config, ids)) & valid[i]).squeeze(-1)
+        first = int(ends[-1]) + 1 if len(ends) else int(torch.nonzero(valid[i])[0])
+        last = int(im_end[im_end > first][0]) if (im_end > first).any() else int(torch.nonzero(valid[i])[-1]) + 1
+        out[i, n_views] = hidden[i, first:last].mean(0)
+    mask = torch.cat([view_masks, torch.ones(b, 1, dtype=torch.bool, device=hidden.device)], 1)
+    return out, mask
+
+
+def _im_end_id(config, ids) -> int:
+    eos = config.text_config.eos_token_id
+    return eos[0] if isinstance(eos, (list, tuple)) else eos
