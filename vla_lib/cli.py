@@ -2,7 +2,7 @@
 and `torchrun -m vla_lib`.
 
 Modes: synth (write synthetic sessions), audit, cache (build the VL feature store), verify (check the store),
-train (Stage 1), eval (offline metrics, real-time replay, latency), demo (the notebooks via papermill).
+train (Stage 1), demo (the notebooks via papermill).
 The seed's flags are accepted as written in the guide; each maps onto one field of the same dataclass config the
 notebooks use (flags override the YAML). Unknown flags and bad values are errors.
 """
@@ -13,7 +13,7 @@ import sys
 
 from vla_lib.config import ConfigError, RunConfig
 
-MODES = ("synth", "audit", "cache", "verify", "train", "eval", "demo")
+MODES = ("synth", "audit", "cache", "verify", "train", "demo")
 
 # flag -> (config fields it sets, type). A store_true flag has type None.
 FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
@@ -121,10 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         from vla_lib import train
 
         train.train(cfg)
-    elif args.mode == "eval":
-        from vla_lib import evaluate
-
-        evaluate.main(cfg)
     return 0
 
 

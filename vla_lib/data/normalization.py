@@ -42,7 +42,7 @@ class NormStats:
         return mean, std
 
 
-def compute_stats(train_index, max_rows_per_session: int = 20000, min_std: float = 1e-3) -> NormStats:
+def compute_stats(train_index, max_rows_per_session: int = 20000, min_std: float = 0.05) -> NormStats:
     """Actions from the training samples (masked steps excluded); force and A-line from the raw sensor rows of the
     training sessions (strided, so a long session costs the same as a short one)."""
     valid = train_index.target_mask

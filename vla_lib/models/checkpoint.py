@@ -1,0 +1,52 @@
+"""Checkpoint format of the trainable heads (never the frozen VLM): weights, policy config, run config, stats.
+
+Files (the seed's names): `qwen_vla_sensor.pt` (latest, every epoch), `qwen_vla_sensor_best.pt`,
+`qwen_vla_sensor_final.pt`. Plain tensors and Python values only, so `torch.load(weights_only=True)` reads them.
+Writes are atomic (temporary file + rename).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+FORMAT = "vla_lib.stage1/1"
+CHECKPOINT_NAMES = {"latest": "qwen_vla_sensor.pt", "best": "qwen_vla_sensor_best.pt",
+                    "final": "qwen_vla_sensor_final.pt"}
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path, model, stats, run_cfg, epoch: int, step: int, val_loss: float) -> None:
+    atomic_save({"format": FORMAT, "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "policy_config": asdict(model.config), "run_config": run_cfg.to_dict(), "norm_stats": asdict(stats),
+                 "epoch": epoch, "global_step": step, "val_loss": float(val_loss)}, path)
+
+
+class CheckpointMismatchError(RuntimeError):
+    pass
+
+
+def load_checkpoint(path: str | Path):
+    """(Stage1Policy with every weight loaded, run config dict, NormStats). Refuses partial or foreign weights."""
+    from vla_lib.data.normalization import NormStats
+    from vla_lib.models.configuration_policy import PolicyConfig
+    from vla_lib.models.modeling_policy import Stage1Policy
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != FORMAT:
+        raise CheckpointMismatchError(f"{path}: not a {FORMAT} checkpoint (format={blob.get('format')!r})")
+    model = Stage1Policy(PolicyConfig(**blob["policy_config"]))
+    result = model.load_state_dict(blob["model_state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointMismatchError(f"{path}: weights do not match the model: missing {result.missing_keys[:5]}, "
+                                      f"unexpected {result.unexpected_keys[:5]}")
+    return model.eval(), blob["run_config"], NormStats.from_dict(blob["norm_stats"])

@@ -1,0 +1,161 @@
+"""The Stage-1 heads: SensorEncoder + Action Expert, and the policy module that joins them to cached VL features.
+
+No ground truth ever enters the model: the expert decodes the chunk from learned horizon queries attending to the
+fused VL + sensor condition (the original added its output to `z_chunk` = the target). Inputs and outputs are
+normalised with the training-split stats held as buffers; `forward` returns normalised actions for the loss and
+`predict` physical units (mm, deg).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vla_lib.models.configuration_policy import PolicyConfig
+
+
+class SensorEncoder(nn.Module):
+    """(B, T, 1026) -> (B, sensor_output_dim). Conv stack -> transformer -> masked mean over time -> projection."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        layers, c_in = [], cfg.sensor_channels
+        for c_out in cfg.sensor_conv_channels:
+            layers += [nn.Conv1d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm1d(c_out), nn.GELU(),
+                       nn.Dropout(cfg.dropout)]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers)
+        self.to_model = nn.Identity() if c_in == cfg.sensor_dim else nn.Linear(c_in, cfg.sensor_dim)
+        block = nn.TransformerEncoderLayer(cfg.sensor_dim, cfg.sensor_heads, cfg.sensor_ff, cfg.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(block, cfg.sensor_layers, enable_nested_tensor=False)
+        self.proj = nn.Sequential(nn.Linear(cfg.sensor_dim, cfg.sensor_output_dim), nn.LayerNorm(cfg.sensor_output_dim),
+                                  nn.GELU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.sensor_output_dim, cfg.sensor_output_dim))
+        self.positional = cfg.sensor_positional_encoding
+        self.length = cfg.sensor_length
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[1] != self.length:
+            x = nn.functional.interpolate(x.transpose(1, 2), size=self.length, mode="linear").transpose(1, 2)
+            valid = None
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T', C)
+        h = self.to_model(h)
+        if self.positional:  # sinusoidal: adds order information without parameters
+            h = h + _sinusoid(h.shape[1], h.shape[2], h.device, h.dtype)
+        h = self.transformer(h)
+        if valid is not None:  # pool over the time steps whose receptive field saw valid samples
+            keep = nn.functional.adaptive_max_pool1d(valid.float().unsqueeze(1), h.shape[1]).squeeze(1)
+            keep = keep.clamp(min=1e-6) if keep.sum() == 0 else keep
+            pooled = (h * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1e-6)
+        else:
+            pooled = h.mean(1)
+        return self.proj(pooled)
+
+
+def _sinusoid(n: int, d: int, device, dtype) -> torch.Tensor:
+    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(n, d, device=device)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq[: d // 2])
+    return pe.to(dtype)
+
+
+class ActionExpert(nn.Module):
+    """Learned horizon queries attend (transformer decoder) to the fused condition -> (B, H, action_dim)."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        d, s = cfg.expert_hidden, cfg.sensor_output_dim
+        self.fusion = cfg.fusion if cfg.sensor_enabled else "none"
+        if self.fusion == "concat":
+            self.fuse = nn.Linear(cfg.vl_dim + s, d)
+        elif self.fusion == "cross_attention":
+            self.vl_proj, self.sensor_proj = nn.Linear(cfg.vl_dim, d), nn.Linear(s, d)
+            self.attn = nn.MultiheadAttention(d, cfg.expert_heads, batch_first=True)
+            self.fuse = nn.Linear(d, d)
+        elif self.fusion == "gated":
+            self.vl_proj, self.sensor_proj = nn.Linear(cfg.vl_dim, d), nn.Linear(s, d)
+            self.gate = nn.Linear(2 * d, d)
+            self.fuse = nn.Linear(d, d)
+        else:
+            self.fuse = nn.Linear(cfg.vl_dim, d)
+        self.queries = nn.Parameter(torch.randn(1, cfg.horizon, d))
+        layer = nn.TransformerDecoderLayer(d, cfg.expert_heads, cfg.expert_ff, cfg.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.expert_layers)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.action_dim)
+
+    def forward(self, vl: torch.Tensor, vl_mask: torch.Tensor, sensor: torch.Tensor | None) -> torch.Tensor:
+        w = vl_mask.unsqueeze(-1).to(vl.dtype)
+        vl_mean = (vl * w).sum(1) / w.sum(1).clamp(min=1)
+        if self.fusion == "concat":
+            cond = self.fuse(torch.cat([vl_mean, sensor], -1)).unsqueeze(1)
+        elif self.fusion == "cross_attention":  # the sensor asks the per-view tokens
+            q = self.sensor_proj(sensor).unsqueeze(1)
+            kv = self.vl_proj(vl)
+            cond = self.fuse(self.attn(q, kv, kv, key_padding_mask=~vl_mask)[0])
+        elif self.fusion == "gated":
+            v, s = self.vl_proj(vl_mean), self.sensor_proj(sensor)
+            g = torch.sigmoid(self.gate(torch.cat([v, s], -1)))
+            cond = self.fuse(g * v + (1 - g) * s).unsqueeze(1)
+        else:
+            cond = self.fuse(vl_mean).unsqueeze(1)
+        h = self.decoder(self.queries.expand(vl.shape[0], -1, -1), cond)
+        return self.head(self.norm(h))
+
+
+class Stage1Policy(nn.Module):
+    """SensorEncoder + ActionExpert over cached VL features, with the normalisation stats as buffers."""
+
+    def __init__(self, cfg: PolicyConfig, action_mean=None, action_std=None, sensor_mean=None, sensor_std=None):
+        super().__init__()
+        self.config = cfg
+        self.sensor_encoder = SensorEncoder(cfg) if cfg.sensor_enabled else None
+        # Missing sensor: a learned embedding chosen by the mask, never zeros passed through the encoder.
+        self.null_sensor = nn.Parameter(torch.zeros(cfg.sensor_output_dim)) if cfg.sensor_enabled else None
+        self.expert = ActionExpert(cfg)
+        self.register_buffer("action_mean", _buf(action_mean, cfg.action_dim, 0.0))
+        self.register_buffer("action_std", _buf(action_std, cfg.action_dim, 1.0))
+        self.register_buffer("sensor_mean", _buf(sensor_mean, cfg.sensor_channels, 0.0))
+        self.register_buffer("sensor_std", _buf(sensor_std, cfg.sensor_channels, 1.0))
+
+    def forward(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None) -> torch.Tensor:
+        """Normalised (B, H, action_dim). `sensor` raw (B, T, 1026); `has_sensor` (B,) bool."""
+        s = None
+        if self.sensor_encoder is not None:
+            b = vl.shape[0]
+            null = self.null_sensor.expand(b, -1)
+            if sensor is None or has_sensor is None or not bool(has_sensor.any()):
+                s = null
+            else:
+                x = sensor
+                if self.config.normalize_sensor_inputs:
+                    x = (x - self.sensor_mean) / self.sensor_std
+                if sensor_mask is not None:
+                    x = x * sensor_mask.unsqueeze(-1).to(x.dtype)  # invalid points carry no value (and are masked)
+                enc = self.sensor_encoder(x, sensor_mask)
+                s = torch.where(has_sensor.view(-1, 1), enc, null.to(enc.dtype))
+        return self.expert(vl, vl_mask, s)
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions - self.action_mean) / self.action_std
+
+    def denormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions * self.action_std + self.action_mean
+
+    @torch.no_grad()
+    def predict(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None) -> torch.Tensor:
+        """(B, H, action_dim) in physical units (mm, deg; gripper as trained)."""
+        return self.denormalize_actions(self.forward(vl, vl_mask, sensor, sensor_mask, has_sensor))
+
+    def parameter_counts(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+        return {"sensor_encoder": count(self.sensor_encoder), "action_expert": count(self.expert),
+                "null_sensor": self.null_sensor.numel() if self.null_sensor is not None else 0,
+                "total_trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+
+
+def _buf(values, n: int, default: float) -> torch.Tensor:
+    return torch.full((n,), default) if values is None else torch.as_tensor(values, dtype=torch.float32).clone()
