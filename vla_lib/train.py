@@ -141,7 +141,8 @@ def train(cfg, log=print) -> dict:
     tc = cfg.train
     on_cuda = torch.cuda.is_available()
     mp = ("bf16" if on_cuda else "no") if tc.mixed_precision == "auto" else tc.mixed_precision
-    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=tc.grad_accum_steps)
+    # cpu=True on a machine without CUDA: under torchrun / accelerate launch that gives MULTI_CPU over gloo.
+    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=tc.grad_accum_steps, cpu=not on_cuda)
     say = log if acc.is_main_process else (lambda *a, **k: None)
     _seed_everything(tc.seed)
     out = Path(tc.output_dir)

@@ -67,7 +67,7 @@ def build_cache(cfg, log=print) -> dict:
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
     say = log if main else (lambda *a, **k: None)
     say(f"Running in CACHE mode on {state.num_processes} process(es) ({state.device})")
