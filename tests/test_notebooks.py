@@ -31,3 +31,18 @@ def test_notebook_01_runs_under_papermill(tmp_path):
     for png in ["sensor_window", "camera_timelines", "action_deltas", "sample", "staleness_coverage"]:
         assert (audit_dir / f"{png}.png").stat().st_size > 10_000
     assert (audit_dir / "audit.csv").exists()
+
+
+@pytest.mark.slow
+def test_notebooks_02_and_03_run_under_papermill(tmp_path):
+    params = _params(tmp_path)
+    for name in ["01_dataset_audit", "02_vl_cache", "03_train"]:
+        pm.execute_notebook(str(REPO / f"notebooks/{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
+                            parameters={"params_file": "params/ci.yaml", **params}, cwd=str(REPO),
+                            kernel_name="python3", progress_bar=False)
+    cache = yaml.safe_load((tmp_path / "ci/02_cache/cache.json").read_text())
+    assert cache["verify_problems"] == [] and cache["hits"] > 0 and cache["tokens_per_view"] == 66
+    train = yaml.safe_load((tmp_path / "ci/03_train/train.json").read_text())
+    assert train["epochs"] == 2
+    assert (tmp_path / "train/checkpoints/qwen_vla_sensor_final.pt").exists()
+    assert (tmp_path / "ci/03_train/training_curves.png").stat().st_size > 10_000
