@@ -167,11 +167,22 @@ def _cache_key(instruction: str, frame_ids: list[str | None]) -> str:
 # The torch Dataset
 # ---------------------------------------------------------------------------------------------------------------
 class SampleDataset:
-    """Map-style dataset: item i -> dict of numpy arrays and metadata. VL features are joined later (cache)."""
+    """Map-style dataset: item i -> dict of numpy arrays and metadata. VL features are joined later (cache).
+
+    The table's columns are copied into numpy arrays once: a per-item pandas `iloc` costs more than the sensor
+    resampling itself, and training at thousands of samples/s reads every column of every item.
+    """
 
     def __init__(self, index: SampleIndex, data_cfg):
         self.index = index
         self.cfg = data_cfg
+        table = index.table
+        self._session_ids = table["session_id"].to_numpy()
+        self._t = table["t"].to_numpy(np.float64)
+        self._has_sensor = table["has_sensor"].to_numpy(bool)
+        self._weight = table["weight"].to_numpy(np.float32)
+        self._keys = table["cache_key"].to_numpy()
+        self._view_mask = index.frame_index >= 0
         self._sensor_times = {sid: s.sensor.times + s.sensor_offset() for sid, s in index.sessions.items()
                               if s.has_sensor}
 
@@ -190,19 +201,18 @@ class SampleDataset:
         return window, valid
 
     def __getitem__(self, i: int) -> dict:
-        row = self.index.table.iloc[i]
-        has_sensor = bool(row["has_sensor"])
-        window, valid = self.sensor_window(row["session_id"], float(row["t"]))
+        session_id, t = self._session_ids[i], float(self._t[i])
+        window, valid = self.sensor_window(session_id, t)
         return {
             "index": i,
-            "cache_key": row["cache_key"],
+            "cache_key": self._keys[i],
             "sensor": window,
             "sensor_mask": valid,
-            "has_sensor": has_sensor and bool(valid.any()),
+            "has_sensor": bool(self._has_sensor[i]) and bool(valid.any()),
             "target": self.index.targets[i],
             "target_mask": self.index.target_mask[i],
-            "view_mask": self.index.frame_index[i] >= 0,
-            "weight": float(row["weight"]),
-            "session_id": row["session_id"],
-            "t": float(row["t"]),
+            "view_mask": self._view_mask[i],
+            "weight": float(self._weight[i]),
+            "session_id": session_id,
+            "t": t,
         }

@@ -119,6 +119,26 @@ class FeatureStore:
         return problems
 
 
+class FeatureTable:
+    """The features of a fixed list of samples, read from the store once: one row per distinct key, and each
+    sample's row. Training looks features up thousands of times a second; a dict-and-shard lookup per item is too
+    slow, and the distinct entries are small (V+1 tokens x hidden, fp16) and fit in memory."""
+
+    def __init__(self, store: FeatureStore, keys):
+        keys = list(keys)
+        unique = list(dict.fromkeys(keys))
+        position = {k: i for i, k in enumerate(unique)}
+        self.features, self.mask = store.get(unique)  # raises CacheMissError naming what is missing
+        self.rows = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(keys))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.rows[i]
+        return self.features[r], self.mask[r]
+
+
 class ShardWriter:
     def __init__(self, store: FeatureStore, rank: int, shard_size: int):
         self.store, self.rank, self.shard_size = store, rank, shard_size

@@ -1,0 +1,37 @@
+"""Batches for the heads: samples joined with their cached VL features, collated, moved to the device.
+Shared by training, offline evaluation and the benchmarks."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class FeatureJoinedDataset(torch.utils.data.Dataset):
+    """A SampleDataset joined with its cached VL features (a `FeatureTable` over the same rows, fp16)."""
+
+    def __init__(self, samples, features):
+        self.samples, self.features = samples, features
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        item = self.samples[i]
+        item["vl"], item["vl_mask"] = self.features[i]
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for k in ("vl", "vl_mask"):
+        out[k] = torch.stack([it[k] for it in items])
+    for k in ("sensor", "sensor_mask", "target", "target_mask", "has_sensor", "weight", "index"):
+        out[k] = torch.as_tensor(np.stack([np.asarray(it[k]) for it in items]))
+    return out
+
+
+def to_device(batch: dict, device) -> dict:
+    """Move a collated batch to the device (asynchronously from pinned memory); features fp16 -> fp32."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out["vl"] = out["vl"].float()
+    return out

@@ -1,0 +1,31 @@
+"""Trivial predictors a policy has to beat: zero motion, the training-set mean delta, the last observed delta."""
+from __future__ import annotations
+
+import numpy as np
+
+from vla_lib.data.timeline import pose_deltas
+
+
+def zero_baseline(n: int, horizon: int, gripper: float) -> np.ndarray:
+    out = np.zeros((n, horizon, 7), np.float32)
+    out[..., 6] = gripper
+    return out
+
+
+def train_mean_baseline(n: int, horizon: int, action_mean) -> np.ndarray:
+    return np.broadcast_to(np.asarray(action_mean, np.float32), (n, horizon, 7)).copy()
+
+
+def last_delta_baseline(index, data_cfg) -> np.ndarray:
+    """Repeat, for every step, the robot's own last delta pose(t) - pose(t - dt): what a constant-velocity
+    extrapolation of the measured pose gives (privileged: the heads never see the robot's pose)."""
+    out = np.zeros((len(index), data_cfg.horizon, 7), np.float32)
+    out[..., 6] = data_cfg.gripper_value
+    sids = index.table["session_id"].to_numpy()
+    t = index.table["t"].to_numpy(np.float64)
+    for sid in np.unique(sids):
+        rows = np.nonzero(sids == sid)[0]
+        s = index.sessions[sid]
+        last = pose_deltas(s.robot_times, s.pose, t[rows] - data_cfg.action_dt_s, 1, data_cfg.action_dt_s)[:, 0]
+        out[rows, :, :6] = last[:, None, :]
+    return out

@@ -1,0 +1,102 @@
+"""The inference API: a Stage-1 checkpoint (heads + stats + config) joined with its frozen VL backbone.
+
+    policy = VLAPolicy.from_checkpoint("outputs/demo/train/checkpoints/qwen_vla_sensor_best.pt")
+    chunk = policy.predict(instruction, [view1, ..., view5], sensor_window)  # (8, 7) mm / deg
+
+Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked); they are fitted to the
+pixel budget the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
+fixed grid (None = no sensor: the learned null embedding). The split `encode` / `act` is what the real-time loop
+uses: the VL features refresh at their own rate, the action step runs at 10 Hz on the latest ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_lib.config import RunConfig
+from vla_lib.models.checkpoint import CheckpointMismatchError, load_checkpoint
+
+
+class VLAPolicy:
+    def __init__(self, heads, run_config: RunConfig, stats, backbone=None, device: str | torch.device = "cpu"):
+        self.heads = heads.to(device).eval()
+        self.config = run_config
+        self.stats = stats
+        self.backbone = backbone
+        self.device = torch.device(device)
+        self.views = list(run_config.data.views)
+
+    # -- construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, backbone: str | None = None, device: str = "auto",
+                        load_backbone: bool = True, **backbone_overrides) -> "VLAPolicy":
+        """Load heads, stats and config; refuse a checkpoint whose weights do not all load.
+
+        `backbone`: another hub id / local path than the one in the checkpoint's config; `backbone_overrides`: any
+        other BackboneConfig field (e.g. `random_weights=True`, `tiny_model_dir=...`). `load_backbone=False` gives
+        the heads only (for cached features)."""
+        from vla_lib.vlm.backbone import load_backbone as _load_backbone
+        from vla_lib.vlm.backbone import resolve_device
+
+        heads, run_dict, stats = load_checkpoint(path)
+        cfg = RunConfig.from_dict(run_dict)
+        if backbone is not None:
+            cfg.backbone.name_or_path = backbone
+        for k, v in backbone_overrides.items():
+            if not hasattr(cfg.backbone, k):
+                raise TypeError(f"unknown backbone option {k!r}")
+            setattr(cfg.backbone, k, v)
+        dev = resolve_device(device)
+        cfg.backbone.device = str(dev)
+        vl = None
+        if load_backbone:
+            vl = _load_backbone(cfg.backbone)
+            if vl.hidden_size != heads.config.vl_dim:
+                raise CheckpointMismatchError(
+                    f"{path}: the heads expect {heads.config.vl_dim}-d VL features but backbone "
+                    f"{cfg.backbone.name_or_path!r} gives {vl.hidden_size}-d")
+        return cls(heads, cfg, stats, vl, dev)
+
+    # -- the two halves -------------------------------------------------------------------------------------------
+    def encode(self, instructions: list[str], views: list[list]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched VL features: `views[b]` holds one entry per configured view (None = missing)."""
+        from vla_lib.vlm.encode import encode, prepare_inputs
+
+        if self.backbone is None:
+            raise RuntimeError("this policy was loaded without its backbone (load_backbone=False)")
+        samples = []
+        for instruction, ims in zip(instructions, views):
+            if len(ims) != len(self.views):
+                raise ValueError(f"expected {len(self.views)} views {self.views}, got {len(ims)}")
+            samples.append(([im for im in ims if im is not None], instruction, [im is not None for im in ims]))
+        inputs = prepare_inputs(self.backbone.processor, samples, self.backbone.pixel_budget)
+        return encode(self.backbone, inputs, self.config.cache.pooling)
+
+    @torch.no_grad()
+    def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None) -> np.ndarray:
+        """(B, H, 7) chunk in mm / deg from VL features and raw sensor windows ((B, T, 1026) or None)."""
+        b = features.shape[0]
+        vl, vl_mask = features.to(self.device, torch.float32), feature_mask.to(self.device)
+        if sensor_windows is None:
+            sensor, mask, has = None, None, torch.zeros(b, dtype=torch.bool, device=self.device)
+        else:
+            sensor = torch.as_tensor(np.asarray(sensor_windows, np.float32), device=self.device)
+            if sensor.ndim != 3 or sensor.shape[-1] != self.heads.config.sensor_channels:
+                raise ValueError(f"sensor window must be (B, T, {self.heads.config.sensor_channels}), "
+                                 f"got {tuple(sensor.shape)}")
+            mask = torch.isfinite(sensor).all(-1)
+            sensor = torch.nan_to_num(sensor)  # non-finite rows are masked, never read as values
+            has = mask.any(1)
+        return self.heads.predict(vl, vl_mask, sensor, mask, has).float().cpu().numpy()
+
+    # -- one call -------------------------------------------------------------------------------------------------
+    def predict(self, instruction: str, images: list, sensor_window=None) -> np.ndarray:
+        """(H, 7) chunk in mm / deg for one observation."""
+        sensor = None if sensor_window is None else np.asarray(sensor_window, np.float32)[None]
+        return self.predict_batch([instruction], [images], sensor)[0]
+
+    def predict_batch(self, instructions: list[str], images: list[list], sensor_windows=None) -> np.ndarray:
+        features, mask = self.encode(instructions, images)
+        return self.act(features, mask, sensor_windows)
