@@ -2,7 +2,8 @@
 and `torchrun -m vla_lib`.
 
 Modes: synth (write synthetic sessions), audit, cache (build the VL feature store), verify (check the store),
-train (Stage 1), demo (the notebooks via papermill).
+train (Stage 1), eval (offline metrics, real-time replay, latency -> outputs/<run>/metrics.json), demo (the notebooks
+via papermill).
 The seed's flags are accepted as written in the guide; each maps onto one field of the same dataclass config the
 notebooks use (flags override the YAML). Unknown flags and bad values are errors.
 """
@@ -13,7 +14,7 @@ import sys
 
 from vla_lib.config import ConfigError, RunConfig
 
-MODES = ("synth", "audit", "cache", "verify", "train", "demo")
+MODES = ("synth", "audit", "cache", "verify", "train", "eval", "demo")
 
 # flag -> (config fields it sets, type). A store_true flag has type None.
 FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
@@ -121,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         from vla_lib import train
 
         train.train(cfg)
+    elif args.mode == "eval":
+        from vla_lib.evaluation import run
+        from vla_lib.evaluation.offline import summary_table
+
+        result = run.run_offline(cfg)
+        print(summary_table(result.metrics).to_string())
+        policy = run.load_policy(cfg)
+        print(run.run_realtime_replay(cfg, policy).summary)
+        print(run.run_latency(cfg, policy)["table"].to_string())
+        print(f"metrics: {cfg.run_dir / 'metrics.json'}")
     return 0
 
 

@@ -80,6 +80,7 @@ class DataConfig:
     sensor_max_gap_s: float = 0.006  # a grid point farther than this from any raw sample is marked invalid
     horizon: int = 8
     action_dt_s: float = 0.1
+    history_steps: int = 4  # the robot's last K pose deltas kept per sample (the model uses model.history_steps)
     chunk_past_end: str = "drop"  # "drop" anchors whose chunk runs past the episode, or "pad" (+ target mask)
     gripper_value: float = 1.0  # 7th action dimension: constant, as in the original; excluded from loss/metrics
     val_fraction: float = 0.2

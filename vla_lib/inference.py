@@ -5,7 +5,8 @@
 
 Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked); they are fitted to the
 pixel budget the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
-fixed grid (None = no sensor: the learned null embedding). The split `encode` / `act` is what the real-time loop
+fixed grid (None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
+(K = `policy.history_steps`, oldest first; what `vla_lib.data.samples.pose_history` computes from the pose log). The split `encode` / `act` is what the real-time loop
 uses: the VL features refresh at their own rate, the action step runs at 10 Hz on the latest ones.
 """
 from __future__ import annotations
@@ -75,8 +76,9 @@ class VLAPolicy:
         return encode(self.backbone, inputs, self.config.cache.pooling)
 
     @torch.no_grad()
-    def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None) -> np.ndarray:
-        """(B, H, 7) chunk in mm / deg from VL features and raw sensor windows ((B, T, 1026) or None)."""
+    def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None) -> np.ndarray:
+        """(B, H, 7) chunk in mm / deg from VL features, raw sensor windows ((B, T, 1026) or None) and the robot's
+        last pose deltas ((B, K, 6) mm / deg, oldest first; needed when the heads were trained with history)."""
         b = features.shape[0]
         vl, vl_mask = features.to(self.device, torch.float32), feature_mask.to(self.device)
         if sensor_windows is None:
@@ -89,14 +91,21 @@ class VLAPolicy:
             mask = torch.isfinite(sensor).all(-1)
             sensor = torch.nan_to_num(sensor)  # non-finite rows are masked, never read as values
             has = mask.any(1)
-        return self.heads.predict(vl, vl_mask, sensor, mask, has).float().cpu().numpy()
+        hist = None if history is None else torch.as_tensor(np.asarray(history, np.float32), device=self.device)
+        return self.heads.predict(vl, vl_mask, sensor, mask, has, hist).float().cpu().numpy()
 
     # -- one call -------------------------------------------------------------------------------------------------
-    def predict(self, instruction: str, images: list, sensor_window=None) -> np.ndarray:
+    @property
+    def history_steps(self) -> int:
+        return self.heads.config.history_steps
+
+    def predict(self, instruction: str, images: list, sensor_window=None, history=None) -> np.ndarray:
         """(H, 7) chunk in mm / deg for one observation."""
         sensor = None if sensor_window is None else np.asarray(sensor_window, np.float32)[None]
-        return self.predict_batch([instruction], [images], sensor)[0]
+        hist = None if history is None else np.asarray(history, np.float32)[None]
+        return self.predict_batch([instruction], [images], sensor, hist)[0]
 
-    def predict_batch(self, instructions: list[str], images: list[list], sensor_windows=None) -> np.ndarray:
+    def predict_batch(self, instructions: list[str], images: list[list], sensor_windows=None,
+                      history=None) -> np.ndarray:
         features, mask = self.encode(instructions, images)
-        return self.act(features, mask, sensor_windows)
+        return self.act(features, mask, sensor_windows, history)

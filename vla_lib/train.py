@@ -153,6 +153,8 @@ def train(cfg, log=print) -> dict:
     # -- model -----------------------------------------------------------------------------------------------------
     mcfg = cfg.model
     mcfg.vl_dim, mcfg.horizon, mcfg.sensor_length = int(vl_dim), cfg.data.horizon, cfg.data.sensor_window_size
+    if mcfg.history_steps > cfg.data.history_steps:
+        raise ValueError(f"model.history_steps ({mcfg.history_steps}) > data.history_steps ({cfg.data.history_steps})")
     mcfg.sensor_enabled = cfg.data.sensor_enabled and mcfg.sensor_enabled
     a_mean, a_std = stats.action_arrays()
     s_mean, s_std = stats.sensor_arrays()
@@ -234,7 +236,7 @@ def train(cfg, log=print) -> dict:
             batch = to_device(batch, acc.device)
             with acc.accumulate(model):
                 pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"],
-                             batch["has_sensor"])
+                             batch["has_sensor"], batch["history"])
                 target = acc.unwrap_model(model).normalize_actions(batch["target"])
                 per_sample = masked_mse(pred.float(), target, batch["target_mask"])
                 w = sample_weights(batch, tc).to(per_sample.device)
@@ -313,7 +315,8 @@ def evaluate_loss(model, val_set, cfg, acc, mean_weight: float) -> float:
     inner = acc.unwrap_model(model)
     for batch in loader:
         batch = to_device(batch, acc.device)
-        pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], batch["has_sensor"])
+        pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], batch["has_sensor"],
+                     batch["history"])
         per_sample = masked_mse(pred.float(), inner.normalize_actions(batch["target"]), batch["target_mask"])
         w = sample_weights(batch, cfg.train).to(per_sample.device)
         totals += torch.stack([(per_sample * w).sum(), w.sum()])

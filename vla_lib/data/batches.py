@@ -25,7 +25,7 @@ def collate(items: list[dict]) -> dict:
     out = {}
     for k in ("vl", "vl_mask"):
         out[k] = torch.stack([it[k] for it in items])
-    for k in ("sensor", "sensor_mask", "target", "target_mask", "has_sensor", "weight", "index"):
+    for k in ("sensor", "sensor_mask", "history", "target", "target_mask", "has_sensor", "weight", "index"):
         out[k] = torch.as_tensor(np.stack([np.asarray(it[k]) for it in items]))
     return out
 

@@ -34,6 +34,7 @@ class SampleIndex:
     targets: np.ndarray  # (N, H, 7) physical units (mm, deg, gripper)
     target_mask: np.ndarray  # (N, H) bool
     frame_index: np.ndarray  # (N, V) int, -1 = masked view
+    history: np.ndarray  # (N, K, 6) the robot's own last K pose deltas ending at t (proprioception, oldest first)
     sessions: dict[str, Session]
     views: list[str]
     data_root: Path
@@ -46,7 +47,7 @@ class SampleIndex:
     def subset(self, session_ids: list[str]) -> "SampleIndex":
         keep = self.table["session_id"].isin(session_ids).to_numpy()
         return SampleIndex(self.table[keep].reset_index(drop=True), self.targets[keep], self.target_mask[keep],
-                           self.frame_index[keep], {s: self.sessions[s] for s in session_ids if s in self.sessions},
+                           self.frame_index[keep], self.history[keep], {s: self.sessions[s] for s in session_ids if s in self.sessions},
                            self.views, self.data_root, self.skipped, self.lines)
 
     def view_paths(self, i: int) -> list[Path | None]:
@@ -76,7 +77,7 @@ def build_index(data_cfg, check_images: bool = True, verbose: bool = False) -> S
     if not pairs:
         raise DataError(root, f"no session folders match the configured groups "
                               f"({[g.glob for g in data_cfg.groups]})")
-    tables, targets, tmasks, frames, sessions, skipped, lines = [], [], [], [], {}, [], []
+    tables, targets, tmasks, frames, histories, sessions, skipped, lines = [], [], [], [], [], {}, [], []
     for group, path in pairs:
         try:
             session = read_session(path, check_images=check_images)
@@ -88,9 +89,9 @@ def build_index(data_cfg, check_images: bool = True, verbose: bool = False) -> S
             skipped.append({"session": str(path.relative_to(root)), "file": str(path),
                             "reason": "too short for one sample (anchor stride, sensor window and horizon)"})
             continue
-        table, tgt, tmask, fidx = part
+        table, tgt, tmask, fidx, hist = part
         sessions[table["session_id"].iat[0]] = session
-        tables.append(table), targets.append(tgt), tmasks.append(tmask), frames.append(fidx)
+        tables.append(table), targets.append(tgt), tmasks.append(tmask), frames.append(fidx), histories.append(hist)
         prefix = f"[Priority {group.weight:g}x] " if group.weight != 1.0 else ""
         sensor_word = "WITH sensor" if session.has_sensor and data_cfg.sensor_enabled else "NO sensor"
         lines.append(f"{prefix}Added: {session.session_id} ({len(table)} samples, {sensor_word})")
@@ -99,7 +100,8 @@ def build_index(data_cfg, check_images: bool = True, verbose: bool = False) -> S
     if not tables:
         raise DataError(root, f"no usable sessions; skipped: {skipped}")
     table = pd.concat(tables, ignore_index=True)
-    return SampleIndex(table, np.concatenate(targets), np.concatenate(tmasks), np.concatenate(frames), sessions,
+    return SampleIndex(table, np.concatenate(targets), np.concatenate(tmasks), np.concatenate(frames),
+                       np.concatenate(histories), sessions,
                        list(data_cfg.views), root, skipped, lines)
 
 
@@ -154,7 +156,15 @@ def _session_samples(session: Session, group, cfg, root: Path):
     })
     for v, view in enumerate(cfg.views):
         table[f"staleness_{view}"] = staleness[:, v]
-    return table, tgt, tmask, fidx
+    return table, tgt, tmask, fidx, pose_history(rt, session.pose, anchors, cfg.history_steps, cfg.action_dt_s)
+
+
+def pose_history(robot_times, pose, anchors, steps: int, dt: float) -> np.ndarray:
+    """(N, steps, 6) the last `steps` pose deltas ending at each anchor (oldest first): only the past, measured
+    on the robot's own stamps. Before the first robot sample the pose is held (zero deltas)."""
+    if steps == 0:
+        return np.zeros((len(anchors), 0, 6), np.float32)
+    return pose_deltas(robot_times, pose, np.asarray(anchors) - steps * dt, steps, dt).astype(np.float32)
 
 
 def _cache_key(instruction: str, frame_ids: list[str | None]) -> str:
@@ -209,6 +219,7 @@ class SampleDataset:
             "sensor": window,
             "sensor_mask": valid,
             "has_sensor": bool(self._has_sensor[i]) and bool(valid.any()),
+            "history": self.index.history[i],
             "target": self.index.targets[i],
             "target_mask": self.index.target_mask[i],
             "view_mask": self._view_mask[i],

@@ -29,7 +29,8 @@ def predict_cached(heads, dataset: FeatureJoinedDataset, device, batch_size: int
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
         batch = to_device(batch, device)
         has = batch["has_sensor"].bool() & use_sensor
-        out.append(heads.predict(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], has).float()
+        out.append(heads.predict(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], has,
+                                 batch["history"]).float()
                    .cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, heads.config.horizon, 7), np.float32)
 

@@ -57,3 +57,61 @@ def _finite(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def load_policy(cfg, device: str = "auto"):
+    """The checkpoint's heads + the configured backbone (the params file's backbone section wins, so a user can
+    time the same heads behind another backbone build, e.g. `random_weights`)."""
+    from dataclasses import asdict
+
+    from vla_lib.inference import VLAPolicy
+
+    return VLAPolicy.from_checkpoint(checkpoint_path(cfg), device=device, **{
+        k: v for k, v in asdict(cfg.backbone).items() if k != "device"})
+
+
+def run_realtime_replay(cfg, policy, session_id: str | None = None, log=print):
+    """Replay one held-out session (the first with sensor unless named) through the real-time loop."""
+    from vla_lib.data.samples import build_index
+    from vla_lib.data.split import split_sessions
+    from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
+
+    index = build_index(cfg.data, check_images=False)
+    _, val_ids = split_sessions(index, cfg.data)
+    if session_id is None:
+        with_sensor = [s for s in val_ids if index.sessions[s].has_sensor]
+        session_id = (with_sensor or val_ids)[0]
+    instruction = index.table.loc[index.table.session_id == session_id, "instruction"].iloc[0]
+    replay = ReplaySession(index.sessions[session_id], cfg.data)
+    log(f"Real-time replay of {session_id} for {cfg.eval.realtime_duration_s:g} s "
+        f"(actions at {cfg.eval.action_rate_hz:g} Hz, VL {'as fast as it can' if not cfg.eval.realtime_vl_rate_hz else f'at {cfg.eval.realtime_vl_rate_hz:g} Hz'})")
+    report = run_realtime(policy, replay, instruction, cfg.eval.realtime_duration_s, cfg.eval.action_rate_hz,
+                          cfg.eval.realtime_vl_rate_hz, end=replay.end)
+    report.summary.update(fresh_vs_stale(policy, replay, instruction, report))
+    report.summary["session"] = session_id
+    write_json(Path(cfg.run_dir) / "metrics.json", {"realtime": report.summary})
+    return report
+
+
+def run_latency(cfg, policy, log=print) -> dict:
+    """The VL sweep (views x resolutions) and the action step -> metrics.json["latency"]; returns the table too."""
+    from vla_lib.evaluation.latency import latency_sweep, time_action_step
+
+    table = latency_sweep(policy.backbone, cfg.eval.latency_views, cfg.eval.latency_resolutions,
+                          cfg.eval.latency_repeats, cfg.eval.latency_warmup, cfg.cache.pooling, log=log)
+    action = time_action_step(policy.heads, policy.device)
+    result = {"device": _device_name(policy.device), "backbone": cfg.backbone.name_or_path +
+              (" (random weights)" if cfg.backbone.random_weights else ""), "vl_update": table.to_dict("records"),
+              "action_step": action}
+    write_json(Path(cfg.run_dir) / "metrics.json", {"latency": result})
+    return {"table": table, **result}
+
+
+def _device_name(device) -> str:
+    import platform
+
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,7 +1,7 @@
 """Configuration of the Stage-1 heads (SensorEncoder + Action Expert), with named presets.
 
 `original` reproduces the original system's shapes exactly (SensorEncoder 47,238,656 parameters, concat expert
-72,448,007; original_system.md §4) with our fixes that add no parameters left on; `original_exact` also turns the
+72,448,007; original_system.md §4; no proprioception token) with our fixes that add no parameters left on; `original_exact` also turns the
 fixes off (no sensor positional encoding, raw force/A-line) for like-for-like comparisons. `small` is the CPU demo.
 """
 from __future__ import annotations
@@ -29,6 +29,9 @@ class PolicyConfig:
     # Fixes on by default (README lists them). Neither adds parameters, so the `original` preset keeps its counts.
     sensor_positional_encoding: bool = True  # the original's sensor transformer had no notion of time order
     normalize_sensor_inputs: bool = True  # force (~-3) and A-line standardised with the training-split stats
+    # Proprioception: the robot's last K end-effector pose deltas as one more condition token. The original had
+    # none, so nothing told it how fast the arm was already moving; K = 0 (the `original` presets) reproduces that.
+    history_steps: int = 4
     fusion: str = "concat"
     expert_hidden: int = 1024
     expert_layers: int = 4
@@ -54,8 +57,8 @@ class PolicyConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "original": {},  # the dataclass defaults are the original's shapes
-    "original_exact": {"sensor_positional_encoding": False, "normalize_sensor_inputs": False},
+    "original": {"history_steps": 0},  # otherwise the dataclass defaults are the original's shapes
+    "original_exact": {"history_steps": 0, "sensor_positional_encoding": False, "normalize_sensor_inputs": False},
     "small": {
         "sensor_conv_channels": [64, 128, 128, 128], "sensor_dim": 128, "sensor_layers": 1, "sensor_heads": 4,
         "sensor_ff": 256, "sensor_output_dim": 256, "expert_hidden": 128, "expert_layers": 2, "expert_heads": 4,

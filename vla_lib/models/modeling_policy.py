@@ -81,13 +81,15 @@ class ActionExpert(nn.Module):
             self.fuse = nn.Linear(d, d)
         else:
             self.fuse = nn.Linear(cfg.vl_dim, d)
+        self.history = nn.Linear(cfg.history_steps * 6, d) if cfg.history_steps else None
         self.queries = nn.Parameter(torch.randn(1, cfg.horizon, d))
         layer = nn.TransformerDecoderLayer(d, cfg.expert_heads, cfg.expert_ff, cfg.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.expert_layers)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.action_dim)
 
-    def forward(self, vl: torch.Tensor, vl_mask: torch.Tensor, sensor: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, vl: torch.Tensor, vl_mask: torch.Tensor, sensor: torch.Tensor | None,
+                history: torch.Tensor | None = None) -> torch.Tensor:
         w = vl_mask.unsqueeze(-1).to(vl.dtype)
         vl_mean = (vl * w).sum(1) / w.sum(1).clamp(min=1)
         if self.fusion == "concat":
@@ -102,6 +104,8 @@ class ActionExpert(nn.Module):
             cond = self.fuse(g * v + (1 - g) * s).unsqueeze(1)
         else:
             cond = self.fuse(vl_mean).unsqueeze(1)
+        if self.history is not None:  # (B, K, 6) normalised -> one more memory token
+            cond = torch.cat([cond, self.history(history.flatten(1)).unsqueeze(1)], 1)
         h = self.decoder(self.queries.expand(vl.shape[0], -1, -1), cond)
         return self.head(self.norm(h))
 
@@ -121,8 +125,9 @@ class Stage1Policy(nn.Module):
         self.register_buffer("sensor_mean", _buf(sensor_mean, cfg.sensor_channels, 0.0))
         self.register_buffer("sensor_std", _buf(sensor_std, cfg.sensor_channels, 1.0))
 
-    def forward(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None) -> torch.Tensor:
-        """Normalised (B, H, action_dim). `sensor` raw (B, T, 1026); `has_sensor` (B,) bool."""
+    def forward(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None, history=None) -> torch.Tensor:
+        """Normalised (B, H, action_dim). `sensor` raw (B, T, 1026); `has_sensor` (B,) bool; `history` the raw
+        (B, K, 6) last pose deltas (mm, deg), required when `history_steps` > 0."""
         s = None
         if self.sensor_encoder is not None:
             b = vl.shape[0]
@@ -137,7 +142,14 @@ class Stage1Policy(nn.Module):
                     x = x * sensor_mask.unsqueeze(-1).to(x.dtype)  # invalid points carry no value (and are masked)
                 enc = self.sensor_encoder(x, sensor_mask)
                 s = torch.where(has_sensor.view(-1, 1), enc, null.to(enc.dtype))
-        return self.expert(vl, vl_mask, s)
+        h = None
+        if self.config.history_steps:
+            if history is None or history.shape[1] < self.config.history_steps:
+                raise ValueError(f"the policy needs the robot's last {self.config.history_steps} pose deltas "
+                                 f"(history), got {None if history is None else tuple(history.shape)}")
+            h = history[:, -self.config.history_steps:, :6].to(vl.dtype)
+            h = (h - self.action_mean[:6]) / self.action_std[:6]
+        return self.expert(vl, vl_mask, s, h)
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return (actions - self.action_mean) / self.action_std
@@ -146,9 +158,9 @@ class Stage1Policy(nn.Module):
         return actions * self.action_std + self.action_mean
 
     @torch.no_grad()
-    def predict(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None) -> torch.Tensor:
+    def predict(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None, history=None) -> torch.Tensor:
         """(B, H, action_dim) in physical units (mm, deg; gripper as trained)."""
-        return self.denormalize_actions(self.forward(vl, vl_mask, sensor, sensor_mask, has_sensor))
+        return self.denormalize_actions(self.forward(vl, vl_mask, sensor, sensor_mask, has_sensor, history))
 
     def parameter_counts(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731

@@ -68,9 +68,16 @@ def load_backbone(cfg) -> Backbone:
         processor = AutoProcessor.from_pretrained(source, revision=cfg.revision)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             source, revision=cfg.revision, dtype=dtype, attn_implementation=cfg.attn_implementation).to(device)
-    processor.image_processor.size = {"shortest_edge": PROCESSOR_MIN_PIXELS, "longest_edge": budget}
     model.eval().requires_grad_(False)
-    return Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
+    backbone = Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
+    set_pixel_budget(backbone, budget)
+    return backbone
+
+
+def set_pixel_budget(backbone: Backbone, budget: int) -> None:
+    """Pixels per view (qwen_vl_utils fits each image to it; the processor keeps its floor as minimum)."""
+    backbone.processor.image_processor.size = {"shortest_edge": PROCESSOR_MIN_PIXELS, "longest_edge": budget}
+    backbone.pixel_budget = budget
 
 
 def backbone_fingerprint(cfg) -> str:

@@ -1,0 +1,91 @@
+"""Latency profiling: the VL update over views x resolutions (the original's sweep) and the action step.
+
+Every figure: warm-up runs first, the device synchronised around each timed call, median and p95 of the repeats.
+The VL update is split into CPU preparation (resize to the budget, chat template, image processor) and the
+backbone forward + pooling. Runs with the tiny VLM on CPU; with `backbone.random_weights` the published 3B
+architecture is timed on a GPU without downloading weights.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from vla_lib.vlm.backbone import set_pixel_budget
+from vla_lib.vlm.encode import encode, prepare_inputs
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(ms: list[float]) -> tuple[float, float]:
+    return float(np.median(ms)), float(np.percentile(ms, 95))
+
+
+def time_vl_update(backbone, n_views: int, width: int, height: int, repeats: int, warmup: int, pooling: str,
+                   instruction: str = "Perform the insertion task", total_views: int = 5, batch: int = 1) -> dict:
+    """One VL update of `n_views` camera frames of width x height, fitted to a width*height pixel budget."""
+    set_pixel_budget(backbone, width * height)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(n_views)]
+    mask = [k < n_views for k in range(max(total_views, n_views))]
+    prep, model = [], []
+    for k in range(warmup + repeats):
+        t0 = time.perf_counter()
+        inputs = prepare_inputs(backbone.processor, [(frames, instruction, mask)] * batch, backbone.pixel_budget)
+        t1 = time.perf_counter()
+        _sync(backbone.device)
+        t2 = time.perf_counter()
+        encode(backbone, inputs, pooling)
+        _sync(backbone.device)
+        t3 = time.perf_counter()
+        if k >= warmup:
+            prep.append((t1 - t0) * 1e3 / batch), model.append((t3 - t2) * 1e3 / batch)
+    grid = inputs.batch["image_grid_thw"][0]
+    merge = backbone.config.vision_config.spatial_merge_size ** 2
+    p50, p95 = _stats(model)
+    return {"views": n_views, "width": width, "height": height, "batch": batch,
+            "tokens_per_view": int(grid.prod() // merge), "prep_ms_p50": _stats(prep)[0], "vl_ms_p50": p50,
+            "vl_ms_p95": p95, "total_ms_p50": _stats(prep)[0] + p50}
+
+
+def latency_sweep(backbone, views: list[int], resolutions: list[list[int]], repeats: int, warmup: int,
+                  pooling: str = "per_view", log=print):
+    import pandas as pd
+
+    budget = backbone.pixel_budget
+    rows = []
+    try:
+        for w, h in resolutions:
+            for v in views:
+                rows.append(time_vl_update(backbone, v, w, h, repeats, warmup, pooling))
+                log(f"  {v} view(s) {w}x{h}: {rows[-1]['vl_ms_p50']:.1f} ms (+{rows[-1]['prep_ms_p50']:.1f} ms prep)")
+    finally:
+        set_pixel_budget(backbone, budget)
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def time_action_step(heads, device, repeats: int = 50, warmup: int = 5, history_steps: int | None = None) -> dict:
+    """The heads at batch 1 (SensorEncoder + Action Expert on one cached feature and one sensor window)."""
+    cfg = heads.config
+    heads = heads.to(device).eval()
+    vl = torch.randn(1, 6, cfg.vl_dim, device=device)
+    mask = torch.ones(1, 6, dtype=torch.bool, device=device)
+    sensor = torch.randn(1, cfg.sensor_length, cfg.sensor_channels, device=device)
+    smask = torch.ones(1, cfg.sensor_length, dtype=torch.bool, device=device)
+    has = torch.ones(1, dtype=torch.bool, device=device)
+    hist = torch.zeros(1, max(cfg.history_steps, 1), 6, device=device)
+    ms = []
+    for k in range(warmup + repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        heads.predict(vl, mask, sensor, smask, has, hist)
+        _sync(device)
+        if k >= warmup:
+            ms.append((time.perf_counter() - t0) * 1e3)
+    p50, p95 = _stats(ms)
+    return {"action_step_ms_p50": p50, "action_step_ms_p95": p95, "device": str(device)}

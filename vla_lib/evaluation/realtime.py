@@ -1,0 +1,212 @@
+"""The real-time loop: a VL thread refreshes the features, a 10 Hz action loop acts on the latest ones.
+
+The robot is reached only through `RobotIO` (clock, latest views, sensor window, pose history, action out); a user
+wires the same loop to the robot by implementing those six methods. `ReplaySession` plays a recorded session back
+as if live (its clock runs with the wall clock from a chosen start) and also knows the true chunk at any time, so the
+replay measures accuracy as well as timing: action-step latency p50/p95/p99, deadline misses at the action rate,
+VL refresh rate, feature staleness, and the chunk error with the features the loop really had (stale) against
+features encoded from the frames current at each tick (fresh).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from vla_lib.data.samples import pose_history
+from vla_lib.data.timeline import latest_frame_index, pose_deltas, resample_sensor_window
+
+
+class RobotIO(Protocol):
+    def begin(self) -> None: ...  # called once, right before the loop starts
+
+    def now(self) -> float: ...  # robot-clock seconds
+
+    def views(self) -> tuple[list, tuple, float]: ...  # (image per configured view or None, identity, capture time)
+
+    def sensor_window(self) -> np.ndarray | None: ...  # (T, 1026) raw on the fixed grid, NaN rows = no sample
+
+    def pose_history(self, steps: int) -> np.ndarray: ...  # (steps, 6) last pose deltas, oldest first
+
+    def send_action(self, t: float, chunk: np.ndarray) -> None: ...
+
+
+class ReplaySession:
+    """A recorded session served as if live, from robot-clock time `start` (default: first time all streams run)."""
+
+    def __init__(self, session, data_cfg, start: float | None = None):
+        self.s, self.cfg = session, data_cfg
+        self.cam_offset, self.sensor_offset = session.camera_offset(), session.sensor_offset()
+        first = [f.times[0] + self.cam_offset for v, f in session.frames.items() if v in data_cfg.views and len(f.times)]
+        floor = max([session.robot_times[0] + data_cfg.history_steps * data_cfg.action_dt_s, *first[:1]])
+        if session.has_sensor:
+            floor = max(floor, session.sensor.times[0] + self.sensor_offset + data_cfg.sensor_window_s)
+        self.start = max(floor, start or floor)
+        self.end = session.robot_times[-1] - data_cfg.horizon * data_cfg.action_dt_s
+        self._wall0 = None
+        self.actions: list[tuple[float, np.ndarray]] = []
+
+    def begin(self) -> None:
+        self._wall0 = time.perf_counter()
+
+    def now(self) -> float:
+        return self.start + (time.perf_counter() - self._wall0)
+
+    def frames_at(self, t: float) -> tuple[list, tuple, float]:
+        paths, ident, captured = [], [], []
+        for view in self.cfg.views:
+            fl = self.s.frames[view]
+            j = int(latest_frame_index(fl.times + self.cam_offset, np.array([t]))[0]) if len(fl.times) else -1
+            paths.append(fl.paths[j] if j >= 0 else None)
+            ident.append(j)
+            if j >= 0:
+                captured.append(fl.times[j] + self.cam_offset)
+        return paths, tuple(ident), min(captured) if captured else t
+
+    def views(self):
+        return self.frames_at(self.now())
+
+    def sensor_window_at(self, t: float) -> np.ndarray | None:
+        if not self.s.has_sensor:
+            return None
+        c = self.cfg
+        window, valid, _ = resample_sensor_window(self.s.sensor.times + self.sensor_offset, self.s.sensor.forces,
+                                                  self.s.sensor.alines, t, c.sensor_window_s, c.sensor_window_size,
+                                                  c.sensor_max_gap_s)
+        window[~valid] = np.nan
+        return window
+
+    def sensor_window(self):
+        return self.sensor_window_at(self.now())
+
+    def pose_history_at(self, t: float, steps: int) -> np.ndarray:
+        return pose_history(self.s.robot_times, self.s.pose, [t], steps, self.cfg.action_dt_s)[0]
+
+    def pose_history(self, steps: int):
+        return self.pose_history_at(self.now(), steps)
+
+    def send_action(self, t: float, chunk: np.ndarray) -> None:
+        self.actions.append((t, chunk))
+
+    def true_chunk(self, t: float) -> np.ndarray:
+        return pose_deltas(self.s.robot_times, self.s.pose, np.array([t]), self.cfg.horizon, self.cfg.action_dt_s)[0]
+
+
+@dataclass
+class _Latest:
+    features: object = None
+    mask: object = None
+    ident: tuple = ()
+    captured: float = 0.0
+    ready: float = 0.0
+
+
+@dataclass
+class RealtimeReport:
+    ticks: list[dict] = field(default_factory=list)  # one per action step
+    refreshes: list[dict] = field(default_factory=list)  # one per VL encode
+    summary: dict = field(default_factory=dict)
+
+
+def run_realtime(policy, io: RobotIO, instruction: str, duration_s: float, action_rate_hz: float = 10.0,
+                 vl_rate_hz: float = 0.0, end: float | None = None) -> RealtimeReport:
+    """Run the loop for `duration_s` wall seconds (or until the robot clock passes `end`)."""
+    period = 1.0 / action_rate_hz
+    latest, lock, stop = _Latest(), threading.Lock(), threading.Event()
+    report = RealtimeReport()
+    errors: list[BaseException] = []
+
+    def vl_worker():
+        try:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                images, ident, captured = io.views()
+                if ident == latest.ident and vl_rate_hz == 0:  # nothing new to see: do not burn the accelerator
+                    time.sleep(0.002)
+                    continue
+                feats, mask = policy.encode([instruction], [images])
+                with lock:
+                    latest.features, latest.mask, latest.ident = feats, mask, ident
+                    latest.captured, latest.ready = captured, io.now()
+                report.refreshes.append({"t": latest.ready, "encode_ms": (time.perf_counter() - t0) * 1e3})
+                if vl_rate_hz:
+                    time.sleep(max(0.0, 1.0 / vl_rate_hz - (time.perf_counter() - t0)))
+        except BaseException as e:  # surfaced in the caller, never swallowed
+            errors.append(e)
+            stop.set()
+
+    io.begin()
+    worker = threading.Thread(target=vl_worker, name="vl-refresh", daemon=True)
+    worker.start()
+    while latest.features is None and not stop.is_set():  # the first features gate the first action
+        time.sleep(0.001)
+    wall_end = time.perf_counter() + duration_s
+    next_tick = time.perf_counter()
+    while not stop.is_set() and time.perf_counter() < wall_end and (end is None or io.now() < end):
+        time.sleep(max(0.0, next_tick - time.perf_counter()))
+        started = time.perf_counter()
+        t = io.now()
+        with lock:
+            feats, mask, ident, captured, ready = (latest.features, latest.mask, latest.ident, latest.captured,
+                                                   latest.ready)
+        window = io.sensor_window()
+        history = io.pose_history(policy.history_steps) if policy.history_steps else None
+        chunk = policy.act(feats, mask, None if window is None else window[None],
+                           None if history is None else history[None])[0]
+        io.send_action(t, chunk)
+        latency = time.perf_counter() - started
+        report.ticks.append({"t": t, "latency_ms": latency * 1e3, "late_start_ms": (started - next_tick) * 1e3,
+                             "missed": latency > period or started - next_tick > period,
+                             "staleness_s": t - captured, "feature_age_s": t - ready, "ident": ident,
+                             "window": window, "history": history, "chunk": chunk})
+        next_tick += period
+        if next_tick < time.perf_counter():  # fell behind: skip the ticks we cannot make, count them
+            skipped = int((time.perf_counter() - next_tick) // period) + 1
+            report.ticks[-1]["skipped_ticks"] = skipped
+            next_tick += skipped * period
+    stop.set()
+    worker.join(timeout=30)
+    if errors:
+        raise errors[0]
+    report.summary = _summarise(report, period)
+    return report
+
+
+def _summarise(report: RealtimeReport, period: float) -> dict:
+    lat = np.array([t["latency_ms"] for t in report.ticks])
+    enc = np.array([r["encode_ms"] for r in report.refreshes])
+    stale = np.array([t["staleness_s"] for t in report.ticks])
+    span = (report.ticks[-1]["t"] - report.ticks[0]["t"]) if len(report.ticks) > 1 else 0.0
+    skipped = sum(t.get("skipped_ticks", 0) for t in report.ticks)
+    return {
+        "action_steps": len(lat), "action_period_ms": period * 1e3,
+        "action_latency_ms_p50": float(np.percentile(lat, 50)), "action_latency_ms_p95": float(np.percentile(lat, 95)),
+        "action_latency_ms_p99": float(np.percentile(lat, 99)),
+        "deadline_misses": int(sum(t["missed"] for t in report.ticks)) + skipped, "skipped_ticks": skipped,
+        "vl_refreshes": len(enc), "vl_encode_ms_p50": float(np.median(enc)) if len(enc) else None,
+        "vl_refresh_hz": float(len(enc) / span) if span > 0 else None,
+        "vl_max_rate_hz": 1e3 / float(np.median(enc)) if len(enc) else None,
+        "staleness_s_p50": float(np.median(stale)), "staleness_s_max": float(stale.max()),
+    }
+
+
+def fresh_vs_stale(policy, replay: ReplaySession, instruction: str, report: RealtimeReport) -> dict:
+    """Chunk MSE (6 pose dims) of what the loop sent (features as they were) against the same ticks re-run with
+    features encoded from the frames current at each tick (fresh), both against the recorded truth."""
+    fresh_cache: dict[tuple, tuple] = {}
+    err_stale, err_fresh = [], []
+    for tick in report.ticks:
+        images, ident, _ = replay.frames_at(tick["t"])
+        if ident not in fresh_cache:
+            fresh_cache[ident] = policy.encode([instruction], [images])
+        feats, mask = fresh_cache[ident]
+        w, h = tick["window"], tick["history"]
+        fresh = policy.act(feats, mask, None if w is None else w[None], None if h is None else h[None])[0]
+        truth = replay.true_chunk(tick["t"])
+        err_stale.append(((tick["chunk"][:, :6] - truth) ** 2).mean())
+        err_fresh.append(((fresh[:, :6] - truth) ** 2).mean())
+    return {"mse_loop_features": float(np.mean(err_stale)), "mse_fresh_features": float(np.mean(err_fresh)),
+            "ticks_with_stale_features": int(sum(t["ident"] != replay.frames_at(t["t"])[1] for t in report.ticks))}
