@@ -99,6 +99,9 @@ class BackboneConfig:
     tiny_model_dir: str = "outputs/models/tiny-qwen2.5-vl"
     dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     attn_implementation: str = "sdpa"
+    # One variable-length attention per vision layer instead of transformers' loop over windows (vlm/fast_vision.py):
+    # auto = on CUDA only; off | varlen | masked_sdpa force a choice. Not part of the cache key: same function.
+    fast_vision: str = "auto"
     device: str = "auto"
     image_resize_height: int = 360
     image_resize_width: int = 640  # pixel budget = height * width (min = max, as the seed)
@@ -134,6 +137,7 @@ class TrainConfig:
     seed: int = 42
     num_workers: int = 0
     save_every_steps: int = 0  # 0 = only at epoch ends
+    log_every_steps: int = 1  # step metrics (tqdm, JSONL, wandb) every N optimiser steps; each costs a host sync
     max_steps: int = 0  # 0 = no limit (used by tests to stop early)
     mixed_precision: str = "auto"  # auto = bf16 autocast on CUDA, none on CPU
     wandb_mode: str = "offline"  # offline | online | disabled

@@ -228,6 +228,7 @@ def train(cfg, log=print) -> dict:
                             collate_fn=collate, drop_last=True, pin_memory=on_cuda,
                             generator=torch.Generator().manual_seed(tc.seed + epoch))
         totals = torch.zeros(4, device=acc.device)  # weighted loss sum, weight sum, sensor samples, samples
+        epoch_start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=progress["micro"] // tc.grad_accum_steps,
                    disable=not acc.is_main_process, desc=f"epoch {epoch + 1}/{tc.epochs}")
         for batch in loader:
@@ -254,13 +255,16 @@ def train(cfg, log=print) -> dict:
             progress["micro"] += 1
             if grad_norm is not None:
                 progress["global_step"] += 1
+                bar.update(1)
+            if grad_norm is not None and progress["global_step"] % tc.log_every_steps == 0:
+                # reading loss/grad back is a host sync: every log_every_steps steps, not every step
                 seen = acc.reduce(totals.clone(), reduction="sum")
                 lr = scheduler.get_last_lr()[0]
-                bar.update(1)
                 bar.set_postfix_str(f"loss: {loss.item() * tc.grad_accum_steps:.6f}, lr: {lr:.2e}, grad: "
                                     f"{float(grad_norm):.2f}, sensor: {int(seen[2])}/{int(seen[3])}")
                 record({"step": progress["global_step"], "epoch": epoch + 1, "train/loss_step": loss.item(),
                         "train/lr": lr, "train/grad_norm": float(grad_norm)})
+            if grad_norm is not None:
                 if tc.save_every_steps and progress["global_step"] % tc.save_every_steps == 0:
                     save_resume()
                 if tc.max_steps and progress["global_step"] >= tc.max_steps:
@@ -271,15 +275,16 @@ def train(cfg, log=print) -> dict:
             save_resume()
             break
         seen = acc.reduce(totals, reduction="sum")
+        samples_per_s = float(seen[3]) / (time.perf_counter() - epoch_start)  # all ranks, data loading included
         train_loss = float(seen[0] / seen[1].clamp(min=1e-9))
         val_loss = evaluate_loss(model, val_set, cfg, acc, mean_weight)
         progress["epoch"], progress["micro"] = epoch + 1, 0
         row = {"epoch": epoch + 1, "step": progress["global_step"], "train/loss_epoch": train_loss,
                "val/loss_epoch": val_loss, "train/sensor_samples": int(seen[2]),
-               "train/nonsensor_samples": int(seen[3] - seen[2])}
+               "train/nonsensor_samples": int(seen[3] - seen[2]), "train/samples_per_s": samples_per_s}
         history.append(row)
         record(row)
-        say(f"Epoch {epoch + 1} | Train: {train_loss:.6f} | Val: {val_loss:.6f}")
+        say(f"Epoch {epoch + 1} | Train: {train_loss:.6f} | Val: {val_loss:.6f} | {samples_per_s:.0f} samples/s")
         improved = val_loss < progress["best_val"]
         if improved:
             progress["best_val"] = val_loss

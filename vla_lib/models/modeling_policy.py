@@ -47,7 +47,8 @@ class SensorEncoder(nn.Module):
         h = self.transformer(h)
         if valid is not None:  # pool over the time steps whose receptive field saw valid samples
             keep = nn.functional.adaptive_max_pool1d(valid.float().unsqueeze(1), h.shape[1]).squeeze(1)
-            keep = keep.clamp(min=1e-6) if keep.sum() == 0 else keep
+            # a window with no valid point pools uniformly (its sample takes the null embedding anyway); no host sync
+            keep = torch.where(keep.sum(1, keepdim=True) == 0, torch.ones_like(keep), keep)
             pooled = (h * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1e-6)
         else:
             pooled = h.mean(1)
@@ -132,7 +133,9 @@ class Stage1Policy(nn.Module):
         if self.sensor_encoder is not None:
             b = vl.shape[0]
             null = self.null_sensor.expand(b, -1)
-            if sensor is None or has_sensor is None or not bool(has_sensor.any()):
+            # No "skip if no sample has sensor" shortcut: deciding it is a host sync every step (and impossible inside
+            # a CUDA graph); the mask picks the null embedding per sample instead.
+            if sensor is None or has_sensor is None:
                 s = null
             else:
                 x = sensor

@@ -69,6 +69,10 @@ def load_backbone(cfg) -> Backbone:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             source, revision=cfg.revision, dtype=dtype, attn_implementation=cfg.attn_implementation).to(device)
     model.eval().requires_grad_(False)
+    if cfg.fast_vision != "off" and (cfg.fast_vision != "auto" or device.type == "cuda"):
+        from vla_lib.vlm.fast_vision import enable_fast_vision
+
+        enable_fast_vision(model, "auto" if cfg.fast_vision == "auto" else cfg.fast_vision, log=lambda *a: None)
     backbone = Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
     set_pixel_budget(backbone, budget)
     return backbone

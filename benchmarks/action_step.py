@@ -1,0 +1,70 @@
+"""The action step at batch 1 (SensorEncoder + Action Expert, the original's shapes): eager fp32, eager under bf16
+autocast, and replayed as a CUDA graph (issues 7 and 8). Median and p95 over repeats, device synchronised.
+
+    python benchmarks/action_step.py --preset original
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from vla_lib.config import RunConfig
+from vla_lib.models.action_graph import ActionStep
+from vla_lib.models.modeling_policy import Stage1Policy
+
+
+def timed(fn, repeats: int, warmup: int = 10) -> tuple[float, float]:
+    ms = []
+    for k in range(warmup + repeats):
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        if k >= warmup:
+            ms.append((time.perf_counter() - t0) * 1e3)
+    ms.sort()
+    return statistics.median(ms), ms[int(0.95 * (len(ms) - 1))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="original")
+    ap.add_argument("--history-steps", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--repeats", type=int, default=200)
+    args = ap.parse_args()
+    model = {"preset": args.preset}
+    if args.history_steps is not None:
+        model["history_steps"] = args.history_steps
+    cfg = RunConfig.from_dict({"model": model}).model
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    heads = Stage1Policy(cfg).to(device).eval()
+    c = cfg
+    x = dict(vl=torch.randn(1, 6, c.vl_dim, device=device), vl_mask=torch.ones(1, 6, dtype=torch.bool, device=device),
+             sensor=torch.randn(1, c.sensor_length, c.sensor_channels, device=device),
+             sensor_mask=torch.ones(1, c.sensor_length, dtype=torch.bool, device=device),
+             has_sensor=torch.ones(1, dtype=torch.bool, device=device),
+             history=torch.zeros(1, max(c.history_steps, 1), 6, device=device))
+    rows = {}
+    with torch.no_grad():
+        rows["eager fp32"] = timed(lambda: heads.predict(**x), args.repeats)
+        if device.type == "cuda":
+            def bf16():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return heads.predict(**x)
+            rows["eager bf16 autocast"] = timed(bf16, args.repeats)
+            step = ActionStep(heads, n_tokens=6)
+            ref = bf16().float()
+            got = step(*x.values()).float()
+            print(f"graph vs eager bf16 max abs diff: {(got - ref).abs().max().item():.3g}")
+            rows["CUDA graph bf16"] = timed(lambda: step(*x.values()), args.repeats)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"action step, batch 1, preset {args.preset} (history {c.history_steps}), {name}:")
+    for k, (p50, p95) in rows.items():
+        print(f"  {k:22s} p50 {p50:7.3f} ms   p95 {p95:7.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""VL encode: stock transformers against the fast vision path, side by side in one process (issues 5 and 8).
+
+    python benchmarks/vl_encode.py --random-weights            # the published 3B architecture, no download (GPU)
+    python benchmarks/vl_encode.py --stock-only --batches 1 8   # the stock figures alone
+
+Prints ms/sample (backbone forward + pooling; inputs prepared beforehand), the speed-up, peak GPU memory and the
+fraction of the arithmetic floor (2 x parameters x tokens at the measured ~790 bf16 TFLOP/s), then checks that the
+fast path's bf16 pooled features are no further from an fp32 stock reference than 1.5x the stock bf16 distance.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from vla_lib.config import BackboneConfig
+from vla_lib.vlm.backbone import load_backbone, set_pixel_budget
+from vla_lib.vlm.encode import encode, prepare_inputs
+from vla_lib.vlm.fast_vision import disable_fast_vision, enable_fast_vision
+
+PEAK_TFLOPS = 790.0  # bf16 dense matrix product measured on the H100 / H200 here
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def inputs_for(bb, n_views, width, height, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = [rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(n_views)]
+    return prepare_inputs(bb.processor, [(frames, "Perform the insertion task", [True] * n_views)] * batch,
+                          bb.pixel_budget)
+
+
+def time_encode(bb, inputs, repeats, warmup):
+    ms = []
+    for k in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        encode(bb, inputs, "per_view")
+        sync()
+        if k >= warmup:
+            ms.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ms)
+
+
+def floor_ms(bb, inputs) -> float:
+    visual = bb.model.model.visual
+    p_vis = sum(p.numel() for p in visual.parameters())
+    p_lm = sum(p.numel() for p in bb.model.model.language_model.parameters()) - bb.model.model.language_model.embed_tokens.weight.numel()
+    patches = int(inputs.batch["image_grid_thw"].prod(-1).sum())
+    tokens = int(inputs.batch["attention_mask"].sum())
+    return 2 * (p_vis * patches + p_lm * tokens) / (PEAK_TFLOPS * 1e12) * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--views", type=int, default=5)
+    ap.add_argument("--sizes", nargs="*", default=["640x360", "1280x720"])
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 8, 16])
+    ap.add_argument("--big-batches", type=int, nargs="*", default=[1], help="batches for sizes above 640x360")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--stock-only", action="store_true")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--no-check", action="store_true")
+    args = ap.parse_args()
+    cuda = torch.cuda.is_available()
+    torch.manual_seed(0)
+    cfg = BackboneConfig(name_or_path=args.model, random_weights=args.random_weights, fast_vision="off",
+                         dtype="fp32" if (cuda and not args.no_check) else "auto")
+    bb = load_backbone(cfg)
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, "
+          f"backbone {args.model}{' (random weights)' if args.random_weights else ''}, "
+          f"{sum(p.numel() for p in bb.model.parameters()) / 1e9:.3f} B parameters")
+    if cuda and not args.no_check:  # fp32 reference first, then the same weights in bf16
+        set_pixel_budget(bb, 640 * 360)
+        check_inputs = inputs_for(bb, args.views, 640, 360, 2, seed=1)
+        ref = encode(bb, check_inputs, "per_view")[0]
+        bb.model.to(torch.bfloat16)
+        bb.dtype = torch.bfloat16
+        stock = encode(bb, check_inputs, "per_view")[0]
+        enable_fast_vision(bb.model, args.backend)
+        fast = encode(bb, check_inputs, "per_view")[0]
+        disable_fast_vision(bb.model)
+        rel = lambda a: float((a - ref).norm() / ref.norm())  # noqa: E731
+        print(f"correctness vs fp32 stock: stock bf16 rel. diff {rel(stock):.4f}, fast bf16 {rel(fast):.4f} "
+              f"(ratio {rel(fast) / rel(stock):.2f}, must be <= 1.5)")
+    rows = []
+    for size in args.sizes:
+        w, h = map(int, size.split("x"))
+        set_pixel_budget(bb, w * h)
+        for batch in (args.batches if w * h <= 640 * 360 else args.big_batches):
+            inputs = inputs_for(bb, args.views, w, h, batch)
+            tokens = int((inputs.batch["input_ids"][0] == bb.config.image_token_id).sum()) // args.views
+            if cuda:
+                torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+            stock = time_encode(bb, inputs, args.repeats, args.warmup) / batch
+            mem_stock = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+            row = {"size": size, "tokens/view": tokens, "batch": batch, "stock ms/sample": stock,
+                   "stock GiB": mem_stock}
+            if not args.stock_only:
+                enable_fast_vision(bb.model, args.backend, log=lambda *a: None)
+                if cuda:
+                    torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+                fast = time_encode(bb, inputs, args.repeats, args.warmup) / batch
+                disable_fast_vision(bb.model)
+                row.update({"fast ms/sample": fast, "speed-up": stock / fast,
+                            "fast GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")})
+            row["floor ms/sample"] = floor_ms(bb, inputs) / batch
+            row["floor fraction"] = row["floor ms/sample"] / row.get("fast ms/sample", stock)
+            rows.append(row)
+            print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  flush=True)
+    import pandas as pd
+
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The inference API: checkpoint round trip, refusal of mismatched checkpoints, the input forms, a live replay."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vla_lib.config import RunConfig
+from vla_lib.data.normalization import compute_stats
+from vla_lib.data.samples import SampleDataset, build_index
+from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
+from vla_lib.inference import VLAPolicy
+from vla_lib.models.configuration_policy import PolicyConfig
+from vla_lib.models.checkpoint import CheckpointMismatchError, save_checkpoint
+from vla_lib.models.modeling_policy import Stage1Policy
+from vla_lib.vlm.backbone import load_backbone
+
+
+@pytest.fixture(scope="module")
+def setup(synth_root, tmp_path_factory):
+    """An in-memory policy (random heads, real stats) saved as a checkpoint, and the backbone it was built for."""
+    tmp = tmp_path_factory.mktemp("inference")
+    cfg = RunConfig.from_yaml("params/ci.yaml")
+    cfg.data.root = str(synth_root)
+    cfg.backbone.tiny_model_dir = str(tmp / "tiny")
+    index = build_index(cfg.data)
+    stats = compute_stats(index)
+    backbone = load_backbone(cfg.backbone)
+    cfg.model.vl_dim = backbone.hidden_size
+    torch.manual_seed(0)
+    heads = Stage1Policy(cfg.model, *stats.action_arrays(), *stats.sensor_arrays()).eval()
+    save_checkpoint(tmp / "heads.pt", heads, stats, cfg, epoch=1, step=1, val_loss=0.0)
+    return cfg, index, heads, backbone, tmp / "heads.pt"
+
+
+def _observation(index, cfg, i):
+    sample = SampleDataset(index, cfg.data)[i]
+    paths = index.view_paths(i)
+    return index.table.instruction[i], paths, sample["sensor"], index.history[i]
+
+
+def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
+    from vla_lib.vlm.encode import encode, prepare_inputs
+
+    cfg, index, heads, backbone, path = setup
+    policy = VLAPolicy.from_checkpoint(path, device="cpu")
+    i = int(np.nonzero(index.table.has_sensor.to_numpy())[0][5])
+    instruction, paths, window, history = _observation(index, cfg, i)
+    chunk = policy.predict(instruction, paths, window, history)
+    assert chunk.shape == (8, 7)
+    inputs = prepare_inputs(backbone.processor, [([p for p in paths if p], instruction, [p is not None for p in paths])],
+                            backbone.pixel_budget)
+    feats, mask = encode(backbone, inputs, cfg.cache.pooling)
+    expected = heads.predict(feats, mask, torch.as_tensor(window)[None], torch.ones(1, 65, dtype=torch.bool),
+                             torch.tensor([True]), torch.as_tensor(history)[None])[0].numpy()
+    np.testing.assert_allclose(chunk, expected, atol=1e-5)
+    # paths, PIL images and arrays are the same input; a NaN row of the window is a missing sample, not a value
+    pil = [Image.open(p).convert("RGB") for p in paths]
+    np.testing.assert_allclose(policy.predict(instruction, pil, window, history), chunk, atol=1e-5)
+    np.testing.assert_allclose(policy.predict(instruction, [np.asarray(im) for im in pil], window, history), chunk,
+                               atol=1e-5)
+    holed = window.copy()
+    holed[10] = np.nan
+    assert np.isfinite(policy.predict(instruction, paths, holed, history)).all()
+    # batched == one by one; a missing view and a missing sensor are accepted
+    batch = policy.predict_batch([instruction] * 2, [paths, [None] + paths[1:]], np.stack([window, window]),
+                                 np.stack([history, history]))
+    np.testing.assert_allclose(batch[0], chunk, atol=1e-5)
+    assert policy.predict(instruction, paths, None, history).shape == (8, 7)
+    with pytest.raises(ValueError, match="expected 5 views"):
+        policy.predict(instruction, paths[:3], window, history)
+
+
+def test_mismatched_checkpoints_are_refused(setup, tmp_path):
+    cfg, index, heads, backbone, path = setup
+    blob = torch.load(path, weights_only=True)
+    blob["model_state_dict"].pop("sensor_encoder.proj.0.weight")
+    torch.save(blob, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointMismatchError, match="missing"):
+        VLAPolicy.from_checkpoint(tmp_path / "partial.pt", device="cpu")
+    blob = torch.load(path, weights_only=True)
+    blob["policy_config"]["vl_dim"] = 32  # heads for another backbone width
+    blob["model_state_dict"] = Stage1Policy(PolicyConfig(**blob["policy_config"])).state_dict()
+    torch.save(blob, tmp_path / "other_width.pt")
+    with pytest.raises(CheckpointMismatchError, match="expect 32-d VL features"):
+        VLAPolicy.from_checkpoint(tmp_path / "other_width.pt", device="cpu")
+
+
+def test_realtime_replay_runs_at_the_action_rate_without_future_frames(setup):
+    cfg, index, heads, backbone, path = setup
+    policy = VLAPolicy.from_checkpoint(path, device="cpu")
+    sid = next(s for s in index.sessions if index.sessions[s].has_sensor)
+    replay = ReplaySession(index.sessions[sid], cfg.data)
+    instruction = index.table.instruction[index.table.session_id == sid].iloc[0]
+    report = run_realtime(policy, replay, instruction, duration_s=1.5, action_rate_hz=10.0)
+    s = report.summary
+    assert 12 <= s["action_steps"] <= 16 and s["vl_refreshes"] >= 1
+    assert s["action_latency_ms_p50"] < 100 and s["action_latency_ms_p99"] >= s["action_latency_ms_p50"]
+    for tick in report.ticks:
+        assert tick["staleness_s"] >= 0 and tick["chunk"].shape == (8, 7)  # features never from the future
+    assert len(replay.actions) == s["action_steps"]
+    ts = [t for t, _ in replay.actions]
+    assert np.all(np.diff(ts) > 0.05)  # paced by the clock, not run flat out
+    quality = fresh_vs_stale(policy, replay, instruction, report)
+    assert np.isfinite(quality["mse_loop_features"]) and np.isfinite(quality["mse_fresh_features"])

@@ -1,0 +1,56 @@
+"""The action step (SensorEncoder + Action Expert at batch 1) captured as a CUDA graph for the real-time loop.
+
+Eager, the step is launch-bound (~4 ms fp32, ~8 ms under bf16 autocast for ~120 M parameters at batch 1); replaying
+one captured graph removes the per-kernel launch cost (~1 ms measured). Inputs are copied into static buffers,
+the graph replayed, the output cloned. CUDA only; `ActionStep` picks eager elsewhere.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class ActionStep:
+    """Callable (vl, vl_mask, sensor, sensor_mask, has_sensor, history) -> physical chunk, eager or graphed."""
+
+    def __init__(self, heads, n_tokens: int, use_graph: bool | None = None, dtype: torch.dtype = torch.bfloat16):
+        self.heads = heads.eval()
+        device = next(heads.parameters()).device
+        self.graphed = (device.type == "cuda") if use_graph is None else use_graph
+        if not self.graphed:
+            return
+        c = heads.config
+        self.dtype = dtype
+        self.static = {
+            "vl": torch.zeros(1, n_tokens, c.vl_dim, device=device),
+            "vl_mask": torch.ones(1, n_tokens, dtype=torch.bool, device=device),
+            "sensor": torch.zeros(1, c.sensor_length, c.sensor_channels, device=device),
+            "sensor_mask": torch.ones(1, c.sensor_length, dtype=torch.bool, device=device),
+            "has_sensor": torch.ones(1, dtype=torch.bool, device=device),
+            "history": torch.zeros(1, max(c.history_steps, 1), 6, device=device),
+        }
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):  # warm-up outside the graph (allocator, cuBLAS handles)
+                self._run()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.output = self._run()
+
+    def _run(self) -> torch.Tensor:
+        s = self.static
+        # has_sensor is a tensor in the graph: the null-embedding choice is a torch.where, captured for both cases
+        with torch.autocast("cuda", dtype=self.dtype):
+            return self.heads.predict(s["vl"], s["vl_mask"], s["sensor"], s["sensor_mask"], s["has_sensor"],
+                                      s["history"])
+
+    @torch.no_grad()
+    def __call__(self, vl, vl_mask, sensor, sensor_mask, has_sensor, history) -> torch.Tensor:
+        if not self.graphed:
+            return self.heads.predict(vl, vl_mask, sensor, sensor_mask, has_sensor, history)
+        for name, value in zip(("vl", "vl_mask", "sensor", "sensor_mask", "has_sensor", "history"),
+                               (vl, vl_mask, sensor, sensor_mask, has_sensor, history)):
+            self.static[name].copy_(value)
+        self.graph.replay()
+        return self.output.clone()
