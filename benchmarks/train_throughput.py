@@ -62,10 +62,55 @@ def main():
     print(f"{len(index)} samples, {len(keys)} distinct VL inputs, prepared in {time.time() - t:.0f} s")
     summary = train(cfg, log=print)
     rates = [row["train/samples_per_s"] for row in summary["history"]]
+    loader_rate, model_rate = breakdown(cfg, index, store, args)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(json.dumps({"device": device, "batch_size": args.batch_size, "workers": args.workers,
                       "preset": args.preset, "samples_per_s_per_epoch": [round(r) for r in rates],
-                      "best_after_warmup": round(max(rates[1:] or rates))}))
+                      "best_after_warmup": round(max(rates[1:] or rates)),
+                      "loader_only_samples_per_s": round(loader_rate), "model_only_samples_per_s": round(model_rate)}))
+
+
+def breakdown(cfg, index, store, args) -> tuple[float, float]:
+    """The two halves alone: the DataLoader (to the device) and the training step on one resident batch."""
+    from torch.utils.data import DataLoader
+
+    from vla_lib.data.batches import FeatureJoinedDataset, collate, to_device
+    from vla_lib.data.samples import SampleDataset
+    from vla_lib.models.modeling_policy import Stage1Policy
+    from vla_lib.vlm.feature_store import FeatureTable
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = FeatureJoinedDataset(SampleDataset(index, cfg.data), FeatureTable(store, index.table.cache_key))
+    loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, collate_fn=collate,
+                        drop_last=True, pin_memory=device.type == "cuda")
+    n, t0, warm = 0, None, min(5, len(loader) // 3)
+    for k, batch in enumerate(loader):
+        batch = to_device(batch, device)
+        if k == warm:
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            t0 = time.perf_counter()
+        elif k > warm:
+            n += len(batch["vl"])
+    torch.cuda.synchronize() if device.type == "cuda" else None
+    loader_rate = n / (time.perf_counter() - t0)
+    cfg.model.vl_dim = 2048
+    model = Stage1Policy(cfg.model).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    steps = 30
+    for k in range(steps + 5):
+        if k == 5:
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], batch["has_sensor"],
+                         batch["history"])
+        loss = (pred.float() - model.normalize_actions(batch["target"])).pow(2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+    torch.cuda.synchronize() if device.type == "cuda" else None
+    return loader_rate, steps * args.batch_size / (time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ def test_notebook_01_runs_under_papermill(tmp_path):
 
 
 @pytest.mark.slow
-def test_notebooks_02_and_03_run_under_papermill(tmp_path):
+def test_notebooks_02_to_04_run_under_papermill(tmp_path):
     params = _params(tmp_path)
-    for name in ["01_dataset_audit", "02_vl_cache", "03_train"]:
+    for name in ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency"]:
         pm.execute_notebook(str(REPO / f"notebooks/{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
                             parameters={"params_file": "params/ci.yaml", **params}, cwd=str(REPO),
                             kernel_name="python3", progress_bar=False)
@@ -46,3 +46,9 @@ def test_notebooks_02_and_03_run_under_papermill(tmp_path):
     assert train["epochs"] == 2
     assert (tmp_path / "train/checkpoints/qwen_vla_sensor_final.pt").exists()
     assert (tmp_path / "ci/03_train/training_curves.png").stat().st_size > 10_000
+    metrics = yaml.safe_load((tmp_path / "ci/metrics.json").read_text())
+    assert set(metrics) == {"offline", "realtime", "latency"}
+    assert set(metrics["offline"]["predictors"]) == {"policy", "policy_no_sensor", "zero", "train_mean", "last_delta"}
+    assert metrics["realtime"]["action_steps"] >= 10 and len(metrics["latency"]["vl_update"]) == 4
+    for png in ["first_action", "error_per_dimension", "error_per_horizon", "realtime", "latency"]:
+        assert (tmp_path / f"ci/04_eval/{png}.png").stat().st_size > 10_000

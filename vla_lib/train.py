@@ -39,7 +39,7 @@ def sample_weights(batch: dict, cfg) -> torch.Tensor:
     samples without. Normalised by the *training-set* mean weight (a constant), not per micro-batch, so they really
     change the gradient at batch size 1 (the original's per-batch renormalisation made them a no-op)."""
     has = batch["has_sensor"].bool()
-    return torch.where(has, torch.tensor(cfg.sensor_loss_weight), torch.tensor(cfg.nonsensor_confidence))
+    return torch.where(has, cfg.sensor_loss_weight, cfg.nonsensor_confidence).float()
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
@@ -251,7 +251,7 @@ def train(cfg, log=print) -> dict:
                     scheduler.step()
                 optimizer.zero_grad()
             totals += torch.stack([(per_sample * w).sum().detach(), w.sum(), batch["has_sensor"].sum(),
-                                   torch.tensor(float(len(w)), device=acc.device)])
+                                   w.new_full((), float(len(w)))])  # built on the device: no host copy
             progress["micro"] += 1
             if grad_norm is not None:
                 progress["global_step"] += 1

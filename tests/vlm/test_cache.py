@@ -105,3 +105,35 @@ def test_seed_cache_command_runs(cfg, tmp_path):
             "--cache-dir", cfg.cache.dir, "--set", f"backbone.tiny_model_dir={cfg.backbone.tiny_model_dir}"]
     assert main(args) == 0
     assert main(["--mode", "verify"] + args[2:]) == 0
+
+
+@pytest.mark.slow
+def test_two_process_cache_build_writes_disjoint_shards_and_a_complete_index(cfg, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    cfg.backbone.tiny_model_dir = str(tmp_path / "fresh_tiny")  # both ranks build it at once: must not clash
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vla_lib", "--mode", "cache",
+           "--params", "params/ci.yaml", "--data-root", cfg.data.root, "--cache-dir", cfg.cache.dir,
+           "--set", f"backbone.tiny_model_dir={cfg.backbone.tiny_model_dir}", "--set", "cache.shard_size=8"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "on 2 process(es)" in done.stdout and "Cache build complete" in done.stdout
+    store = open_store(cfg)
+    keys = {}
+    for rank in (0, 1):
+        shards = sorted(store.dir.glob(f"rank{rank}-*.safetensors"))
+        assert shards, f"rank {rank} wrote no shard"
+        keys[rank] = set()
+        for shard in shards:
+            with safe_open(shard, framework="pt") as f:
+                keys[rank] |= set(json.loads(f.metadata()["keys"]))
+    assert not keys[0] & keys[1]
+    index = build_index(cfg.data)
+    assert set(json.loads((store.dir / "index.json").read_text())) == set(index.table.cache_key)
+    assert store.verify() == []

@@ -9,6 +9,8 @@ few hundred KB; the special tokens, their roles and the chat template are Qwen's
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -109,11 +111,16 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     if (out / "config.json").exists() and (out / "processor_config.json").exists():
         return out
-    tmp = out.with_name(out.name + ".partial")
+    # Several processes (accelerate launch / torchrun) may build it at once: each writes its own folder and renames
+    # it into place; the seed makes every build identical, so the first rename wins and the others are dropped.
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
     model.save_pretrained(tmp)
     build_processor(tokenizer).save_pretrained(tmp)
-    tmp.replace(out) if not out.exists() else None
+    try:
+        tmp.rename(out)
+    except OSError:  # another process got there first
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
