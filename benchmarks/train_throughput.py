@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--preset", default="original")
+    ap.add_argument("--compile", action="store_true", help="train.compile (torch.compile the heads in place)")
     ap.add_argument("--log-every", type=int, default=50, help="train.log_every_steps (each log is a host sync)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -44,7 +45,7 @@ def main():
         "cache": {"dir": str(out / "cache")}, "model": {"preset": args.preset},
         "train": {"output_dir": str(out / "train"), "epochs": args.epochs, "batch_size": args.batch_size,
                   "grad_accum_steps": 1, "num_workers": args.workers, "wandb_mode": "disabled",
-                  "log_every_steps": args.log_every},
+                  "log_every_steps": args.log_every, "compile": args.compile},
     })
     t = time.time()
     generate_dataset(cfg.synthetic)
@@ -64,7 +65,7 @@ def main():
     rates = [row["train/samples_per_s"] for row in summary["history"]]
     loader_rate, model_rate = breakdown(cfg, index, store, args)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(json.dumps({"device": device, "batch_size": args.batch_size, "workers": args.workers,
+    print(json.dumps({"device": device, "batch_size": args.batch_size, "workers": args.workers, "compile": args.compile,
                       "preset": args.preset, "samples_per_s_per_epoch": [round(r) for r in rates],
                       "best_after_warmup": round(max(rates[1:] or rates)),
                       "loader_only_samples_per_s": round(loader_rate), "model_only_samples_per_s": round(model_rate)}))
@@ -95,6 +96,8 @@ def breakdown(cfg, index, store, args) -> tuple[float, float]:
     loader_rate = n / (time.perf_counter() - t0)
     cfg.model.vl_dim = 2048
     model = Stage1Policy(cfg.model).to(device).train()
+    if args.compile:
+        model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     steps = 30
     for k in range(steps + 5):

@@ -140,6 +140,7 @@ class TrainConfig:
     log_every_steps: int = 1  # step metrics (tqdm, JSONL, wandb) every N optimiser steps; each costs a host sync
     max_steps: int = 0  # 0 = no limit (used by tests to stop early)
     mixed_precision: str = "auto"  # auto = bf16 autocast on CUDA, none on CPU
+    compile: bool = False  # torch.compile the heads in place (nn.Module.compile: state-dict keys unchanged)
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "vla-stage1"
     finetune_vl: str = "none"  # Stage 1 only: the backbone stays frozen

@@ -177,6 +177,8 @@ def train(cfg, log=print) -> dict:
                          f"(batch {tc.batch_size} x accum {tc.grad_accum_steps})")
     total_steps = steps_per_epoch * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, tc))
+    if tc.compile:  # in place: fewer kernel launches per step, same parameter names in checkpoints
+        model.compile()
     model, optimizer = acc.prepare(model, optimizer)  # one prepare; our sampler already splits ranks
     mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight, tc.nonsensor_confidence)))
 
@@ -219,14 +221,17 @@ def train(cfg, log=print) -> dict:
     # -- epochs ----------------------------------------------------------------------------------------------------
     history = []
     stop = False
+    # One loader for the whole run, its workers kept between epochs (starting them costs ~1 s an epoch). The sampler
+    # is set before each epoch's iter(): it runs in this process, so position and epoch are what we set. Workers
+    # hold no randomness (sample loading is deterministic), so their seeds do not affect a resumed run.
+    loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
+                        collate_fn=collate, drop_last=True, pin_memory=on_cuda, persistent_workers=tc.num_workers > 0,
+                        generator=torch.Generator().manual_seed(tc.seed))
     while progress["epoch"] < tc.epochs and not stop:
         epoch = progress["epoch"]
         model.train()
         sampler.set_epoch(epoch)
         sampler.load_state_dict({"epoch": epoch, "position": progress["micro"] * tc.batch_size, "seed": tc.seed})
-        loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
-                            collate_fn=collate, drop_last=True, pin_memory=on_cuda,
-                            generator=torch.Generator().manual_seed(tc.seed + epoch))
         totals = torch.zeros(4, device=acc.device)  # weighted loss sum, weight sum, sensor samples, samples
         epoch_start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=progress["micro"] // tc.grad_accum_steps,
