@@ -1,11 +1,18 @@
-"""Shared fixtures: a small synthetic dataset written once per test session (both recorder layouts)."""
-import shutil
-from pathlib import Path
+"""Shared fixtures: a small synthetic dataset written once per test session (both recorder layouts).
 
-import pytest
+The suite asserts CPU fp32 behaviour (tolerances of 1e-4 and tighter; GPU paths are measured by benchmarks/), so it
+hides any GPU, also from the subprocesses it starts, before torch initialises CUDA."""
+import os
 
-from vla_lib.config import RunConfig, SyntheticConfig
-from vla_lib.data.synthetic import generate_dataset
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from vla_lib.config import RunConfig, SyntheticConfig  # noqa: E402
+from vla_lib.data.synthetic import generate_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -47,6 +47,7 @@ def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
     instruction, paths, window, history = _observation(index, cfg, i)
     chunk = policy.predict(instruction, paths, window, history)
     assert chunk.shape == (8, 7)
+    assert (chunk[:, 6] == cfg.data.gripper_value).all()  # untrained dimension: the training constant
     inputs = prepare_inputs(backbone.processor, [([p for p in paths if p], instruction, [p is not None for p in paths])],
                             backbone.pixel_budget)
     feats, mask = encode(backbone, inputs, cfg.cache.pooling)

@@ -21,8 +21,12 @@ from vla_lib.models.checkpoint import CheckpointMismatchError, load_checkpoint
 
 
 class VLAPolicy:
-    def __init__(self, heads, run_config: RunConfig, stats, backbone=None, device: str | torch.device = "cpu"):
+    def __init__(self, heads, run_config: RunConfig, stats, backbone=None, device: str | torch.device = "cpu",
+                 cuda_graph: bool = True):
         self.heads = heads.to(device).eval()
+        # On CUDA the single-observation action step replays a captured graph (bf16), built on first use
+        self.cuda_graph = cuda_graph and torch.device(device).type == "cuda"
+        self._step = None
         self.config = run_config
         self.stats = stats
         self.backbone = backbone
@@ -32,7 +36,7 @@ class VLAPolicy:
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, backbone: str | None = None, device: str = "auto",
-                        load_backbone: bool = True, **backbone_overrides) -> "VLAPolicy":
+                        load_backbone: bool = True, cuda_graph: bool = True, **backbone_overrides) -> "VLAPolicy":
         """Load heads, stats and config; refuse a checkpoint whose weights do not all load.
 
         `backbone`: another hub id / local path than the one in the checkpoint's config; `backbone_overrides`: any
@@ -58,7 +62,7 @@ class VLAPolicy:
                 raise CheckpointMismatchError(
                     f"{path}: the heads expect {heads.config.vl_dim}-d VL features but backbone "
                     f"{cfg.backbone.name_or_path!r} gives {vl.hidden_size}-d")
-        return cls(heads, cfg, stats, vl, dev)
+        return cls(heads, cfg, stats, vl, dev, cuda_graph)
 
     # -- the two halves -------------------------------------------------------------------------------------------
     def encode(self, instructions: list[str], views: list[list]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +96,13 @@ class VLAPolicy:
             sensor = torch.nan_to_num(sensor)  # non-finite rows are masked, never read as values
             has = mask.any(1)
         hist = None if history is None else torch.as_tensor(np.asarray(history, np.float32), device=self.device)
+        if self.cuda_graph and b == 1 and sensor is not None and (hist is not None or not self.history_steps):
+            from vla_lib.models.action_graph import ActionStep
+
+            if self._step is None or self._step.static["vl"].shape[1] != vl.shape[1]:
+                self._step = ActionStep(self.heads, n_tokens=vl.shape[1])
+            hist = hist if hist is not None else self._step.static["history"]
+            return self._step(vl, vl_mask, sensor, mask, has, hist).float().cpu().numpy()
         return self.heads.predict(vl, vl_mask, sensor, mask, has, hist).float().cpu().numpy()
 
     # -- one call -------------------------------------------------------------------------------------------------

@@ -25,10 +25,10 @@ from vla_lib.data.sampler import DistributedWeightedSampler
 from vla_lib.data.samples import SampleDataset, build_index
 from vla_lib.data.split import split_sessions
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
-from vla_lib.models.modeling_policy import Stage1Policy
+from vla_lib.models.modeling_policy import POSE_DIMS, Stage1Policy
 from vla_lib.vlm.feature_store import CacheMissError, FeatureTable
 
-LOSS_DIMS = 6  # the constant gripper (7th) carries no signal: excluded from loss and metrics
+LOSS_DIMS = POSE_DIMS  # the constant gripper (7th) carries no signal: excluded from loss and metrics
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from vla_lib.vlm.fast_vision import disable_fast_vision, enable_fast_vision
 def test_packed_window_attention_matches_stock_and_touches_only_its_model(tmp_path):
     cfg = RunConfig.from_yaml("params/ci.yaml")
     cfg.backbone.tiny_model_dir = str(tmp_path / "tiny")
+    cfg.backbone.fast_vision = "off"  # stock to start with, also on a GPU machine (where "auto" turns it on)
     cfg.backbone.image_resize_height, cfg.backbone.image_resize_width = 360, 640  # many windows per image
     bb, other = load_backbone(cfg.backbone), load_backbone(cfg.backbone)
     assert bb.model.config.vision_config.fullatt_block_indexes == [1]  # layer 0 windowed, layer 1 full

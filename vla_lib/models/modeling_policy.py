@@ -14,6 +14,8 @@ from torch import nn
 
 from vla_lib.models.configuration_policy import PolicyConfig
 
+POSE_DIMS = 6  # x, y, z, a, b, r deltas: what the loss covers (the 7th, the gripper, is a constant)
+
 
 class SensorEncoder(nn.Module):
     """(B, T, 1026) -> (B, sensor_output_dim). Conv stack -> transformer -> masked mean over time -> projection."""
@@ -162,8 +164,11 @@ class Stage1Policy(nn.Module):
 
     @torch.no_grad()
     def predict(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None, history=None) -> torch.Tensor:
-        """(B, H, action_dim) in physical units (mm, deg; gripper as trained)."""
-        return self.denormalize_actions(self.forward(vl, vl_mask, sensor, sensor_mask, has_sensor, history))
+        """(B, H, action_dim) in physical units (mm, deg). Dimensions past the 6 pose deltas (the gripper) carry no
+        training signal: they are returned as their training-set value, not as an untrained output."""
+        out = self.denormalize_actions(self.forward(vl, vl_mask, sensor, sensor_mask, has_sensor, history))
+        return torch.cat([out[..., :POSE_DIMS], self.action_mean[POSE_DIMS:].to(out.dtype).expand(
+            *out.shape[:-1], -1)], -1)
 
     def parameter_counts(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
