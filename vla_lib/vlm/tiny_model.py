@@ -111,16 +111,33 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     if (out / "config.json").exists() and (out / "processor_config.json").exists():
         return out
-    # Several processes (accelerate launch / torchrun) may build it at once: each writes its own folder and renames
-    # it into place; the seed makes every build identical, so the first rename wins and the others are dropped.
+    # Under torch.distributed, transformers' save_pretrained writes weights on rank 0 only: the other ranks wait for
+    # rank 0's folder. Independent processes each write their own folder and rename it into place; the seed makes
+    # every build identical, so the first rename wins and the others are dropped.
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return _wait_for(out)
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
     model.save_pretrained(tmp)
     build_processor(tokenizer).save_pretrained(tmp)
+    if not (tmp / "config.json").exists():  # a non-writing rank after all
+        shutil.rmtree(tmp, ignore_errors=True)
+        return _wait_for(out)
     try:
         tmp.rename(out)
     except OSError:  # another process got there first
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _wait_for(out: Path, timeout_s: float = 600.0) -> Path:
+    import time
+
+    deadline = time.time() + timeout_s
+    while not ((out / "config.json").exists() and (out / "processor_config.json").exists()):
+        if time.time() > deadline:
+            raise TimeoutError(f"{out}: the tiny model was not written by rank 0 within {timeout_s:.0f} s")
+        time.sleep(0.2)
     return out
