@@ -12,7 +12,7 @@ import time
 import torch
 
 from vla_lib.config import RunConfig
-from vla_lib.models.action_graph import ActionStep
+from vla_lib.models.action_graph import ActionStep, example_inputs
 from vla_lib.models.modeling_policy import Stage1Policy
 
 
@@ -41,12 +41,7 @@ def main():
     cfg = RunConfig.from_dict({"model": model}).model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     heads = Stage1Policy(cfg).to(device).eval()
-    c = cfg
-    x = dict(vl=torch.randn(1, 6, c.vl_dim, device=device), vl_mask=torch.ones(1, 6, dtype=torch.bool, device=device),
-             sensor=torch.randn(1, c.sensor_length, c.sensor_channels, device=device),
-             sensor_mask=torch.ones(1, c.sensor_length, dtype=torch.bool, device=device),
-             has_sensor=torch.ones(1, dtype=torch.bool, device=device),
-             history=torch.zeros(1, max(c.history_steps, 1), 6, device=device))
+    x = example_inputs(cfg, 6, device, random=True)
     rows = {}
     with torch.no_grad():
         rows["eager fp32"] = timed(lambda: heads.predict(**x), args.repeats)
@@ -61,7 +56,7 @@ def main():
             print(f"graph vs eager bf16 max abs diff: {(got - ref).abs().max().item():.3g}")
             rows["CUDA graph bf16"] = timed(lambda: step(*x.values()), args.repeats)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"action step, batch 1, preset {args.preset} (history {c.history_steps}), {name}:")
+    print(f"action step, batch 1, preset {args.preset} (history {cfg.history_steps}), {name}:")
     for k, (p50, p95) in rows.items():
         print(f"  {k:22s} p50 {p50:7.3f} ms   p95 {p95:7.3f} ms")
 

@@ -258,18 +258,17 @@ def train(cfg, log=print) -> dict:
             totals += torch.stack([(per_sample * w).sum().detach(), w.sum(), batch["has_sensor"].sum(),
                                    w.new_full((), float(len(w)))])  # built on the device: no host copy
             progress["micro"] += 1
-            if grad_norm is not None:
+            if grad_norm is not None:  # an optimiser step was taken
                 progress["global_step"] += 1
                 bar.update(1)
-            if grad_norm is not None and progress["global_step"] % tc.log_every_steps == 0:
-                # reading loss/grad back is a host sync: every log_every_steps steps, not every step
-                seen = acc.reduce(totals.clone(), reduction="sum")
-                lr = scheduler.get_last_lr()[0]
-                bar.set_postfix_str(f"loss: {loss.item() * tc.grad_accum_steps:.6f}, lr: {lr:.2e}, grad: "
-                                    f"{float(grad_norm):.2f}, sensor: {int(seen[2])}/{int(seen[3])}")
-                record({"step": progress["global_step"], "epoch": epoch + 1, "train/loss_step": loss.item(),
-                        "train/lr": lr, "train/grad_norm": float(grad_norm)})
-            if grad_norm is not None:
+                if progress["global_step"] % tc.log_every_steps == 0:
+                    # reading loss/grad back is a host sync: every log_every_steps steps, not every step
+                    seen = acc.reduce(totals.clone(), reduction="sum")
+                    lr = scheduler.get_last_lr()[0]
+                    bar.set_postfix_str(f"loss: {loss.item() * tc.grad_accum_steps:.6f}, lr: {lr:.2e}, grad: "
+                                        f"{float(grad_norm):.2f}, sensor: {int(seen[2])}/{int(seen[3])}")
+                    record({"step": progress["global_step"], "epoch": epoch + 1, "train/loss_step": loss.item(),
+                            "train/lr": lr, "train/grad_norm": float(grad_norm)})
                 if tc.save_every_steps and progress["global_step"] % tc.save_every_steps == 0:
                     save_resume()
                 if tc.max_steps and progress["global_step"] >= tc.max_steps:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_lib.data.timeline import pose_deltas
+from vla_lib.data.samples import pose_history
 
 
 def zero_baseline(n: int, horizon: int, gripper: float) -> np.ndarray:
@@ -26,6 +26,6 @@ def last_delta_baseline(index, data_cfg) -> np.ndarray:
     for sid in np.unique(sids):
         rows = np.nonzero(sids == sid)[0]
         s = index.sessions[sid]
-        last = pose_deltas(s.robot_times, s.pose, t[rows] - data_cfg.action_dt_s, 1, data_cfg.action_dt_s)[:, 0]
+        last = pose_history(s.robot_times, s.pose, t[rows], 1, data_cfg.action_dt_s)[:, 0]
         out[rows, :, :6] = last[:, None, :]
     return out

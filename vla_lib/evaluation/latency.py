@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+from vla_lib.models.action_graph import example_inputs
 from vla_lib.vlm.backbone import set_pixel_budget
 from vla_lib.vlm.encode import encode, prepare_inputs
 
@@ -69,21 +70,15 @@ def latency_sweep(backbone, views: list[int], resolutions: list[list[int]], repe
 
 
 @torch.no_grad()
-def time_action_step(heads, device, repeats: int = 50, warmup: int = 5, history_steps: int | None = None) -> dict:
+def time_action_step(heads, device, repeats: int = 50, warmup: int = 5, n_tokens: int = 6) -> dict:
     """The heads at batch 1 (SensorEncoder + Action Expert on one cached feature and one sensor window)."""
-    cfg = heads.config
     heads = heads.to(device).eval()
-    vl = torch.randn(1, 6, cfg.vl_dim, device=device)
-    mask = torch.ones(1, 6, dtype=torch.bool, device=device)
-    sensor = torch.randn(1, cfg.sensor_length, cfg.sensor_channels, device=device)
-    smask = torch.ones(1, cfg.sensor_length, dtype=torch.bool, device=device)
-    has = torch.ones(1, dtype=torch.bool, device=device)
-    hist = torch.zeros(1, max(cfg.history_steps, 1), 6, device=device)
+    x = example_inputs(heads.config, n_tokens, device, random=True)
     ms = []
     for k in range(warmup + repeats):
         _sync(device)
         t0 = time.perf_counter()
-        heads.predict(vl, mask, sensor, smask, has, hist)
+        heads.predict(**x)
         _sync(device)
         if k >= warmup:
             ms.append((time.perf_counter() - t0) * 1e3)

@@ -11,15 +11,21 @@ def checkpoint_path(cfg) -> Path:
     return Path(cfg.eval.checkpoint or Path(cfg.train.output_dir) / "checkpoints" / CHECKPOINT_NAMES["best"])
 
 
-def held_out(cfg):
-    """(held-out SampleIndex, its FeatureTable) with the same episode split as training."""
+def split(cfg):
+    """(the whole SampleIndex, the held-out session ids): the same episode split as training."""
     from vla_lib.data.samples import build_index
     from vla_lib.data.split import split_sessions
+
+    index = build_index(cfg.data, check_images=False)
+    return index, split_sessions(index, cfg.data)[1]
+
+
+def held_out(cfg):
+    """(held-out SampleIndex, its FeatureTable)."""
     from vla_lib.vlm.cache_build import open_store
     from vla_lib.vlm.feature_store import FeatureTable
 
-    index = build_index(cfg.data, check_images=False)
-    _, val_ids = split_sessions(index, cfg.data)
+    index, val_ids = split(cfg)
     val = index.subset(val_ids)
     return val, FeatureTable(open_store(cfg), val.table["cache_key"])
 
@@ -72,12 +78,9 @@ def load_policy(cfg, device: str = "auto"):
 
 def run_realtime_replay(cfg, policy, session_id: str | None = None, log=print):
     """Replay one held-out session (the first with sensor unless named) through the real-time loop."""
-    from vla_lib.data.samples import build_index
-    from vla_lib.data.split import split_sessions
     from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
 
-    index = build_index(cfg.data, check_images=False)
-    _, val_ids = split_sessions(index, cfg.data)
+    index, val_ids = split(cfg)
     if session_id is None:
         with_sensor = [s for s in val_ids if index.sessions[s].has_sensor]
         session_id = (with_sensor or val_ids)[0]

@@ -9,6 +9,22 @@ from __future__ import annotations
 import torch
 
 
+INPUT_NAMES = ("vl", "vl_mask", "sensor", "sensor_mask", "has_sensor", "history")
+
+
+def example_inputs(cfg, n_tokens: int, device, random: bool = False) -> dict[str, torch.Tensor]:
+    """Batch-1 inputs of the heads' shapes (graph buffers, timing): zeros, or random features/sensor."""
+    make = torch.randn if random else torch.zeros
+    return {
+        "vl": make(1, n_tokens, cfg.vl_dim, device=device),
+        "vl_mask": torch.ones(1, n_tokens, dtype=torch.bool, device=device),
+        "sensor": make(1, cfg.sensor_length, cfg.sensor_channels, device=device),
+        "sensor_mask": torch.ones(1, cfg.sensor_length, dtype=torch.bool, device=device),
+        "has_sensor": torch.ones(1, dtype=torch.bool, device=device),
+        "history": torch.zeros(1, max(cfg.history_steps, 1), 6, device=device),
+    }
+
+
 class ActionStep:
     """Callable (vl, vl_mask, sensor, sensor_mask, has_sensor, history) -> physical chunk, eager or graphed."""
 
@@ -18,16 +34,8 @@ class ActionStep:
         self.graphed = (device.type == "cuda") if use_graph is None else use_graph
         if not self.graphed:
             return
-        c = heads.config
         self.dtype = dtype
-        self.static = {
-            "vl": torch.zeros(1, n_tokens, c.vl_dim, device=device),
-            "vl_mask": torch.ones(1, n_tokens, dtype=torch.bool, device=device),
-            "sensor": torch.zeros(1, c.sensor_length, c.sensor_channels, device=device),
-            "sensor_mask": torch.ones(1, c.sensor_length, dtype=torch.bool, device=device),
-            "has_sensor": torch.ones(1, dtype=torch.bool, device=device),
-            "history": torch.zeros(1, max(c.history_steps, 1), 6, device=device),
-        }
+        self.static = example_inputs(heads.config, n_tokens, device)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.no_grad():
@@ -49,8 +57,7 @@ class ActionStep:
     def __call__(self, vl, vl_mask, sensor, sensor_mask, has_sensor, history) -> torch.Tensor:
         if not self.graphed:
             return self.heads.predict(vl, vl_mask, sensor, sensor_mask, has_sensor, history)
-        for name, value in zip(("vl", "vl_mask", "sensor", "sensor_mask", "has_sensor", "history"),
-                               (vl, vl_mask, sensor, sensor_mask, has_sensor, history)):
+        for name, value in zip(INPUT_NAMES, (vl, vl_mask, sensor, sensor_mask, has_sensor, history)):
             self.static[name].copy_(value)
         self.graph.replay()
         return self.output.clone()
