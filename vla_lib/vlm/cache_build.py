@@ -91,6 +91,9 @@ def build_cache(cfg, log=print) -> dict:
     todo = [int(i) for i, k in zip(unique["index"], unique["cache_key"]) if k not in store]
     mine = todo[state.process_index::state.num_processes]
     say(f"{len(unique) - len(todo)} cached, {len(todo)} to encode ({len(mine)} on this rank)")
+    # Every rank must split the same `todo`: without this barrier a rank that loads its backbone late sees the
+    # shards an early rank already wrote, splits a shorter list, and some keys fall to no rank.
+    state.wait_for_everyone()
     loader = DataLoader(_EncodeInputs(index, mine), batch_size=cfg.cache.batch_size,
                         num_workers=cfg.cache.num_workers, collate_fn=_collate(backbone.processor,
                                                                                backbone.pixel_budget))
@@ -103,6 +106,9 @@ def build_cache(cfg, log=print) -> dict:
     elapsed = time.time() - start
     state.wait_for_everyone()
     total = store.merge_index() if main else len(store)
+    if main and (lost := store.missing(unique["cache_key"])):
+        raise RuntimeError(f"Cache build incomplete: {len(lost)} distinct input(s) were encoded by no rank "
+                           f"(first: {lost[0]}) in {store.dir}; rerun --mode cache to encode them.")
     rate = len(mine) * state.num_processes / elapsed if elapsed > 0 and mine else 0.0
     say(f"Cache build complete: {total} entries, {len(todo)} encoded in {elapsed:.1f} s "
         f"({rate:.1f} samples/s over {state.num_processes} process(es)). "
