@@ -1,6 +1,6 @@
 """Stage-1 training throughput from the cache, data loading included (issue 6): samples/s per epoch.
 
-    python benchmarks/train_throughput.py --sessions 24 --duration 45 --batch-size 64 --workers 8
+    python benchmarks/train_throughput.py --sessions 24 --duration 45 --batch-size 64 --workers 8 --compile
 
 Writes synthetic sessions, fills a feature store with random 2048-d features (the 3B backbone's width, under the
 random-weights fingerprint: the heads' cost does not depend on feature values), then trains the `original`-shape
@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--preset", default="original")
     ap.add_argument("--compile", action="store_true", help="train.compile (torch.compile the heads in place)")
+    ap.add_argument("--compile-mode", default="reduce-overhead", help="train.compile_mode")
     ap.add_argument("--log-every", type=int, default=50, help="train.log_every_steps (each log is a host sync)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -45,7 +46,7 @@ def main():
         "cache": {"dir": str(out / "cache")}, "model": {"preset": args.preset},
         "train": {"output_dir": str(out / "train"), "epochs": args.epochs, "batch_size": args.batch_size,
                   "grad_accum_steps": 1, "num_workers": args.workers, "wandb_mode": "disabled",
-                  "log_every_steps": args.log_every, "compile": args.compile},
+                  "log_every_steps": args.log_every, "compile": args.compile, "compile_mode": args.compile_mode},
     })
     t = time.time()
     generate_dataset(cfg.synthetic)
@@ -65,7 +66,9 @@ def main():
     rates = [row["train/samples_per_s"] for row in summary["history"]]
     loader_rate, model_rate = breakdown(cfg, index, store, args)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(json.dumps({"device": device, "batch_size": args.batch_size, "workers": args.workers, "compile": args.compile,
+    print(json.dumps({"device": device, "batch_size": args.batch_size, "workers": args.workers,
+                      "compile": args.compile and args.compile_mode,
+                      "train_loss_per_epoch": [round(row["train/loss_epoch"], 4) for row in summary["history"]],
                       "preset": args.preset, "samples_per_s_per_epoch": [round(r) for r in rates],
                       "best_after_warmup": round(max(rates[1:] or rates)),
                       "loader_only_samples_per_s": round(loader_rate), "model_only_samples_per_s": round(model_rate)}))
@@ -97,7 +100,7 @@ def breakdown(cfg, index, store, args) -> tuple[float, float]:
     cfg.model.vl_dim = 2048
     model = Stage1Policy(cfg.model).to(device).train()
     if args.compile:
-        model.compile()
+        model.compile(mode=args.compile_mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     steps = 30
     for k in range(steps + 5):

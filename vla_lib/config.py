@@ -141,10 +141,17 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit (used by tests to stop early)
     mixed_precision: str = "auto"  # auto = bf16 autocast on CUDA, none on CPU
     compile: bool = False  # torch.compile the heads in place (nn.Module.compile: state-dict keys unchanged)
+    # reduce-overhead = CUDA graphs for forward and backward: the batch-64 step is launch-bound, not FLOP-bound
+    compile_mode: str = "reduce-overhead"
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "vla-stage1"
     finetune_vl: str = "none"  # Stage 1 only: the backbone stays frozen
     training_stage: str = "stage1"
+
+    def validate(self) -> None:
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            raise ConfigError(f"train.compile_mode must be one of {modes}, got {self.compile_mode!r}")
 
 
 @dataclass

@@ -30,7 +30,7 @@ class SensorEncoder(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.to_model = nn.Identity() if c_in == cfg.sensor_dim else nn.Linear(c_in, cfg.sensor_dim)
         block = nn.TransformerEncoderLayer(cfg.sensor_dim, cfg.sensor_heads, cfg.sensor_ff, cfg.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+                                           activation=_gelu, batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(block, cfg.sensor_layers, enable_nested_tensor=False)
         self.proj = nn.Sequential(nn.Linear(cfg.sensor_dim, cfg.sensor_output_dim), nn.LayerNorm(cfg.sensor_output_dim),
                                   nn.GELU(), nn.Dropout(cfg.dropout),
@@ -55,6 +55,12 @@ class SensorEncoder(nn.Module):
         else:
             pooled = h.mean(1)
         return self.proj(pooled)
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    # Not `F.gelu` itself: that would let nn.TransformerEncoderLayer take its fused inference kernel in eval mode
+    # without autocast, which computes differently from training and fails under torch.compile (stride assertion).
+    return nn.functional.gelu(x)
 
 
 def _sinusoid(n: int, d: int, device, dtype) -> torch.Tensor:
