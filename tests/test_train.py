@@ -84,9 +84,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(prepared, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_processes_train_with_equal_weights(prepared, tmp_path):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_two_processes_train_with_equal_weights(prepared, tmp_path, compiled):
+    # compiled: the heads compiled in place, then wrapped by DDP in accelerate's prepare (params/stage1.yaml's path)
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vla_lib")
-    out = _run(prepared, tmp_path, ["--epochs", "1", "--batch-size", "4"], launcher=launcher)
+    out = _run(prepared, tmp_path, ["--epochs", "1", "--batch-size", "4", "--set", f"train.compile={compiled}"],
+               launcher=launcher)
     assert "on 2 process(es)" in out
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["weights_equal_across_ranks"]
