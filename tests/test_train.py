@@ -90,7 +90,7 @@ def test_two_processes_train_with_equal_weights(prepared, tmp_path, compiled):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vla_lib")
     out = _run(prepared, tmp_path, ["--epochs", "1", "--batch-size", "4", "--set", f"train.compile={compiled}"],
                launcher=launcher)
-    assert "on 2 process(es)" in out
+    assert "on 2 process(es)" in out and ("Heads compiled in place" in out) == compiled
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["weights_equal_across_ranks"]
 
@@ -101,7 +101,7 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(prepared, tmp
     # prefixes), and the compiled steps (CPU: Inductor, no CUDA graphs) must compute what the eager ones do.
     extra = ["--epochs", "1", "--batch-size", "8"]
     _run(prepared, tmp_path / "eager", extra)
-    _run(prepared, tmp_path / "compiled", extra + ["--set", "train.compile=true"])
+    assert "Heads compiled in place" in _run(prepared, tmp_path / "compiled", extra + ["--set", "train.compile=true"])
     a = torch.load(tmp_path / "eager/checkpoints/qwen_vla_sensor_final.pt", weights_only=True)["model_state_dict"]
     model, _, _ = load_checkpoint(tmp_path / "compiled/checkpoints/qwen_vla_sensor_final.pt")  # refuses odd keys
     assert a.keys() == model.state_dict().keys()

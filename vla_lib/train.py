@@ -179,6 +179,7 @@ def train(cfg, log=print) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, tc))
     if tc.compile:  # in place: fewer kernel launches per step, same parameter names in checkpoints
         model.compile(mode=tc.compile_mode)
+        say(f"Heads compiled in place (torch.compile, mode {tc.compile_mode}); the first steps include compilation")
     model, optimizer = acc.prepare(model, optimizer)  # one prepare; our sampler already splits ranks
     mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight, tc.nonsensor_confidence)))
 
