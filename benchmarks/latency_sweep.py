@@ -25,7 +25,7 @@ def main():
     bb = load_backbone(BackboneConfig(name_or_path=args.model, random_weights=args.random_weights,
                                       fast_vision="off" if args.stock else "auto"))
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"{name}, {bb.dtype}, fast vision: {getattr(bb.model, '_vla_fast_vision', None) or 'off (stock)'}")
+    print(f"{name}, {bb.dtype}, fast encoder: {bb.fast.describe() if bb.fast else 'off (stock)'}")
     table = latency_sweep(bb, ev.latency_views, ev.latency_resolutions, args.repeats, 2)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
 

@@ -99,9 +99,13 @@ class BackboneConfig:
     tiny_model_dir: str = "outputs/models/tiny-qwen2.5-vl"
     dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     attn_implementation: str = "sdpa"
-    # One variable-length attention per vision layer instead of transformers' loop over windows (vlm/fast_vision.py):
-    # auto = on CUDA only; off | varlen | masked_sdpa force a choice. Not part of the cache key: same function.
+    # The fast encoder (vlm/fast_vision.py): layout precomputed on the CPU, one variable-length attention per vision
+    # layer instead of transformers' loop over windows. auto = on CUDA only; off | varlen | masked_sdpa force a
+    # choice. Not part of the cache key: same function. On CUDA it also compiles the blocks (regional torch.compile)
+    # and captures one CUDA graph per batch layout, unless these are turned off.
     fast_vision: str = "auto"
+    fast_compile: bool = True
+    fast_cuda_graphs: bool = True
     device: str = "auto"
     image_resize_height: int = 360
     image_resize_width: int = 640  # pixel budget = height * width (min = max, as the seed)

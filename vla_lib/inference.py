@@ -76,7 +76,7 @@ class VLAPolicy:
             if len(ims) != len(self.views):
                 raise ValueError(f"expected {len(self.views)} views {self.views}, got {len(ims)}")
             samples.append(([im for im in ims if im is not None], instruction, [im is not None for im in ims]))
-        inputs = prepare_inputs(self.backbone.processor, samples, self.backbone.pixel_budget)
+        inputs = prepare_inputs(self.backbone.processor, samples, self.backbone.pixel_budget, self.backbone.dtype)
         return encode(self.backbone, inputs, self.config.cache.pooling)
 
     @torch.no_grad()

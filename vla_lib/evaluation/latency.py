@@ -36,7 +36,8 @@ def time_vl_update(backbone, n_views: int, width: int, height: int, repeats: int
     prep, model = [], []
     for k in range(warmup + repeats):
         t0 = time.perf_counter()
-        inputs = prepare_inputs(backbone.processor, [(frames, instruction, mask)] * batch, backbone.pixel_budget)
+        inputs = prepare_inputs(backbone.processor, [(frames, instruction, mask)] * batch, backbone.pixel_budget,
+                                backbone.dtype)
         t1 = time.perf_counter()
         _sync(backbone.device)
         t2 = time.perf_counter()

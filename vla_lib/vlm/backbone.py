@@ -26,6 +26,7 @@ class Backbone:
     name: str
     fingerprint: str  # identity of the weights + config: part of every cache key
     pixel_budget: int
+    fast: object = None  # a vlm.fast_vision.FastEncoder, or None: transformers' stock forward
 
     @property
     def hidden_size(self) -> int:
@@ -69,12 +70,14 @@ def load_backbone(cfg) -> Backbone:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             source, revision=cfg.revision, dtype=dtype, attn_implementation=cfg.attn_implementation).to(device)
     model.eval().requires_grad_(False)
+    backbone = Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
+    set_pixel_budget(backbone, budget)
     if cfg.fast_vision != "off" and (cfg.fast_vision != "auto" or device.type == "cuda"):
         from vla_lib.vlm.fast_vision import enable_fast_vision
 
-        enable_fast_vision(model, "auto" if cfg.fast_vision == "auto" else cfg.fast_vision, log=lambda *a: None)
-    backbone = Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
-    set_pixel_budget(backbone, budget)
+        cuda = device.type == "cuda"
+        enable_fast_vision(backbone, cfg.fast_vision, compile=cfg.fast_compile and cuda,
+                           cuda_graphs=cfg.fast_cuda_graphs and cuda, log=lambda *a: None)
     return backbone
 
 

@@ -56,11 +56,39 @@ class _EncodeInputs(Dataset):
             [p is not None for p in paths]
 
 
-def _collate(processor, budget):
+def _collate(processor, budget, pixel_dtype):
     def collate(items):
         keys = [k for k, *_ in items]
-        return keys, prepare_inputs(processor, [(ims, instr, mask) for _, ims, instr, mask in items], budget)
+        return keys, prepare_inputs(processor, [(ims, instr, mask) for _, ims, instr, mask in items], budget,
+                                    pixel_dtype)
     return collate
+
+
+class _DeferredCopy:
+    """A batch's features copied to the host without waiting: the copy is queued behind the batch's own work and
+    awaited only when written, one batch later, so the device runs the next batch meanwhile."""
+
+    def __init__(self, keys, feats, masks):
+        self.keys, self.done = keys, None
+        self.feats, self.masks = feats, masks
+        if feats.is_cuda:  # into page-locked memory: a copy to pageable memory would block until the batch is done
+            self.feats, self.masks = (torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                                      for t in (feats, masks))
+            self.done = torch.cuda.Event()
+            self.done.record()
+
+    def write_to(self, writer) -> None:
+        if self.done is not None:
+            self.done.synchronize()
+        writer.add(self.keys, self.feats, self.masks)
+
+
+def _by_layout(index, rows: list[int]) -> list[int]:
+    """Rows grouped by instruction and present views (stable within a group): batches then share one token and image
+    layout, so the fast encoder compiles and captures a few shapes, not one per mixed batch, and nothing is padded."""
+    def layout(i):
+        return index.table.at[i, "instruction"], tuple(p is None for p in index.view_paths(i))
+    return sorted(rows, key=layout)
 
 
 def build_cache(cfg, log=print) -> dict:
@@ -85,25 +113,41 @@ def build_cache(cfg, log=print) -> dict:
     cfg.backbone.device = str(state.device) if cfg.backbone.device == "auto" else cfg.backbone.device
     backbone = load_backbone(cfg.backbone)
     store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.processor.chat_template))
-    say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view); "
-        f"store {store.dir}")
+    say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view, "
+        f"{'fast encoder: ' + backbone.fast.describe() if backbone.fast else 'stock forward'}); store {store.dir}")
     unique = index.unique_cache_keys()
-    todo = [int(i) for i, k in zip(unique["index"], unique["cache_key"]) if k not in store]
+    todo = _by_layout(index, [int(i) for i, k in zip(unique["index"], unique["cache_key"]) if k not in store])
     mine = todo[state.process_index::state.num_processes]
     say(f"{len(unique) - len(todo)} cached, {len(todo)} to encode ({len(mine)} on this rank)")
     # Every rank must split the same `todo`: without this barrier a rank that loads its backbone late sees the
     # shards an early rank already wrote, splits a shorter list, and some keys fall to no rank.
     state.wait_for_everyone()
     loader = DataLoader(_EncodeInputs(index, mine), batch_size=cfg.cache.batch_size,
-                        num_workers=cfg.cache.num_workers, collate_fn=_collate(backbone.processor,
-                                                                               backbone.pixel_budget))
+                        num_workers=cfg.cache.num_workers, pin_memory=backbone.device.type == "cuda",
+                        collate_fn=_collate(backbone.processor, backbone.pixel_budget, backbone.dtype))
     writer = store.writer(state.process_index, cfg.cache.shard_size)
     start = time.time()
+    pending, first = None, None  # first: (inputs, seconds) of the first batch, which compiles and captures
+    waited = in_encode = 0.0  # after the first batch: host seconds waiting on the loader, inside encode calls
+    asked = time.time()
     for keys, inputs in tqdm(loader, disable=not main, desc="encoding"):
-        feats, masks = encode(backbone, inputs, cfg.cache.pooling)
-        writer.add(keys, feats, masks)
+        got = time.time()
+        encoded = _DeferredCopy(keys, *encode(backbone, inputs, cfg.cache.pooling))
+        if first:
+            waited, in_encode = waited + got - asked, in_encode + time.time() - got
+        if pending is not None:
+            pending.write_to(writer)
+        pending = encoded
+        first = first or (len(keys), time.time() - start)
+        asked = time.time()
+    if pending is not None:
+        pending.write_to(writer)
     writer.flush()
     elapsed = time.time() - start
+    warmup = backbone.fast.warmup_s if backbone.fast is not None else 0.0
+    if backbone.fast is not None and backbone.fast.cuda_graphs:
+        say(f"  {len(backbone.fast.graphs)} batch layout(s) compiled and captured as CUDA graphs in {warmup:.1f} s")
+    steady = (len(mine) - first[0]) / (elapsed - first[1]) if first and len(mine) > first[0] else 0.0
     state.wait_for_everyone()
     total = store.merge_index() if main else len(store)
     if main and (lost := store.missing(unique["cache_key"])):
@@ -111,9 +155,12 @@ def build_cache(cfg, log=print) -> dict:
                            f"(first: {lost[0]}) in {store.dir}; rerun --mode cache to encode them.")
     rate = len(mine) * state.num_processes / elapsed if elapsed > 0 and mine else 0.0
     say(f"Cache build complete: {total} entries, {len(todo)} encoded in {elapsed:.1f} s "
-        f"({rate:.1f} samples/s over {state.num_processes} process(es)). "
+        f"({rate:.1f} samples/s over {state.num_processes} process(es); after the first batch "
+        f"{steady:.1f}/s per process, {waited:.1f} s of it waiting on the loader). "
         "You can now run training with --mode train.")
     return {"entries": total, "encoded": len(todo), "seconds": elapsed, "samples_per_s": rate,
+            "first_batch_s": first[1] if first else 0.0, "steady_samples_per_s_per_process": steady,
+            "loader_wait_s": waited, "encoder_warmup_s": warmup, "encode_call_s": in_encode,
             "store": str(store.dir), "unique_inputs": len(unique), "samples": len(index)}
 
 

@@ -53,42 +53,62 @@ class EncoderInputs:
     batch: dict  # processor output (input_ids, attention_mask, pixel_values, image_grid_thw)
     view_masks: torch.Tensor  # (B, V) bool: which configured slots hold an image
 
+    def pin_memory(self) -> "EncoderInputs":
+        """Called by a DataLoader with pin_memory=True: page-locked pixels copy to the GPU asynchronously."""
+        return EncoderInputs({k: v.pin_memory() for k, v in self.batch.items()}, self.view_masks)
 
-def prepare_inputs(processor, samples: list[tuple[list, str, list[bool]]], pixel_budget: int) -> EncoderInputs:
-    """`samples`: (present images in slot order, instruction, view mask over all slots). CPU work: runs in workers."""
+
+def prepare_inputs(processor, samples: list[tuple[list, str, list[bool]]], pixel_budget: int,
+                   pixel_dtype: torch.dtype | None = None) -> EncoderInputs:
+    """`samples`: (present images in slot order, instruction, view mask over all slots). CPU work: runs in workers.
+    `pixel_dtype`: the backbone's dtype, so that the pixels cross to the device at half the bytes (bf16)."""
     texts, all_images = [], []
     for images, instruction, _ in samples:
         messages = build_messages(images, instruction, pixel_budget)
         texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False))
         all_images += fit_images(messages)
-    batch = processor(text=texts, images=all_images or None, padding=True, return_tensors="pt")
-    return EncoderInputs(dict(batch), torch.tensor([m for _, _, m in samples], dtype=torch.bool))
+    batch = dict(processor(text=texts, images=all_images or None, padding=True, return_tensors="pt"))
+    if pixel_dtype is not None and "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(pixel_dtype)
+    return EncoderInputs(batch, torch.tensor([m for _, _, m in samples], dtype=torch.bool))
 
 
 @torch.inference_mode()
 def encode(backbone, inputs: EncoderInputs, pooling: str = "per_view") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (B, T, D) float32, token mask (B, T) bool). T = V + 1 for per_view, 1 for mean_all."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    """(features (B, T, D) float32, token mask (B, T) bool). T = V + 1 for per_view, 1 for mean_all. Through the
+    backbone's fast encoder when it has one (vlm/fast_vision.py), else transformers' stock forward."""
+    weights, mask = pooling_weights(inputs.batch["input_ids"], inputs.batch["attention_mask"],
+                                    inputs.batch.get("image_grid_thw"), inputs.view_masks, backbone.config, pooling)
+    if getattr(backbone, "fast", None) is not None:
+        from vla_lib.vlm.fast_vision import plan_layout
+
+        layout = plan_layout(backbone.model, inputs.batch, weights)
+        # From page-locked memory, non-blocking: a copy that waits for the stream would hold the host until this
+        # batch is done, and the GPU would idle while the host prepares the next one.
+        mask = mask.pin_memory() if backbone.device.type == "cuda" else mask
+        return backbone.fast(inputs.batch["pixel_values"], layout), mask.to(backbone.device, non_blocking=True)
     batch = {k: v.to(backbone.device) for k, v in inputs.batch.items()}
     if "pixel_values" in batch:
         batch["pixel_values"] = batch["pixel_values"].to(backbone.dtype)
     # The LM body only: no lm_head, no logits over the vocabulary.
     hidden = backbone.model.model(**batch, use_cache=False).last_hidden_state.float()
-    return pool(hidden, batch["input_ids"], batch["attention_mask"], batch.get("image_grid_thw"),
-                inputs.view_masks.to(hidden.device), backbone.config, pooling)
+    return torch.bmm(weights.to(hidden.device), hidden), mask.to(hidden.device)
 
 
-def pool(hidden, input_ids, attention_mask, grid_thw, view_masks, config, pooling):
-    b, _, d = hidden.shape
+def pooling_weights(input_ids, attention_mask, grid_thw, view_masks, config, pooling):
+    """(B, T, L) averaging weights over the token axis and the (B, T) token mask, from the CPU-side batch: pooled
+    features are `weights @ hidden`, one batched product (no per-sample indexing on the device)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    b, length = input_ids.shape
     valid = attention_mask.bool()
     if pooling == "mean_all":
-        w = valid.unsqueeze(-1).float()
-        return ((hidden * w).sum(1) / w.sum(1)).unsqueeze(1), torch.ones(b, 1, dtype=torch.bool, device=hidden.device)
+        w = valid.float()
+        return (w / w.sum(1, keepdim=True)).unsqueeze(1), torch.ones(b, 1, dtype=torch.bool)
     merge = config.vision_config.spatial_merge_size ** 2
     tokens_per_image = (grid_thw.prod(-1) // merge).tolist() if grid_thw is not None else []
     n_views = view_masks.shape[1]
-    out = torch.zeros(b, n_views + 1, d, device=hidden.device)
+    weights = torch.zeros(b, n_views + 1, length)
     image_k = 0
     for i in range(b):
         ids = input_ids[i]
@@ -96,7 +116,7 @@ def pool(hidden, input_ids, attention_mask, grid_thw, view_masks, config, poolin
         start = 0
         for slot in torch.nonzero(view_masks[i]).squeeze(-1).tolist():
             n = tokens_per_image[image_k]
-            out[i, slot] = hidden[i, positions[start:start + n]].mean(0)
+            weights[i, slot, positions[start:start + n]] = 1.0 / n
             start, image_k = start + n, image_k + 1
         if start != len(positions):
             raise RuntimeError(f"sample {i}: {len(positions)} image tokens but the grids account for {start}")
@@ -105,9 +125,8 @@ def pool(hidden, input_ids, attention_mask, grid_thw, view_masks, config, poolin
         im_end = torch.nonzero((ids == _im_end_id(config, ids)) & valid[i]).squeeze(-1)
         first = int(ends[-1]) + 1 if len(ends) else int(torch.nonzero(valid[i])[0])
         last = int(im_end[im_end > first][0]) if (im_end > first).any() else int(torch.nonzero(valid[i])[-1]) + 1
-        out[i, n_views] = hidden[i, first:last].mean(0)
-    mask = torch.cat([view_masks, torch.ones(b, 1, dtype=torch.bool, device=hidden.device)], 1)
-    return out, mask
+        weights[i, n_views, first:last] = 1.0 / (last - first)
+    return weights, torch.cat([view_masks.bool(), torch.ones(b, 1, dtype=torch.bool)], 1)
 
 
 def _im_end_id(config, ids) -> int:

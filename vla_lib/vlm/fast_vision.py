@@ -1,30 +1,44 @@
-"""A fast vision path for Qwen2.5-VL: one variable-length attention call per vision layer.
+"""A fast encoder for Qwen2.5-VL: the same function as `model.model(...)`, reorganised for the GPU.
 
-For `sdpa`, `eager` and `flex_attention`, transformers runs the vision tower's windowed attention as a Python loop,
-one attention call per window (~120 windows per sample x 32 layers) plus a host sync per layer for the window
-lengths. Here each vision attention module of *our* model instance gets a forward that runs every window of every
-image of the batch in one call:
-- `varlen` (CUDA, torch >= 2.10): `torch.nn.attention.varlen.varlen_attn` (flash kernels bundled with torch) over
-  the cumulative window lengths; chosen by measurement (gpu_measurements.md: 63-71 ms/sample against 72-86 ms for a
-  flex_attention block mask and a dense masked SDPA whose mask grows quadratically with the batch);
-- `masked_sdpa` (anywhere, the CPU fallback and the reference for the logic): one SDPA call with a block-diagonal
-  mask built once per forward.
-The window lengths and their maxima are computed once per forward (not per layer, not with a sync per layer).
-Nothing is patched globally: the replacement forward is bound to each attention module of this model only, and
-`disable_fast_vision` restores it. An unexpected transformers version (the attention forward does not take the
-arguments this relies on) keeps the stock path and says so.
+Where the stock forward loses its time (profiled on an H100, 5 views of 264 tokens, transformers 5.17):
+- the vision tower's windowed attention is a Python loop, one attention call per window (~120 a sample x 28 layers),
+  for every implementation but flash-attn;
+- data-dependent set-up (rotary positions, window index, 3-D LM positions, the causal-mask checks, our pooling)
+  makes host syncs on the GPU every forward;
+- at batch 1, 70 of the 98 ms are kernels, most of them the fp32 casts and element-wise ops around the matmuls
+  (RMSNorm, vision rotary, SiLU gate): unfused, each one a pass over memory.
+
+What this module does instead, for *one* model instance (nothing is patched: the model's own modules are called,
+its forwards stay stock, and another instance or `model.model(...)` behaves as before):
+- `plan_layout`: everything that depends only on the batch's layout (vision positions and windows via transformers'
+  own `vision_utils`, the LM's 3-D positions via the model's `get_rope_index`, the padding mask, the pooling weights)
+  is computed on the CPU from the processor's CPU tensors, before anything reaches the GPU;
+- one attention call per vision layer over all windows of all images of the batch: `varlen` (flash kernels
+  bundled with torch >= 2.10, CUDA) or `masked_sdpa` (one SDPA call with a block-diagonal mask: the CPU
+  fallback and the reference for the logic);
+- the patch embedding as the matrix product it is (a Conv3d whose stride equals its kernel: 0.06 ms against
+  0.75 ms for cuDNN's bf16 Conv3d at batch 1);
+- `compile`: each vision block and each LM decoder layer through one `torch.compile`d function (regional
+  compilation: identical layers share one compiled graph, so compiling costs one block, not 68), which fuses the
+  element-wise work;
+- `cuda_graphs`: the whole forward (vision, LM, pooling) captured once per layout shape and replayed: the layout's
+  tensors are graph inputs, copied into static buffers, so only shapes and the two window maxima are baked in.
+
+An unknown transformers version (no `vision_utils`, a different module layout) keeps the stock forward and says so.
 """
 from __future__ import annotations
 
 import inspect
 import sys
-import types
+import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("varlen", "masked_sdpa")
+MAX_GRAPHS = 8  # layouts captured per encoder; each holds its static inputs and output
 
 
 def _varlen_available() -> bool:
@@ -43,99 +57,237 @@ def choose_backend(device: torch.device, requested: str = "auto") -> str:
     return "varlen" if device.type == "cuda" and _varlen_available() else "masked_sdpa"
 
 
-def _visual(model) -> torch.nn.Module:
-    return model.model.visual if hasattr(model, "model") and hasattr(model.model, "visual") else model.visual
-
-
-def _vision_attention_modules(model) -> list[torch.nn.Module]:
-    return [blk.attn for blk in _visual(model).blocks]
-
-
-def _compatible(attn) -> str | None:
-    """None if the stock forward takes what our replacement relies on, else why not."""
-    params = inspect.signature(type(attn).forward).parameters
-    if "cu_seqlens" not in params:
-        return f"{type(attn).__name__}.forward has no cu_seqlens argument"
-    if "position_embeddings" not in params and "rotary_pos_emb" not in params:
-        return f"{type(attn).__name__}.forward takes neither position_embeddings nor rotary_pos_emb"
-    if not all(hasattr(attn, a) for a in ("qkv", "proj", "num_heads")):
-        return f"{type(attn).__name__} lacks qkv/proj/num_heads"
-    if not hasattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb_vision"):
+def incompatibility(model) -> str | None:
+    """None if this transformers version has what the fast encoder relies on, else why not."""
+    try:
+        from transformers import vision_utils  # noqa: F401  (5.x: precomputable vision layout)
+    except ImportError:
+        return "transformers has no vision_utils (precomputed vision layout needs transformers >= 5.17)"
+    inner = model.model
+    visual, lm = inner.visual, inner.language_model
+    blk = visual.blocks[0]
+    needs = {"visual.blocks[0]": (blk, ("norm1", "norm2", "attn", "mlp")),
+             "visual.blocks[0].attn": (blk.attn, ("qkv", "proj", "num_heads")),
+             "visual": (visual, ("patch_embed", "rotary_pos_emb", "merger", "fullatt_block_indexes",
+                                 "spatial_merge_unit")),
+             "language_model": (lm, ("embed_tokens", "layers", "norm", "rotary_emb"))}
+    for name, (obj, attrs) in needs.items():
+        if missing := [a for a in attrs if not hasattr(obj, a)]:
+            return f"{name} lacks {missing}"
+    if getattr(lm, "has_sliding_layers", False):
+        return "sliding-window LM layers are not supported"
+    if "mm_token_type_ids" not in inspect.signature(inner.get_rope_index).parameters:
+        return "get_rope_index does not take mm_token_type_ids"
+    if not hasattr(sys.modules[type(blk.attn).__module__], "apply_rotary_pos_emb_vision"):
         return "transformers' apply_rotary_pos_emb_vision not found"
+    if visual.patch_embed.proj.bias is not None:
+        return "patch embedding has a bias"
     return None
 
 
-class _Lengths:
-    """Window-length facts per cu_seqlens tensor, computed once per vision forward (the window and the full-
-    attention cu_seqlens are each one tensor shared by all layers). Cleared at the start of every vision forward,
-    so a reused allocation can never serve another batch's windows."""
+# -- the layout: computed on the CPU ---------------------------------------------------------------------------------
+@dataclass
+class Layout:
+    """Everything about a batch that does not depend on pixel values. `tensors` travel to the device (graph
+    inputs, token ids included); `shape_key` is what a captured graph is specialised on."""
 
-    def __init__(self):
-        self.values: dict = {}
+    tensors: dict
+    max_window: int
+    max_full: int
 
-    def get(self, cu_seqlens: torch.Tensor, backend: str):
-        key = (cu_seqlens.data_ptr(), cu_seqlens.shape[0])
-        if key not in self.values:
-            cu = cu_seqlens.to(torch.int32)
-            if backend == "varlen":
-                self.values[key] = (cu, int((cu[1:] - cu[:-1]).max()))  # the one host sync, per forward
-            else:  # block-diagonal boolean mask: token i may attend to j iff they share a window
-                n = int(cu[-1])
-                seg = torch.repeat_interleave(torch.arange(len(cu) - 1, device=cu.device), (cu[1:] - cu[:-1]).long(),
-                                              output_size=n)
-                self.values[key] = seg[:, None] == seg[None, :]
-        return self.values[key]
+    @property
+    def shape_key(self) -> tuple:
+        return tuple((k, tuple(v.shape)) for k, v in self.tensors.items()) + (self.max_window, self.max_full)
 
 
-def _fast_forward(backend: str, memo: _Lengths):
-    def forward(self, hidden_states, cu_seqlens, rotary_pos_emb=None, position_embeddings=None, **kwargs):
-        rotate = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision
-        n = hidden_states.shape[0]
-        q, k, v = self.qkv(hidden_states).reshape(n, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        if position_embeddings is None:  # older transformers pass the raw rotary angles
-            emb = torch.cat((rotary_pos_emb, rotary_pos_emb), dim=-1)
-            position_embeddings = (emb.cos(), emb.sin())
-        cos, sin = position_embeddings
-        q, k = rotate(q, k, cos, sin)
-        if backend == "varlen":
-            from torch.nn.attention.varlen import varlen_attn
-
-            cu, max_len = memo.get(cu_seqlens, backend)
-            out = varlen_attn(q, k, v, cu, cu, max_len, max_len)  # (n, heads, head_dim)
-        else:
-            mask = memo.get(cu_seqlens, backend)
-            out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
-                                                 v.transpose(0, 1)[None], attn_mask=mask)[0].transpose(0, 1)
-        return self.proj(out.reshape(n, -1).contiguous())
-    return forward
+def _longest(cu: torch.Tensor) -> int:
+    return int((cu[1:] - cu[:-1]).max())
 
 
-def enable_fast_vision(model, backend: str = "auto", log=print) -> str | None:
-    """Bind the one-call attention to every vision attention module of `model`. Returns the backend, or None
-    (stock kept) when this transformers version does not fit."""
-    attns = _vision_attention_modules(model)
-    problem = _compatible(attns[0])
-    if problem:
-        warnings.warn(f"fast vision path disabled, stock attention kept: {problem}")
+def plan_layout(model, batch: dict, pool_weights: torch.Tensor) -> Layout:
+    """`batch`: the processor's output (CPU tensors); `pool_weights`: (B, T, L) from encode.pooling_weights."""
+    from transformers.vision_utils import (get_vision_attention_seqlens, get_vision_position_ids,
+                                           get_vision_window_index)
+
+    inner, vcfg = model.model, model.config.vision_config
+    grid = batch["image_grid_thw"].cpu()
+    vpos = get_vision_position_ids(grid, vcfg.spatial_merge_size)
+    cu_full, _ = get_vision_attention_seqlens(grid, vcfg)
+    window_index, cu_window = get_vision_window_index(grid, spatial_merge_size=vcfg.spatial_merge_size,
+                                                      window_size=vcfg.window_size, patch_size=vcfg.patch_size)
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu()
+    positions, _ = inner.get_rope_index(ids, batch["mm_token_type_ids"].cpu(), image_grid_thw=grid,
+                                        attention_mask=mask)
+    n = ids.shape[1]
+    image_rows = torch.nonzero((ids == model.config.image_token_id).flatten()).squeeze(-1)
+    padded = not bool(mask.all())
+    tensors = {"input_ids": ids, "vision_positions": vpos, "window_index": window_index,
+               "reverse_index": torch.argsort(window_index), "cu_full": cu_full.to(torch.int32),
+               "cu_window": cu_window.to(torch.int32), "lm_positions": positions, "image_rows": image_rows,
+               "pool_weights": pool_weights.float()}
+    # Without padding, SDPA's own causal flag (flash kernels) needs no mask; otherwise the forward builds one on the
+    # device from the (B, L) validity (a (B, 1, L, L) mask would be 59 MB to copy at batch 16).
+    if padded or model.config.text_config._attn_implementation != "sdpa":
+        tensors["lm_valid"] = mask.bool()
+    return Layout(tensors, _longest(cu_window), _longest(cu_full))
+
+
+# -- the forward: device work only, no host syncs -------------------------------------------------------------------
+def _attend(backend, q, k, v, cu, max_len, block_mask):
+    if backend == "varlen":
+        from torch.nn.attention.varlen import varlen_attn
+
+        return varlen_attn(q, k, v, cu, cu, max_len, max_len)  # (n, heads, head_dim)
+    return F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                          attn_mask=block_mask)[0].transpose(0, 1)
+
+
+def _vision_block(blk, h, cos, sin, cu, max_len, block_mask, backend: str, rotate):
+    attn = blk.attn
+    x = blk.norm1(h)
+    n = x.shape[0]
+    q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = rotate(q, k, cos, sin)  # v made contiguous here, fused, rather than by the attention kernel's own copy
+    h = h + attn.proj(_attend(backend, q, k, v.contiguous(), cu, max_len, block_mask).reshape(n, -1))
+    return h + blk.mlp(blk.norm2(h))
+
+
+def _lm_layer(layer, h, mask, position_embeddings):
+    out = layer(h, attention_mask=mask, position_embeddings=position_embeddings)  # no cache: the defaults
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _block_mask(cu: torch.Tensor, n: int) -> torch.Tensor:
+    seg = torch.repeat_interleave(torch.arange(len(cu) - 1, device=cu.device), (cu[1:] - cu[:-1]).long(),
+                                  output_size=n)
+    return seg[:, None] == seg[None, :]
+
+
+def _causal_mask(valid: torch.Tensor, dtype) -> torch.Tensor:
+    """Additive (B, 1, L, L): causal, padded keys hidden; a padded query sees itself (no empty softmax row whose NaN
+    would leak through the values)."""
+    n = valid.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()
+    keep = (causal[None] & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=valid.device)[None]
+    return torch.zeros(keep.shape, dtype=dtype, device=valid.device).masked_fill(~keep, torch.finfo(dtype).min)[:, None]
+
+
+class FastEncoder:
+    """`encoder(pixel_values, layout)` -> last-layer states pooled by the layout's weights, (B, T, D) float32."""
+
+    def __init__(self, model, backend: str = "auto", compile: bool = False, cuda_graphs: bool = False):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.backend = choose_backend(self.device, backend)
+        on_cuda = self.device.type == "cuda"
+        self.compiled = compile
+        self.cuda_graphs = cuda_graphs and on_cuda
+        visual = model.model.visual
+        self.rotate = sys.modules[type(visual.blocks[0].attn).__module__].apply_rotary_pos_emb_vision
+        # Conv3d with stride == kernel over flattened patches is a matrix product with the flattened kernel.
+        self.patch_weight = visual.patch_embed.proj.weight.reshape(visual.patch_embed.proj.weight.shape[0], -1)
+        self.vision_block, self.lm_layer = _vision_block, _lm_layer
+        if compile:  # dynamic from the start: one compilation serves every batch size and prompt length
+            self.vision_block = torch.compile(_vision_block, dynamic=True)
+            self.lm_layer = torch.compile(_lm_layer, dynamic=True)
+        self.graphs: dict = {}  # one captured graph per layout shape
+        self.warmup_s = 0.0  # spent compiling and capturing: one-off costs, reported apart from throughput
+        self._pool = None
+
+    def describe(self) -> str:
+        return (f"{self.backend} attention over packed windows, layout precomputed on the CPU"
+                + (", blocks compiled" if self.compiled else "") + (", CUDA graph per layout" if self.cuda_graphs
+                                                                    else ""))
+
+    def forward(self, pixel_values: torch.Tensor, t: dict, max_window: int, max_full: int) -> torch.Tensor:
+        """Pure device work over device tensors `t` (a Layout's tensors): capturable in a CUDA graph."""
+        inner = self.model.model
+        visual, lm = inner.visual, inner.language_model
+        unit = visual.spatial_merge_unit
+        h = F.linear(pixel_values.to(self.dtype), self.patch_weight)
+        n, width = h.shape
+        window = t["window_index"]
+        h = h.view(n // unit, unit, width)[window].view(n, width)
+        cos, sin = (f.view(n // unit, unit, -1)[window].view(n, -1)
+                    for f in visual.rotary_pos_emb(h, t["vision_positions"]))
+        masks = ((None, None) if self.backend == "varlen" else
+                 (_block_mask(t["cu_window"], n), _block_mask(t["cu_full"], n)))
+        for i, blk in enumerate(visual.blocks):
+            full = i in visual.fullatt_block_indexes
+            h = self.vision_block(blk, h, cos, sin, t["cu_full"] if full else t["cu_window"],
+                                  max_full if full else max_window, masks[1] if full else masks[0], self.backend,
+                                  self.rotate)
+        image = visual.merger(h)[t["reverse_index"]]
+        ids = t["input_ids"]
+        b, length = ids.shape
+        x = lm.embed_tokens(ids)
+        x = x.view(b * length, -1).index_copy(0, t["image_rows"], image.to(x.dtype)).view(b, length, -1)
+        position_embeddings = lm.rotary_emb(x, t["lm_positions"])
+        mask = _causal_mask(t["lm_valid"], x.dtype) if "lm_valid" in t else None  # None: SDPA's causal flag
+        for layer in lm.layers:
+            x = self.lm_layer(layer, x, mask, position_embeddings)
+        x = lm.norm(x)
+        return torch.bmm(t["pool_weights"], x.float())
+
+    @torch.inference_mode()
+    def __call__(self, pixel_values: torch.Tensor, layout: Layout) -> torch.Tensor:
+        # The layout's small tensors go through page-locked memory: a copy from pageable memory may wait for the
+        # stream (the previous batch), and the GPU would then idle while the host plans the next batch.
+        tensors = {k: v.pin_memory() if self.device.type == "cuda" else v for k, v in layout.tensors.items()}
+        graph = self._graph_for(pixel_values, layout) if self.cuda_graphs else None
+        if graph is None:
+            t = {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
+            return self.forward(pixel_values.to(self.device, non_blocking=True), t, layout.max_window,
+                                layout.max_full)
+        graph["pixel_values"].copy_(pixel_values, non_blocking=True)
+        for k, v in tensors.items():
+            graph["inputs"][k].copy_(v, non_blocking=True)
+        graph["graph"].replay()
+        return graph["output"].clone()
+
+    def _graph_for(self, pixel_values, layout) -> dict | None:
+        """The captured graph for this layout's shapes; None (run eagerly) once MAX_GRAPHS shapes were seen."""
+        graph = self.graphs.get(layout.shape_key)
+        if graph is None and len(self.graphs) < MAX_GRAPHS:
+            graph = self._capture(pixel_values, layout)
+        return graph
+
+    def _capture(self, pixel_values, layout) -> dict:
+        """Warm up (compiles, cuDNN/flash set-up) on a side stream, then capture; one memory pool for all layouts
+        (never run concurrently)."""
+        start = time.perf_counter()
+        static_pixels = pixel_values.to(self.device, dtype=self.dtype)
+        inputs = {k: v.to(self.device) for k, v in layout.tensors.items()}
+        run = lambda: self.forward(static_pixels, inputs, layout.max_window, layout.max_full)  # noqa: E731
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        self._pool = self._pool or torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = run()
+        entry = {"graph": graph, "pixel_values": static_pixels, "inputs": inputs, "output": output}
+        self.graphs[layout.shape_key] = entry
+        self.warmup_s += time.perf_counter() - start
+        return entry
+
+
+def enable_fast_vision(backbone, backend: str = "auto", compile: bool = False, cuda_graphs: bool = False,
+                       log=print) -> str | None:
+    """Give `backbone` (a vlm.backbone.Backbone) a FastEncoder. Returns the attention backend, or None (stock
+    kept, with a warning saying why) when this transformers version does not fit."""
+    if problem := incompatibility(backbone.model):
+        warnings.warn(f"fast vision path disabled, stock forward kept: {problem}")
+        backbone.fast = None
         return None
-    chosen = choose_backend(next(model.parameters()).device, backend)
-    memo = _Lengths()  # shared by the layers of one model: window and full-attention cu_seqlens alternate
-    forward = _fast_forward(chosen, memo)
-    for attn in attns:
-        attn.forward = types.MethodType(forward, attn)
-    visual = _visual(model)
-    stock_visual_forward = visual.forward
-
-    def visual_forward(*args, **kwargs):
-        memo.values.clear()
-        return stock_visual_forward(*args, **kwargs)
-    visual.forward = visual_forward
-    model._vla_fast_vision = chosen
-    log(f"fast vision path: {chosen} attention over packed windows ({len(attns)} layers)")
-    return chosen
+    backbone.fast = FastEncoder(backbone.model, backend, compile=compile, cuda_graphs=cuda_graphs)
+    log(f"fast VL encoder: {backbone.fast.describe()}")
+    return backbone.fast.backend
 
 
-def disable_fast_vision(model) -> None:
-    for module in [*_vision_attention_modules(model), _visual(model)]:
-        module.__dict__.pop("forward", None)
-    model.__dict__.pop("_vla_fast_vision", None)
+def disable_fast_vision(backbone) -> None:
+    backbone.fast = None
