@@ -6,27 +6,13 @@ autocast, and replayed as a CUDA graph (issues 7 and 8). Median and p95 over rep
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from vla_lib.config import RunConfig
+from vla_lib.evaluation.latency import timed_ms
 from vla_lib.models.action_graph import ActionStep, example_inputs
 from vla_lib.models.modeling_policy import Stage1Policy
-
-
-def timed(fn, repeats: int, warmup: int = 10) -> tuple[float, float]:
-    ms = []
-    for k in range(warmup + repeats):
-        torch.cuda.synchronize() if torch.cuda.is_available() else None
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize() if torch.cuda.is_available() else None
-        if k >= warmup:
-            ms.append((time.perf_counter() - t0) * 1e3)
-    ms.sort()
-    return statistics.median(ms), ms[int(0.95 * (len(ms) - 1))]
 
 
 def main():
@@ -44,17 +30,17 @@ def main():
     x = example_inputs(cfg, 6, device, random=True)
     rows = {}
     with torch.no_grad():
-        rows["eager fp32"] = timed(lambda: heads.predict(**x), args.repeats)
+        rows["eager fp32"] = timed_ms(lambda: heads.predict(**x), device, args.repeats, 10)
         if device.type == "cuda":
             def bf16():
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     return heads.predict(**x)
-            rows["eager bf16 autocast"] = timed(bf16, args.repeats)
+            rows["eager bf16 autocast"] = timed_ms(bf16, device, args.repeats, 10)
             step = ActionStep(heads, n_tokens=6)
             ref = bf16().float()
             got = step(*x.values()).float()
             print(f"graph vs eager bf16 max abs diff: {(got - ref).abs().max().item():.3g}")
-            rows["CUDA graph bf16"] = timed(lambda: step(*x.values()), args.repeats)
+            rows["CUDA graph bf16"] = timed_ms(lambda: step(*x.values()), device, args.repeats, 10)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"action step, batch 1, preset {args.preset} (history {cfg.history_steps}), {name}:")
     for k, (p50, p95) in rows.items():

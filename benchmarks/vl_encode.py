@@ -12,13 +12,11 @@ reference than 1.5x the stock bf16 path's own distance.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import numpy as np
 import torch
 
 from vla_lib.config import BackboneConfig
+from vla_lib.evaluation.latency import random_frames, timed_ms
 from vla_lib.vlm.backbone import load_backbone, set_pixel_budget
 from vla_lib.vlm.encode import encode, prepare_inputs
 from vla_lib.vlm.fast_vision import disable_fast_vision, enable_fast_vision
@@ -27,28 +25,14 @@ PEAK_TFLOPS = 790.0  # bf16 dense matrix product measured on the H100 / H200 her
 LEVELS = {"packed": {}, "compiled": {"compile": True}, "graphed": {"compile": True, "cuda_graphs": True}}
 
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def inputs_for(bb, n_views, width, height, batch, seed=0):
-    rng = np.random.default_rng(seed)
-    frames = [rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(n_views)]
+    frames = random_frames(n_views, width, height, seed)
     return prepare_inputs(bb.processor, [(frames, "Perform the insertion task", [True] * n_views)] * batch,
                           bb.pixel_budget, bb.dtype)
 
 
 def time_encode(bb, inputs, repeats, warmup):
-    ms = []
-    for k in range(warmup + repeats):
-        sync()
-        t0 = time.perf_counter()
-        encode(bb, inputs, "per_view")
-        sync()
-        if k >= warmup:
-            ms.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ms)
+    return timed_ms(lambda: encode(bb, inputs, "per_view"), bb.device, repeats, warmup)[0]
 
 
 def floor_ms(bb, inputs) -> float:

@@ -26,12 +26,30 @@ def _stats(ms: list[float]) -> tuple[float, float]:
     return float(np.median(ms)), float(np.percentile(ms, 95))
 
 
+def timed_ms(fn, device, repeats: int, warmup: int) -> tuple[float, float]:
+    """(median, p95) milliseconds of `fn()` after `warmup` untimed calls, the device synchronised around each."""
+    ms = []
+    for k in range(warmup + repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if k >= warmup:
+            ms.append((time.perf_counter() - t0) * 1e3)
+    return _stats(ms)
+
+
+def random_frames(n_views: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
+    """Camera-sized uint8 frames (the compute does not depend on their content)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(n_views)]
+
+
 def time_vl_update(backbone, n_views: int, width: int, height: int, repeats: int, warmup: int, pooling: str,
                    instruction: str = "Perform the insertion task", total_views: int = 5, batch: int = 1) -> dict:
     """One VL update of `n_views` camera frames of width x height, fitted to a width*height pixel budget."""
     set_pixel_budget(backbone, width * height)
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (height, width, 3), dtype=np.uint8) for _ in range(n_views)]
+    frames = random_frames(n_views, width, height)
     mask = [k < n_views for k in range(max(total_views, n_views))]
     prep, model = [], []
     for k in range(warmup + repeats):
@@ -75,13 +93,5 @@ def time_action_step(heads, device, repeats: int = 50, warmup: int = 5, n_tokens
     """The heads at batch 1 (SensorEncoder + Action Expert on one cached feature and one sensor window)."""
     heads = heads.to(device).eval()
     x = example_inputs(heads.config, n_tokens, device, random=True)
-    ms = []
-    for k in range(warmup + repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        heads.predict(**x)
-        _sync(device)
-        if k >= warmup:
-            ms.append((time.perf_counter() - t0) * 1e3)
-    p50, p95 = _stats(ms)
+    p50, p95 = timed_ms(lambda: heads.predict(**x), device, repeats, warmup)
     return {"action_step_ms_p50": p50, "action_step_ms_p95": p95, "device": str(device)}

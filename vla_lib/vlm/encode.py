@@ -79,7 +79,7 @@ def encode(backbone, inputs: EncoderInputs, pooling: str = "per_view") -> tuple[
     backbone's fast encoder when it has one (vlm/fast_vision.py), else transformers' stock forward."""
     weights, mask = pooling_weights(inputs.batch["input_ids"], inputs.batch["attention_mask"],
                                     inputs.batch.get("image_grid_thw"), inputs.view_masks, backbone.config, pooling)
-    if getattr(backbone, "fast", None) is not None:
+    if backbone.fast is not None:
         from vla_lib.vlm.fast_vision import plan_layout
 
         layout = plan_layout(backbone.model, inputs.batch, weights)
