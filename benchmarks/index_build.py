@@ -26,7 +26,7 @@ if not root.exists():
 cfg = RunConfig().data
 cfg.root = str(root)
 t = time.time()
-index = build_index(cfg, check_images=True)
+index = build_index(cfg)
 build_s = time.time() - t
 ds = SampleDataset(index, cfg)
 t = time.time()

@@ -42,7 +42,7 @@ def main():
         "synthetic": {"out_dir": str(out / "sessions"), "num_sensor_sessions": args.sessions * 2 // 3,
                       "num_nosensor_sessions": args.sessions - args.sessions * 2 // 3, "duration_s": args.duration,
                       "image_width": 160, "image_height": 90},
-        "data": {"root": str(out / "sessions")}, "backbone": {"random_weights": True, "tiny_model_dir": str(out / "tiny")},
+        "data": {"root": str(out / "sessions"), "check_images": False}, "backbone": {"random_weights": True, "tiny_model_dir": str(out / "tiny")},
         "cache": {"dir": str(out / "cache")}, "model": {"preset": args.preset},
         "train": {"output_dir": str(out / "train"), "epochs": args.epochs, "batch_size": args.batch_size,
                   "grad_accum_steps": 1, "num_workers": args.workers, "wandb_mode": "disabled",
@@ -50,7 +50,7 @@ def main():
     })
     t = time.time()
     generate_dataset(cfg.synthetic)
-    index = build_index(cfg.data, check_images=False)
+    index = build_index(cfg.data)
     store = open_store(cfg)
     writer = store.writer(0, 4096)
     keys = list(index.table.cache_key.unique())

@@ -18,8 +18,8 @@ MODES = ("synth", "audit", "cache", "verify", "train", "eval", "demo")
 
 # flag -> (config fields it sets, type). A store_true flag has type None.
 FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
-    "--sensor-enabled": (("data.sensor_enabled", "model.sensor_enabled"), None),
-    "--sensor-window-size": (("data.sensor_window_size", "model.sensor_length"), int),
+    "--sensor-enabled": (("data.sensor_enabled",), None),
+    "--sensor-window-size": (("data.sensor_window_size",), int),
     "--sensor-temporal-length": (("model.sensor_length",), int),
     "--sensor-input-channels": (("model.sensor_channels",), int),
     "--sensor-output-dim": (("model.sensor_output_dim",), int),
@@ -50,12 +50,20 @@ FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
     "--wandb-mode": (("train.wandb_mode",), str),
     "--checkpoint": (("eval.checkpoint",), str),
     "--allow-inline-encoding": (("cache.allow_inline_encoding",), None),
+    "--allow-backbone-mismatch": (("eval.allow_backbone_mismatch",), None),
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """One clear line and exit code 2 for a usage error (not a 30-line usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vla_lib", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m vla_lib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                allow_abbrev=False)  # --epoch must not silently mean --epochs
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--params", help="YAML parameter file (sections as in params/demo.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -91,33 +99,53 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Expected failures (bad settings, a cache miss, a damaged store, bad data, a run folder that cannot be
+    continued) end with one line naming the problem and the command that fixes it, and exit code 2."""
+    from vla_lib.data.recorder_formats import DataError
+    from vla_lib.models.checkpoint import CheckpointMismatchError
+    from vla_lib.pipeline import NotebookError
+    from vla_lib.train import RunStateError
+    from vla_lib.vlm.feature_store import CacheMissError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
-    except ConfigError as e:
-        parser.error(str(e))
+        return run_mode(args, cfg)
+    except (ConfigError, CacheMissError, DataError, CheckpointMismatchError, RunStateError, NotebookError,
+            FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_mode(args, cfg) -> int:
     if args.mode == "synth":
         from vla_lib.pipeline import ensure_synthetic
 
         made = ensure_synthetic(cfg, force=True)
         print(f"wrote {len(made)} synthetic sessions under {cfg.synthetic.out_dir}")
     elif args.mode == "audit":
-        from vla_lib.data.audit import audit_dataset, write_audit
+        from vla_lib.data.audit import audit_dataset, print_report, write_audit
 
         table, skipped, _ = audit_dataset(cfg.data)
-        print(table.to_string())
-        write_audit(cfg.run_dir / "01_audit", table, skipped)
+        path = write_audit(cfg.run_dir / "01_audit", table, skipped)["path"]
+        print_report(table, skipped, path)
     elif args.mode == "demo":
+        from vla_lib.commands import run_params_file
         from vla_lib.pipeline import ensure_synthetic, run_notebooks
 
         ensure_synthetic(cfg)
-        out = run_notebooks(args.params or "params/demo.yaml", only=args.only)
+        # the notebooks get these settings, flags and --set values included, not just the params file
+        out = run_notebooks(str(run_params_file(cfg)), only=args.only)
         print(f"demo complete: {out}")
-    elif args.mode in ("cache", "verify"):
-        from vla_lib.vlm import cache_build
+    elif args.mode == "cache":
+        from vla_lib.vlm.cache_build import build_cache
 
-        return cache_build.main(cfg, verify_only=args.mode == "verify")
+        build_cache(cfg)
+    elif args.mode == "verify":
+        from vla_lib.vlm.cache_build import verify
+
+        return verify(cfg)
     elif args.mode == "train":
         from vla_lib import train
 

@@ -8,8 +8,6 @@ Unknown keys are errors, never silently ignored.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -18,11 +16,15 @@ from typing import Any
 
 import yaml
 
+from vla_lib.errors import ConfigError
 from vla_lib.models.configuration_policy import PolicyConfig
 
+__all__ = ["ConfigError", "RunConfig"]
 
-class ConfigError(ValueError):
-    """A parameter file or flag that does not fit the configuration."""
+
+def _choice(where: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,13 +82,33 @@ class DataConfig:
     sensor_max_gap_s: float = 0.006  # a grid point farther than this from any raw sample is marked invalid
     horizon: int = 8
     action_dt_s: float = 0.1
-    history_steps: int = 4  # the robot's last K pose deltas kept per sample (the model uses model.history_steps)
+    history_steps: int | None = None  # derived: = model.history_steps (the robot's last K pose deltas per sample)
     chunk_past_end: str = "drop"  # "drop" anchors whose chunk runs past the episode, or "pad" (+ target mask)
+    # One policy for every step (audit, cache, training, evaluation): decode-check each JPEG when a session is read,
+    # so a corrupt frame is skipped (and reported) the same way everywhere and the split never depends on the step.
+    check_images: bool = True
+    # Clock offsets (seconds added to camera / sensor stamps to reach the robot clock) for sessions without a
+    # clock_offsets.json (the original recorder never saved one): {session folder name or "*": {camera_s, sensor_s}}.
+    clock_offsets: dict = field(default_factory=dict)
     gripper_value: float = 1.0  # 7th action dimension: constant, as in the original; excluded from loss/metrics
     val_fraction: float = 0.2
     split_seed: int = 42
     val_sessions: list[str] = field(default_factory=list)  # explicit override of the seeded split
     max_sessions: int = 0  # 0 = all; for quick looks
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("data.chunk_past_end", self.chunk_past_end, ("drop", "pad"))
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.horizon < 1 or self.sensor_window_size < 2 or self.anchor_stride_s <= 0 or self.action_dt_s <= 0:
+            raise ConfigError("data: horizon >= 1, sensor_window_size >= 2, anchor_stride_s > 0, action_dt_s > 0")
+        for name, offsets in self.clock_offsets.items():
+            if not isinstance(offsets, dict) or set(offsets) - {"camera_s", "sensor_s"}:
+                raise ConfigError(f"data.clock_offsets[{name!r}] must be a mapping with camera_s and/or sensor_s, "
+                                  f"got {offsets!r}")
 
 
 @dataclass
@@ -110,22 +132,40 @@ class BackboneConfig:
     image_resize_height: int = 360
     image_resize_width: int = 640  # pixel budget = height * width (min = max, as the seed)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("backbone.dtype", self.dtype, ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"))
+        _choice("backbone.fast_vision", self.fast_vision, ("auto", "off", "varlen", "masked_sdpa"))
+        if self.image_resize_height <= 0 or self.image_resize_width <= 0:
+            raise ConfigError("backbone.image_resize_height/width must be positive")
+
 
 @dataclass
 class CacheConfig:
     """The VL feature store."""
 
-    dir: str = "outputs/demo/vl_cache"
+    # "" = <output_root>/vl_cache, shared by the runs: stores are content-addressed by fingerprint, so runs with other
+    # settings never mix, and runs with the same ones share the work. Each run links the store it used
+    # (<run_dir>/vl_cache).
+    dir: str = ""
     pooling: str = "per_view"  # "per_view": V view tokens + 1 instruction token; "mean_all": the original's 1 token
     batch_size: int = 4
     num_workers: int = 0
     shard_size: int = 256  # samples per shard file (and per flush: a killed build loses at most this many)
     allow_inline_encoding: bool = False  # training on a cache miss: error (default) or encode inline
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("cache.pooling", self.pooling, ("per_view", "mean_all"))
+
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "outputs/demo/train"
+    output_dir: str = ""  # "" = <output_root>/<run_name>/train: one run, one folder
     epochs: int = 100
     batch_size: int = 1
     grad_accum_steps: int = 8
@@ -152,15 +192,26 @@ class TrainConfig:
     finetune_vl: str = "none"  # Stage 1 only: the backbone stays frozen
     training_stage: str = "stage1"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-        if self.compile_mode not in modes:
-            raise ConfigError(f"train.compile_mode must be one of {modes}, got {self.compile_mode!r}")
+        _choice("train.compile_mode", self.compile_mode,
+                ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+        _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
+        _choice("train.wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1 or self.log_every_steps < 1:
+            raise ConfigError("train: epochs, batch_size, grad_accum_steps and log_every_steps must be >= 1")
 
 
 @dataclass
 class EvalConfig:
     checkpoint: str = ""  # default: <train.output_dir>/checkpoints/qwen_vla_sensor_best.pt
+    # Held-out sessions: [] = exactly the validation sessions recorded in the checkpoint; a list evaluates those
+    # instead (refused if any was a training session of the checkpoint).
+    sessions: list[str] = field(default_factory=list)
+    # Refuse heads trained on features of another backbone / pixel budget / dtype unless this is set.
+    allow_backbone_mismatch: bool = False
     realtime_duration_s: float = 10.0
     realtime_vl_rate_hz: float = 0.0  # 0 = as fast as it can
     action_rate_hz: float = 10.0
@@ -182,6 +233,39 @@ class RunConfig:
     model: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        self.derive()
+
+    # One source for each value: these fields mirror another one. Left unset they take its value; given and
+    # different, they are an error (a value in two places that disagree is a bug waiting to happen).
+    DERIVED = {"model.horizon": "data.horizon", "model.sensor_enabled": "data.sensor_enabled",
+               "data.history_steps": "model.history_steps"}
+
+    def defaults(self) -> dict[str, Any]:
+        """Fields that, left unset (None or ""), follow another value but may also be set on their own."""
+        return {"model.sensor_length": self.data.sensor_window_size,  # may differ: the encoder resamples the window
+                "train.output_dir": str(self.run_dir / "train"), "cache.dir": str(Path(self.output_root) / "vl_cache")}
+
+    def derive(self) -> None:
+        for target, source in self.DERIVED.items():
+            value = self._get(source)
+            if self._get(target) is None:
+                self._set(target, value)
+            elif self._get(target) != value:
+                raise ConfigError(f"{target} ({self._get(target)!r}) must equal {source} ({value!r}): it is derived "
+                                  f"from it; set {source} only")
+        for target, value in self.defaults().items():
+            if self._get(target) in (None, ""):
+                self._set(target, value)
+
+    def _get(self, dotted: str):
+        section, key = dotted.split(".")
+        return getattr(getattr(self, section), key)
+
+    def _set(self, dotted: str, value) -> None:
+        section, key = dotted.split(".")
+        setattr(getattr(self, section), key, value)
 
     @property
     def run_dir(self) -> Path:
@@ -209,7 +293,15 @@ class RunConfig:
             raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values; derived fields are written as null (so an override of their source carries over)."""
+        values = asdict(self)
+        unset = {**{t: (self._get(s), None) for t, s in self.DERIVED.items()},
+                 **{t: (v, "" if isinstance(v, str) else None) for t, v in self.defaults().items()}}
+        for target, (default, blank) in unset.items():
+            if self._get(target) == default:
+                section, key = target.split(".")
+                values[section][key] = blank
+        return values
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -246,12 +338,9 @@ def _build(cls: type, values: dict[str, Any], where: str):
         raise ConfigError(f"unknown parameter(s) {', '.join(where + k for k in unknown)}; known: {sorted(known)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in values.items()}
     try:
-        obj = cls(**kwargs)
+        return cls(**kwargs)  # each section validates itself in __post_init__
     except TypeError as e:
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
-    if hasattr(obj, "validate"):
-        obj.validate()
-    return obj
 
 
 def _coerce(tp: Any, value: Any, where: str):
@@ -290,12 +379,8 @@ def _coerce(tp: Any, value: Any, where: str):
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"'{where}' must be a string, got {value!r}")
         return str(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{where}' must be a mapping, got {value!r}")
+        return dict(value)
     return value
-
-
-def config_hash(obj: Any) -> str:
-    """A short stable hash of a (nested) config, used in cache keys and fingerprints."""
-    import hashlib
-
-    payload = json.dumps(asdict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True, default=str)
-    return hashlib.sha1(payload.encode()).hexdigest()[:16]

@@ -6,7 +6,7 @@
 Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked); they are fitted to the
 pixel budget the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
 fixed grid (None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
-(K = `policy.history_steps`, oldest first; what `vla_lib.data.samples.pose_history` computes from the pose log). The split `encode` / `act` is what the real-time loop
+(K = `policy.history_steps`, oldest first; what `vla_lib.data.timeline.pose_history` computes from the robot samples stamped at or before now). The split `encode` / `act` is what the real-time loop
 uses: the VL features refresh at their own rate, the action step runs at 10 Hz on the latest ones.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vla_lib.config import RunConfig
-from vla_lib.models.checkpoint import CheckpointMismatchError, load_checkpoint
+from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
 
 
 class VLAPolicy:
@@ -36,17 +36,22 @@ class VLAPolicy:
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, backbone: str | None = None, device: str = "auto",
-                        load_backbone: bool = True, cuda_graph: bool = True, **backbone_overrides) -> "VLAPolicy":
-        """Load heads, stats and config; refuse a checkpoint whose weights do not all load.
+                        load_backbone: bool = True, cuda_graph: bool = True, allow_backbone_mismatch: bool = False,
+                        **backbone_overrides) -> "VLAPolicy":
+        """Load heads, stats and config; refuse a checkpoint whose weights do not all load, or whose heads were
+        trained on features of another backbone, pixel budget, dtype, pooling, views or processor (the checkpoint
+        records the feature store's parts) unless `allow_backbone_mismatch=True`.
 
         `backbone`: another hub id / local path than the one in the checkpoint's config; `backbone_overrides`: any
         other BackboneConfig field (e.g. `random_weights=True`, `tiny_model_dir=...`). `load_backbone=False` gives
         the heads only (for cached features)."""
         from vla_lib.vlm.backbone import load_backbone as _load_backbone
         from vla_lib.vlm.backbone import resolve_device
+        from vla_lib.vlm.cache_build import store_parts
 
-        heads, run_dict, stats = load_checkpoint(path)
-        cfg = RunConfig.from_dict(run_dict)
+        ckpt = load_checkpoint(path)
+        heads = ckpt.heads
+        cfg = RunConfig.from_dict(ckpt.run_config)
         if backbone is not None:
             cfg.backbone.name_or_path = backbone
         for k, v in backbone_overrides.items():
@@ -62,7 +67,14 @@ class VLAPolicy:
                 raise CheckpointMismatchError(
                     f"{path}: the heads expect {heads.config.vl_dim}-d VL features but backbone "
                     f"{cfg.backbone.name_or_path!r} gives {vl.hidden_size}-d")
-        return cls(heads, cfg, stats, vl, dev, cuda_graph)
+            differs = feature_mismatch(ckpt.features.get("parts", {}), store_parts(cfg, vl.processor)) \
+                if ckpt.features else []
+            if differs and not allow_backbone_mismatch:
+                raise CheckpointMismatchError(
+                    f"{path}: the heads were trained on other VL features than this backbone gives: "
+                    + "; ".join(differs) + ". Load the backbone they were trained with, or pass "
+                    "allow_backbone_mismatch=True (CLI: --allow-backbone-mismatch) to use it anyway")
+        return cls(heads, cfg, ckpt.stats, vl, dev, cuda_graph)
 
     # -- the two halves -------------------------------------------------------------------------------------------
     def encode(self, instructions: list[str], views: list[list]) -> tuple[torch.Tensor, torch.Tensor]:

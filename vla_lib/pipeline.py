@@ -25,6 +25,10 @@ def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
     return generate_dataset(cfg.synthetic)
 
 
+class NotebookError(RuntimeError):
+    """A notebook of the demo failed: which one, in which cell, with what, and where the executed copy is."""
+
+
 def run_notebooks(params_file: str, only: list[str] | None = None, log=print) -> Path:
     import papermill as pm
 
@@ -41,7 +45,11 @@ def run_notebooks(params_file: str, only: list[str] | None = None, log=print) ->
             continue
         start = time.time()
         log(f"[demo] {name} ...")
-        pm.execute_notebook(str(src), str(out / f"{name}.ipynb"), parameters={"params_file": params_file, **params},
-                            cwd=str(root), kernel_name="python3", progress_bar=False)
+        try:
+            pm.execute_notebook(str(src), str(out / f"{name}.ipynb"), parameters={"params_file": params_file,
+                                **params}, cwd=str(root), kernel_name="python3", progress_bar=False)
+        except pm.PapermillExecutionError as e:
+            raise NotebookError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                                f"(the executed notebook with the traceback: {out / (name + '.ipynb')})") from None
         log(f"[demo] {name} done in {time.time() - start:.0f} s -> {out / (name + '.ipynb')}")
     return out

@@ -13,17 +13,20 @@ import math
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vla_lib.data.normalization import NormStats, compute_stats
+from vla_lib.commands import command_for
+from vla_lib.data.normalization import compute_stats
 from vla_lib.data.batches import FeatureJoinedDataset, collate, to_device
 from vla_lib.data.sampler import DistributedWeightedSampler
 from vla_lib.data.samples import SampleDataset, build_index
 from vla_lib.data.split import split_sessions
+from vla_lib.errors import ConfigError
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
 from vla_lib.models.modeling_policy import POSE_DIMS, Stage1Policy
 from vla_lib.vlm.feature_store import CacheMissError, FeatureTable
@@ -86,7 +89,13 @@ def lr_lambda(total_steps: int, cfg):
 # Resume state
 # ---------------------------------------------------------------------------------------------------------------
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain numbers, so the resume state loads with weights_only=True."""
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+             "numpy_pos": int(np_pos), "numpy_has_gauss": int(np_has_gauss), "numpy_gauss": float(np_gauss),
+             "python_version": int(py_version), "python_state": torch.tensor(py_state, dtype=torch.int64),
+             "python_gauss": py_gauss}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -94,14 +103,129 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((state["python_version"], tuple(state["python_state"].tolist()), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings a resumed run must share with the run it continues. The others change nothing the weights depend on
+# (logging, workers, paths, step limits, the eval section), so a resume honours a change of them.
+# ---------------------------------------------------------------------------------------------------------------
+RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "cache.dir", "cache.batch_size",
+               "cache.num_workers", "cache.shard_size", "cache.allow_inline_encoding", "backbone.device",
+               "backbone.tiny_model_dir", "backbone.fast_", "train.num_workers", "train.log_every_steps",
+               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_")
+
+
+def settings_changed(stored: dict, current: dict) -> list[str]:
+    """The settings that differ between a stored run config and the current one, ignoring RESUME_FREE ones."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "clock_offsets" else {prefix + k: v})
+        return out
+    a, b = flat(stored), flat(current)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE)]
+
+
+class RunStateError(RuntimeError):
+    """A run folder that cannot be continued with these settings (finished, or other settings)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The steps of a run
+# ---------------------------------------------------------------------------------------------------------------
+def load_data(cfg, say, is_main: bool):
+    """(train index, val index, split, stats): the episode split and the training-split statistics."""
+    index = build_index(cfg.data, verbose=is_main)  # prints each added and each skipped session
+    train_ids, val_ids = split_sessions(index, cfg.data)
+    train_index, val_index = index.subset(train_ids), index.subset(val_ids)
+    say(f"Train: {len(train_index)} samples / Val: {len(val_index)} samples (split by episode: "
+        f"{len(train_ids)} / {len(val_ids)} sessions)")
+    return train_index, val_index, {"train": train_ids, "val": val_ids}, compute_stats(train_index)
+
+
+def load_features(cfg, train_index, val_index, say):
+    """(train FeatureTable, val FeatureTable, store) from the VL cache; a miss or damaged shard stops with the
+    command that builds them (or encodes inline when cache.allow_inline_encoding)."""
+    from vla_lib.vlm.cache_build import build_cache, open_store
+
+    store = open_store(cfg)
+    keys = list(train_index.table.cache_key) + list(val_index.table.cache_key)
+    missing = store.missing(keys)
+    if missing and not cfg.cache.allow_inline_encoding:
+        raise CacheMissError(missing, store.dir, command_for(cfg, "cache"), store.bad_shards)
+    if missing:
+        say(f"{len(missing)} cache misses: encoding inline (cache.allow_inline_encoding)")
+        build_cache(cfg)
+        store = open_store(cfg)
+    fix = command_for(cfg, "cache")
+    return FeatureTable(store, train_index.table.cache_key, fix), FeatureTable(store, val_index.table.cache_key, fix), \
+        store
+
+
+def build_model(cfg, stats, vl_dim: int) -> Stage1Policy:
+    """The heads for features of width `vl_dim` (the backbone's hidden size, read from the store)."""
+    if cfg.model.vl_dim not in (0, vl_dim):
+        raise ConfigError(f"model.vl_dim is {cfg.model.vl_dim} but the feature store holds {vl_dim}-d features: "
+                          "leave model.vl_dim unset (it comes from the backbone)")
+    return Stage1Policy(replace(cfg.model, vl_dim=int(vl_dim)), *stats.action_arrays(), *stats.sensor_arrays())
+
+
+def read_resume(path: Path, cfg) -> dict | None:
+    """The saved resume state of this run folder, or None. Refuses a run with other settings, saying what differs."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickle
+    changed = settings_changed(state["run_config"], cfg.to_dict())
+    if changed:
+        raise RunStateError(f"{path.parent.parent} holds a run with other settings ({'; '.join(changed)}). Start a new "
+                            "run with --run-name NAME (or another train.output_dir), or restore those settings")
+    return state
+
+
+def load_resume(state: dict, model, optimizer, scheduler, acc) -> dict:
+    """Restore weights, optimiser, schedule and this rank's RNG; returns the progress with the epoch's running sums
+    so far (so the epoch's train loss stays exact across the restart)."""
+    acc.unwrap_model(model).load_state_dict(state["model"])
+    optimizer.optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    mine = state["ranks"][acc.process_index]
+    _set_rng_state(mine["rng"])
+    return {**state["progress"], "totals": mine["totals"]}
+
+
+def trim_metrics(path: Path, progress: dict) -> None:
+    """Drop the rows logged after the resume state was saved: they are about to be logged again."""
+    if not path.exists():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in rows if (r["epoch"] <= progress["epoch"] if "train/loss_epoch" in r
+                                else r["step"] <= progress["global_step"])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+def loss_fn(model, batch: dict, cfg, mean_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, per-sample MSE, per-sample weight): the one loss of training and validation."""
+    pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], batch["has_sensor"],
+                 batch["history"])
+    target = _unwrap(model).normalize_actions(batch["target"])
+    per_sample = masked_mse(pred.float(), target, batch["target_mask"])
+    w = sample_weights(batch, cfg.train).to(per_sample.device)
+    return (per_sample * w).mean() / mean_weight, per_sample, w
+
+
+def _unwrap(model):
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,53 +243,30 @@ def train(cfg, log=print) -> dict:
     out = Path(tc.output_dir)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    say(f"Running in TRAIN mode on {acc.num_processes} process(es) ({acc.device}, mixed precision {mp})")
+    say(f"Running in TRAIN mode on {acc.num_processes} process(es) ({acc.device}, mixed precision {mp}); run folder "
+        f"{out}")
     say(f"  fusion: {cfg.model.fusion}, lr {tc.lr:g}, sensor lr {tc.sensor_lr:g}, sensor loss weight "
         f"{tc.sensor_loss_weight:g}, batch {tc.batch_size} x accum {tc.grad_accum_steps} x {acc.num_processes} proc")
+    resume_file = ckpt_dir / "resume_state.pt"
+    resume = read_resume(resume_file, cfg)
+    if resume is not None and resume["progress"]["epoch"] >= tc.epochs:  # never rewrite a finished run
+        p = resume["progress"]
+        say(f"{out} is a finished run ({p['epoch']} epochs, best val {p['best_val']:.6f}): nothing to train, nothing "
+            "rewritten. Start a new run with --run-name NAME, or extend this one in a new run folder "
+            "(--run-name NAME --epochs N)")
+        summary_file = out / "train_summary.json"
+        return json.loads(summary_file.read_text()) if summary_file.exists() else {"finished": True}
 
-    # -- data ------------------------------------------------------------------------------------------------------
-    index = build_index(cfg.data, verbose=acc.is_main_process)
-    train_ids, val_ids = split_sessions(index, cfg.data)
-    train_index, val_index = index.subset(train_ids), index.subset(val_ids)
-    say(f"Train: {len(train_index)} samples / Val: {len(val_index)} samples (split by episode: "
-        f"{len(train_ids)} / {len(val_ids)} sessions)")
-    stats = compute_stats(train_index)
-    if acc.is_main_process:
-        stats.to_json(out / "norm_stats.json")
-
-    from vla_lib.vlm.cache_build import open_store
-
-    store = open_store(cfg)
-    missing = store.missing(list(train_index.table.cache_key) + list(val_index.table.cache_key))
-    if missing and not cfg.cache.allow_inline_encoding:
-        raise CacheMissError(missing, store.dir, f"python -m vla_lib --mode cache --params <params.yaml>  "
-                                                 f"(cache.dir={cfg.cache.dir})")
-    if missing:
-        from vla_lib.vlm.cache_build import build_cache
-
-        say(f"{len(missing)} cache misses: encoding inline (cache.allow_inline_encoding)")
-        build_cache(cfg)
-        store.refresh()
-    train_features = FeatureTable(store, train_index.table["cache_key"])
-    val_features = FeatureTable(store, val_index.table["cache_key"])
-    vl_dim = train_features.features.shape[-1]
-
-    # -- model -----------------------------------------------------------------------------------------------------
-    mcfg = cfg.model
-    mcfg.vl_dim, mcfg.horizon, mcfg.sensor_length = int(vl_dim), cfg.data.horizon, cfg.data.sensor_window_size
-    if mcfg.history_steps > cfg.data.history_steps:
-        raise ValueError(f"model.history_steps ({mcfg.history_steps}) > data.history_steps ({cfg.data.history_steps})")
-    mcfg.sensor_enabled = cfg.data.sensor_enabled and mcfg.sensor_enabled
-    a_mean, a_std = stats.action_arrays()
-    s_mean, s_std = stats.sensor_arrays()
-    model = Stage1Policy(mcfg, a_mean, a_std, s_mean, s_std)
+    # -- data, features, model, optimiser ----------------------------------------------------------------------
+    train_index, val_index, split, stats = load_data(cfg, say, acc.is_main_process)
+    train_features, val_features, store = load_features(cfg, train_index, val_index, say)
+    model = build_model(cfg, stats, train_features.features.shape[-1])
     counts = model.parameter_counts()
     say(f"Trainable: Action Expert {counts['action_expert']:,}, Sensor Encoder {counts['sensor_encoder']:,} "
         f"(+{counts['null_sensor']:,} null embedding), total {counts['total_trainable']:,}; frozen (VL backbone, "
         f"cached): not loaded")
     # fused AdamW on CUDA: one kernel for all parameters (the step is a visible share of a 28 ms batch-64 step)
     optimizer = torch.optim.AdamW(param_groups(model, tc), betas=(0.9, 0.999), eps=1e-8, fused=on_cuda or None)
-
     train_set = FeatureJoinedDataset(SampleDataset(train_index, cfg.data), train_features)
     val_set = FeatureJoinedDataset(SampleDataset(val_index, cfg.data), val_features)
     sampler = DistributedWeightedSampler(train_index.table["weight"], num_replicas=acc.num_processes,
@@ -175,42 +276,44 @@ def train(cfg, log=print) -> dict:
     if steps_per_epoch == 0:
         raise ValueError(f"{sampler.per_rank} samples per rank are fewer than one optimiser step "
                          f"(batch {tc.batch_size} x accum {tc.grad_accum_steps})")
-    total_steps = steps_per_epoch * tc.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, tc))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * tc.epochs, tc))
     if tc.compile:  # in place: fewer kernel launches per step, same parameter names in checkpoints
         model.compile(mode=tc.compile_mode)
         say(f"Heads compiled in place (torch.compile, mode {tc.compile_mode}); the first steps include compilation")
     model, optimizer = acc.prepare(model, optimizer)  # one prepare; our sampler already splits ranks
     mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight, tc.nonsensor_confidence)))
 
-    # -- auto-resume -----------------------------------------------------------------------------------------------
-    progress = {"epoch": 0, "micro": 0, "global_step": 0, "best_val": float("inf")}
-    resume_file = ckpt_dir / "resume_state.pt"
-    if resume_file.exists():
-        state = torch.load(resume_file, map_location="cpu", weights_only=False)  # our own file: RNG states inside
-        acc.unwrap_model(model).load_state_dict(state["model"])
-        optimizer.optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        progress = state["progress"]
-        _set_rng_state(state["rng"][acc.process_index])
+    # -- auto-resume -------------------------------------------------------------------------------------------
+    metrics_file = out / "metrics.jsonl"
+    progress = load_resume(resume, model, optimizer, scheduler, acc) if resume is not None else None
+    if progress is None:
+        progress = {"epoch": 0, "micro": 0, "global_step": 0, "best_val": float("inf"), "totals": [0.0] * 4}
+        if acc.is_main_process and metrics_file.exists():
+            metrics_file.unlink()  # a fresh run: no rows of an earlier, unsaved attempt
+    else:
         say(f"Resumed from {resume_file}: epoch {progress['epoch'] + 1}, micro-batch {progress['micro']}, "
             f"step {progress['global_step']}, best val {progress['best_val']:.6f}")
-
-    def save_resume() -> None:
-        rngs = acc.gather_for_metrics([_rng_state()], use_gather_object=True) if acc.num_processes > 1 else [_rng_state()]
         if acc.is_main_process:
+            trim_metrics(metrics_file, progress)
+    features_info = {"fingerprint": store.fingerprint, "parts": store.parts}
+
+    def save_resume(totals: torch.Tensor) -> None:
+        mine = {"rng": _rng_state(), "totals": totals.tolist()}
+        ranks = acc.gather_for_metrics([mine], use_gather_object=True) if acc.num_processes > 1 else [mine]
+        if acc.is_main_process:
+            state = {k: v for k, v in progress.items() if k != "totals"}
             atomic_save({"model": acc.unwrap_model(model).state_dict(), "optimizer": optimizer.optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "progress": dict(progress), "rng": rngs}, resume_file)
+                         "scheduler": scheduler.state_dict(), "progress": state, "ranks": ranks,
+                         "run_config": cfg.to_dict()}, resume_file)
 
     def save_heads(name: str, val_loss: float) -> Path:
         path = ckpt_dir / name
         if acc.is_main_process:
             save_checkpoint(path, acc.unwrap_model(model), stats, cfg, progress["epoch"], progress["global_step"],
-                            val_loss)
+                            val_loss, split, features_info)
         return path
 
     wandb_run = _wandb(cfg, acc, counts)
-    metrics_file = out / "metrics.jsonl"
 
     def record(row: dict) -> None:
         if acc.is_main_process:
@@ -219,7 +322,7 @@ def train(cfg, log=print) -> dict:
             if wandb_run is not None:
                 wandb_run.log({k: v for k, v in row.items() if "/" in k}, step=progress["global_step"])
 
-    # -- epochs ----------------------------------------------------------------------------------------------------
+    # -- epochs ------------------------------------------------------------------------------------------------
     history = []
     stop = False
     # One loader for the whole run, its workers kept between epochs (starting them costs ~1 s an epoch). The sampler
@@ -233,7 +336,9 @@ def train(cfg, log=print) -> dict:
         model.train()
         sampler.set_epoch(epoch)
         sampler.load_state_dict({"epoch": epoch, "position": progress["micro"] * tc.batch_size, "seed": tc.seed})
-        totals = torch.zeros(4, device=acc.device)  # weighted loss sum, weight sum, sensor samples, samples
+        # weighted loss sum, weight sum, sensor samples, samples: restored on resume, so the epoch's loss is exact
+        totals = torch.tensor(progress.pop("totals", [0.0] * 4), device=acc.device)
+        window_loss = torch.zeros((), device=acc.device)  # the micro-batch losses of this optimiser step
         epoch_start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=progress["micro"] // tc.grad_accum_steps,
                    disable=not acc.is_main_process, desc=f"epoch {epoch + 1}/{tc.epochs}")
@@ -242,42 +347,40 @@ def train(cfg, log=print) -> dict:
                 break
             batch = to_device(batch, acc.device)
             with acc.accumulate(model):
-                pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"],
-                             batch["has_sensor"], batch["history"])
-                target = acc.unwrap_model(model).normalize_actions(batch["target"])
-                per_sample = masked_mse(pred.float(), target, batch["target_mask"])
-                w = sample_weights(batch, tc).to(per_sample.device)
-                loss = (per_sample * w).mean() / mean_weight
+                loss, per_sample, w = loss_fn(model, batch, cfg, mean_weight)
                 acc.backward(loss)
-                grad_norm = None
-                if acc.sync_gradients:
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
+                grad_norm = acc.clip_grad_norm_(model.parameters(), tc.clip_grad_norm) if acc.sync_gradients else None
                 optimizer.step()
                 if acc.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
             totals += torch.stack([(per_sample * w).sum().detach(), w.sum(), batch["has_sensor"].sum(),
                                    w.new_full((), float(len(w)))])  # built on the device: no host copy
+            window_loss += loss.detach()
             progress["micro"] += 1
-            if grad_norm is not None:  # an optimiser step was taken
-                progress["global_step"] += 1
-                bar.update(1)
-                if progress["global_step"] % tc.log_every_steps == 0:
-                    # reading loss/grad back is a host sync: every log_every_steps steps, not every step
-                    seen = acc.reduce(totals.clone(), reduction="sum")
-                    lr = scheduler.get_last_lr()[0]
-                    bar.set_postfix_str(f"loss: {loss.item() * tc.grad_accum_steps:.6f}, lr: {lr:.2e}, grad: "
-                                        f"{float(grad_norm):.2f}, sensor: {int(seen[2])}/{int(seen[3])}")
-                    record({"step": progress["global_step"], "epoch": epoch + 1, "train/loss_step": loss.item(),
-                            "train/lr": lr, "train/grad_norm": float(grad_norm)})
-                if tc.save_every_steps and progress["global_step"] % tc.save_every_steps == 0:
-                    save_resume()
-                if tc.max_steps and progress["global_step"] >= tc.max_steps:
-                    stop = True
-                    break
+            if grad_norm is None:
+                continue
+            # an optimiser step was taken: its loss is the mean over the window's micro-batches and the ranks
+            progress["global_step"] += 1
+            bar.update(1)
+            if progress["global_step"] % tc.log_every_steps == 0:
+                # reading loss/grad back is a host sync: every log_every_steps steps, not every step
+                step_loss = float(acc.reduce(window_loss, reduction="mean")) / tc.grad_accum_steps
+                seen = acc.reduce(totals.clone(), reduction="sum")
+                lr = scheduler.get_last_lr()[0]
+                bar.set_postfix_str(f"loss: {step_loss:.6f}, lr: {lr:.2e}, grad: {float(grad_norm):.2f}, "
+                                    f"sensor: {int(seen[2])}/{int(seen[3])}")
+                record({"step": progress["global_step"], "epoch": epoch + 1, "train/loss_step": step_loss,
+                        "train/lr": lr, "train/grad_norm": float(grad_norm)})
+            window_loss.zero_()
+            if tc.save_every_steps and progress["global_step"] % tc.save_every_steps == 0:
+                save_resume(totals)
+            if tc.max_steps and progress["global_step"] >= tc.max_steps:
+                stop = True
+                break
         bar.close()
         if stop and progress["micro"] < micro_per_epoch:
-            save_resume()
+            save_resume(totals)
             break
         seen = acc.reduce(totals, reduction="sum")
         samples_per_s = float(seen[3]) / (time.perf_counter() - epoch_start)  # all ranks, data loading included
@@ -290,26 +393,34 @@ def train(cfg, log=print) -> dict:
         history.append(row)
         record(row)
         say(f"Epoch {epoch + 1} | Train: {train_loss:.6f} | Val: {val_loss:.6f} | {samples_per_s:.0f} samples/s")
-        improved = val_loss < progress["best_val"]
-        if improved:
+        if val_loss < progress["best_val"]:
             progress["best_val"] = val_loss
             path = save_heads(CHECKPOINT_NAMES["best"], val_loss)
             say(f"[Best] Validation improved → saved to {path}")
         save_heads(CHECKPOINT_NAMES["latest"], val_loss)
-        save_resume()
+        if progress["epoch"] >= tc.epochs:
+            save_heads(CHECKPOINT_NAMES["final"], val_loss)
+        save_resume(torch.zeros(4, device=acc.device))
         acc.wait_for_everyone()
-    if progress["epoch"] >= tc.epochs:
-        save_heads(CHECKPOINT_NAMES["final"], history[-1]["val/loss_epoch"] if history else float("nan"))
     equal = _weights_equal_across_ranks(model, acc)
     if wandb_run is not None:
         wandb_run.finish()
     acc.wait_for_everyone()
-    summary = {"history": history, "best_val": progress["best_val"], "global_step": progress["global_step"],
+    epochs = _epoch_rows(metrics_file) if acc.is_main_process else history
+    summary = {"history": epochs, "best_val": progress["best_val"], "global_step": progress["global_step"],
+               "epochs_done": progress["epoch"], "finished": progress["epoch"] >= tc.epochs,
                "parameter_counts": counts, "weights_equal_across_ranks": equal, "processes": acc.num_processes,
-               "checkpoint_dir": str(ckpt_dir)}
+               "checkpoint_dir": str(ckpt_dir), "split": split}
     if acc.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _epoch_rows(metrics_file: Path) -> list[dict]:
+    """Every epoch of the run (also those before a resume), from its metrics log."""
+    if not metrics_file.exists():
+        return []
+    return [r for r in map(json.loads, metrics_file.read_text().splitlines()) if "train/loss_epoch" in r]
 
 
 @torch.no_grad()
@@ -322,13 +433,8 @@ def evaluate_loss(model, val_set, cfg, acc, mean_weight: float) -> float:
     loader = DataLoader(torch.utils.data.Subset(val_set, mine), batch_size=max(cfg.train.batch_size, 32),
                         collate_fn=collate, num_workers=cfg.train.num_workers)
     totals = torch.zeros(2, device=acc.device)
-    inner = acc.unwrap_model(model)
     for batch in loader:
-        batch = to_device(batch, acc.device)
-        pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], batch["has_sensor"],
-                     batch["history"])
-        per_sample = masked_mse(pred.float(), inner.normalize_actions(batch["target"]), batch["target_mask"])
-        w = sample_weights(batch, cfg.train).to(per_sample.device)
+        _, per_sample, w = loss_fn(model, to_device(batch, acc.device), cfg, mean_weight)
         totals += torch.stack([(per_sample * w).sum(), w.sum()])
     totals = acc.reduce(totals, reduction="sum")
     model.train()

@@ -34,7 +34,7 @@ def test_correlation_is_none_for_a_constant_predictor():
 
 
 def test_baselines(data_cfg):
-    index = build_index(data_cfg, check_images=False)
+    index = build_index(data_cfg)
     z = zero_baseline(4, 8, 1.0)
     assert (z[..., :6] == 0).all() and (z[..., 6] == 1.0).all()
     m = train_mean_baseline(3, 8, [1, 2, 3, 4, 5, 6, 1])

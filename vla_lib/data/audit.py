@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vla_lib.data.recorder_formats import DataError, Session, read_session
+from vla_lib.data.recorder_formats import DataError, Session, offsets_for, read_session
 from vla_lib.data.samples import find_sessions
 
 
@@ -32,6 +32,7 @@ def audit_session(session: Session, views: list[str]) -> dict:
                     "sensor_clock_offset_ms": float(session.clock_offsets["sensor_s"] * 1e3)
                     if "sensor_s" in session.clock_offsets else float("nan")})
     row["camera_clock_offset_ms"] = (float(cam_off * 1e3) if "camera_s" in session.clock_offsets else float("nan"))
+    row["clock_offsets"] = session.offsets_source  # file | params | none (taken as 0: reported as an issue)
     if session.robot_recv_times is not None:  # receiver clock minus robot clock: transport latency + offset
         row["robot_recv_minus_origin_ms"] = float(np.median(session.robot_recv_times - rt) * 1e3)
     sync = []
@@ -70,7 +71,7 @@ def audit_dataset(data_cfg) -> tuple[pd.DataFrame, list[dict], dict[str, Session
     root = Path(data_cfg.root)
     for group, path in find_sessions(data_cfg):
         try:
-            session = read_session(path, check_images=True)
+            session = read_session(path, data_cfg.check_images, offsets_for(data_cfg, path.name))
         except DataError as e:
             skipped.append({"session": str(path.relative_to(root)), "file": e.path, "reason": e.reason})
             continue
@@ -90,7 +91,28 @@ def write_audit(out_dir: str | Path, table: pd.DataFrame, skipped: list[dict], e
     summary = {"sessions": len(table), "skipped_or_issues": skipped,
                "per_session": json.loads(table.to_json(orient="records")), **(extra or {})}
     (out / "audit.json").write_text(json.dumps(summary, indent=1, default=float))
-    return summary
+    return {**summary, "path": str(out / "audit.json")}
+
+
+def print_report(table: pd.DataFrame, skipped: list[dict], report_path: str, log=print) -> None:
+    """What the terminal needs: per session its streams in one line, every skip and issue with its reason, and where
+    the full report (all columns) is."""
+    log(f"{len(table)} readable session(s)")
+    for _, row in table.iterrows():
+        sensor = f"sensor {row['sensor_hz']:.0f} Hz" if row["has_sensor"] else "no sensor"
+        views = sum(1 for c in table.columns if c.endswith("_frames") and row[c] > 0)
+        log(f"  {row['session_id']}: {row['duration_s']:.1f} s, robot {row['robot_hz']:.0f} Hz, {sensor}, "
+            f"{views} view(s) with frames, clock offsets: {row['clock_offsets']}")
+    readable = set(table["session_id"]) if len(table) else set()
+    dropped = [s for s in skipped if s["session"] not in readable]
+    issues = [s for s in skipped if s["session"] in readable]
+    log(f"{len(dropped)} session(s) skipped" + (":" if dropped else ""))
+    for s in dropped:
+        log(f"  SKIPPED {s['session']}: {s['file']}: {s['reason']}")
+    log(f"{len(issues)} issue(s) in readable sessions" + (":" if issues else ""))
+    for s in issues:
+        log(f"  {s['session']}: {s['file']}: {s['reason']}")
+    log(f"full report: {report_path}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

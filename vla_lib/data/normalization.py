@@ -42,14 +42,24 @@ class NormStats:
         return mean, std
 
 
-def compute_stats(train_index, max_rows_per_session: int = 20000, min_std: float = 0.05) -> NormStats:
+# Floors of the standard deviations: a real but small dimension keeps (nearly) its own scale, so its loss weight is not
+# cut by orders of magnitude; the floor only guards against dividing by ~0. Units: mm or deg per step for actions.
+MIN_ACTION_STD = 1e-3
+MIN_SENSOR_STD = 1e-3
+
+
+def safe_std(std: np.ndarray, floor: float) -> np.ndarray:
+    """Clamp to `floor`; only an exactly constant dimension (std 0, e.g. the gripper) takes 1.0, the identity."""
+    std = np.asarray(std, np.float64)
+    return np.where(std == 0, 1.0, np.maximum(std, floor))
+
+
+def compute_stats(train_index, max_rows_per_session: int = 20000) -> NormStats:
     """Actions from the training samples (masked steps excluded); force and A-line from the raw sensor rows of the
     training sessions (strided, so a long session costs the same as a short one)."""
     valid = train_index.target_mask
     actions = train_index.targets[valid]  # (M, 7)
-    # A constant dimension (the gripper) gets std 1 so that normalising it is the identity shift, not a blow-up.
-    std = actions.std(0)
-    std = np.where(std < min_std, 1.0, std)
+    std = safe_std(actions.std(0), MIN_ACTION_STD)
     quant = {str(q): np.quantile(actions, q, axis=0).tolist() for q in QUANTILES}
     forces, alines = [], []
     for session in train_index.sessions.values():
@@ -63,7 +73,8 @@ def compute_stats(train_index, max_rows_per_session: int = 20000, min_std: float
         forces.append(f[ok]), alines.append(a[ok])
     if forces:
         f, a = np.concatenate(forces), np.concatenate(alines)
-        fm, fs, am, as_ = float(f.mean()), float(max(f.std(), min_std)), a.mean(0), np.maximum(a.std(0), min_std)
+        fm, fs = float(f.mean()), float(safe_std(f.std(), MIN_SENSOR_STD))
+        am, as_ = a.mean(0), safe_std(a.std(0), MIN_SENSOR_STD)
     else:  # no sensor in training: identity normalisation
         fm, fs, am, as_ = 0.0, 1.0, np.zeros(1025), np.ones(1025)
     return NormStats(actions.mean(0).tolist(), std.tolist(), quant, fm, fs, am.tolist(), as_.tolist(),

@@ -65,6 +65,7 @@ class Session:
     sensor: SensorStream | None
     robot_recv_times: np.ndarray | None = None  # receiver clock, when the CSV has it
     clock_offsets: dict[str, float] = field(default_factory=dict)
+    offsets_source: str = "file"  # "file" (clock_offsets.json), "params" (data.clock_offsets) or "none" (taken as 0)
     issues: list[tuple[str, str]] = field(default_factory=list)  # (file, what was skipped and why)
 
     @property
@@ -91,7 +92,12 @@ def detect_layout(path: Path) -> str:
     raise DataError(path, "not a recorder session (no robot_state_*.csv or robot_rt_*.csv)")
 
 
-def read_session(path: str | Path, check_images: bool = True) -> Session:
+NO_OFFSETS = ("no clock offsets recorded (the original recorder never saved them) and none given in "
+              "data.clock_offsets: camera and sensor stamps are taken as robot-clock time (offset 0)")
+
+
+def read_session(path: str | Path, check_images: bool = True, clock_offsets: dict | None = None) -> Session:
+    """`clock_offsets`: {camera_s, sensor_s} to use when the session has no clock_offsets.json (from params)."""
     path = Path(path)
     if not path.is_dir():
         raise DataError(path, "session folder does not exist")
@@ -113,8 +119,20 @@ def read_session(path: str | Path, check_images: bool = True) -> Session:
     if not any(len(f.times) for f in frames.values()):
         raise DataError(path, "no camera frames in any view")
     offsets_file = path / "clock_offsets.json"
-    offsets = json.loads(offsets_file.read_text()) if offsets_file.exists() else {}
-    return Session(path, layout, robot_t, pose, joints, frames, sensor, recv_t, offsets, issues)
+    if offsets_file.exists():
+        offsets, source = json.loads(offsets_file.read_text()), "file"
+    elif clock_offsets:
+        offsets, source = dict(clock_offsets), "params"
+    else:
+        offsets, source = {}, "none"
+        issues.append((str(path), NO_OFFSETS))
+    return Session(path, layout, robot_t, pose, joints, frames, sensor, recv_t, offsets, source, issues)
+
+
+def offsets_for(data_cfg, session_folder: str) -> dict | None:
+    """The params' clock offsets for a session folder: its own entry, else the "*" default, else None."""
+    table = data_cfg.clock_offsets
+    return table.get(session_folder, table.get("*"))
 
 
 def _one(path: Path, pattern: str) -> Path:

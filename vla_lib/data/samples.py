@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vla_lib.data.recorder_formats import DataError, Session, read_session
-from vla_lib.data.timeline import latest_frame_index, pose_deltas, resample_sensor_window, sensor_coverage
+from vla_lib.data.recorder_formats import DataError, Session, offsets_for, read_session
+from vla_lib.data.timeline import (latest_frame_index, pose_deltas, pose_history,  # noqa: F401 (re-exported)
+                                   resample_sensor_window, sensor_coverage)
 
 
 @dataclass
@@ -71,7 +72,10 @@ def find_sessions(data_cfg) -> list[tuple[object, Path]]:
     return found
 
 
-def build_index(data_cfg, check_images: bool = True, verbose: bool = False) -> SampleIndex:
+def build_index(data_cfg, verbose: bool = False) -> SampleIndex:
+    """Samples of every usable session. JPEGs are checked per `data.check_images` (one policy for every step);
+    a session that cannot be used is skipped with its reason (`index.skipped`, and in the log when verbose)."""
+    data_cfg.validate()
     root = Path(data_cfg.root)
     pairs = find_sessions(data_cfg)
     if not pairs:
@@ -80,7 +84,7 @@ def build_index(data_cfg, check_images: bool = True, verbose: bool = False) -> S
     tables, targets, tmasks, frames, histories, sessions, skipped, lines = [], [], [], [], [], {}, [], []
     for group, path in pairs:
         try:
-            session = read_session(path, check_images=check_images)
+            session = read_session(path, data_cfg.check_images, offsets_for(data_cfg, path.name))
             part = _session_samples(session, group, data_cfg, root)
         except DataError as e:
             skipped.append({"session": str(path.relative_to(root)), "file": e.path, "reason": e.reason})
@@ -94,9 +98,12 @@ def build_index(data_cfg, check_images: bool = True, verbose: bool = False) -> S
         tables.append(table), targets.append(tgt), tmasks.append(tmask), frames.append(fidx), histories.append(hist)
         prefix = f"[Priority {group.weight:g}x] " if group.weight != 1.0 else ""
         sensor_word = "WITH sensor" if session.has_sensor and data_cfg.sensor_enabled else "NO sensor"
-        lines.append(f"{prefix}Added: {session.session_id} ({len(table)} samples, {sensor_word})")
+        lines.append(f"{prefix}Added: {session.session_id} ({len(table)} samples, {sensor_word})"
+                     + ("" if session.offsets_source != "none" else "; clock offsets: none recorded, taken as 0"))
     if verbose:
         print("\n".join(lines))
+        for s in skipped:
+            print(f"Skipped: {s['session']}: {s['file']}: {s['reason']}")
     if not tables:
         raise DataError(root, f"no usable sessions; skipped: {skipped}")
     table = pd.concat(tables, ignore_index=True)
@@ -139,9 +146,8 @@ def _session_samples(session: Session, group, cfg, root: Path):
             fidx[:, v] = latest_frame_index(ft, anchors)
             ok = fidx[:, v] >= 0
             staleness[ok, v] = anchors[ok] - ft[fidx[ok, v]]
-    rel = session.path.relative_to(root).as_posix()
-    keys = [_cache_key(group.instruction, [f"{rel}/{session.frames[view].paths[j].relative_to(session.path).as_posix()}"
-                                           if j >= 0 else None for view, j in zip(cfg.views, row)])
+    frame_ids = {view: _frame_ids(session.frames[view].paths, root) for view in cfg.views}
+    keys = [_cache_key(group.instruction, [frame_ids[view][j] if j >= 0 else None for view, j in zip(cfg.views, row)])
             for row in fidx]
     if has_sensor:
         st = session.sensor.times + session.sensor_offset()
@@ -159,12 +165,14 @@ def _session_samples(session: Session, group, cfg, root: Path):
     return table, tgt, tmask, fidx, pose_history(rt, session.pose, anchors, cfg.history_steps, cfg.action_dt_s)
 
 
-def pose_history(robot_times, pose, anchors, steps: int, dt: float) -> np.ndarray:
-    """(N, steps, 6) the last `steps` pose deltas ending at each anchor (oldest first): only the past, measured
-    on the robot's own stamps. Before the first robot sample the pose is held (zero deltas)."""
-    if steps == 0:
-        return np.zeros((len(anchors), 0, 6), np.float32)
-    return pose_deltas(robot_times, pose, np.asarray(anchors) - steps * dt, steps, dt).astype(np.float32)
+def _frame_ids(paths: list[Path], root: Path) -> list[str]:
+    """A frame's identity: its path under the data root plus its size and modification time, so that a JPEG written
+    again under the same name is encoded again (a content hash would read every JPEG on each index build)."""
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append(f"{p.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns}")
+    return out
 
 
 def _cache_key(instruction: str, frame_ids: list[str | None]) -> str:

@@ -85,6 +85,21 @@ def load_truth(session: Path) -> TrajectorySpec:
     return TrajectorySpec(**json.loads((Path(session) / "synthetic_truth.json").read_text()))
 
 
+def phase_labels(index) -> np.ndarray | None:
+    """Each sample's phase (home, approach, pause, insert, hold) where every session is a synthetic one (its truth
+    file knows the phases); None for recorded data, which carries no phase labels."""
+    labels = np.empty(len(index), object)
+    sids = index.table["session_id"].to_numpy()
+    t = index.table["t"].to_numpy(np.float64)
+    for sid, session in index.sessions.items():
+        if not (Path(session.path) / "synthetic_truth.json").exists():
+            return None
+        spec = load_truth(session.path)
+        rows = np.flatnonzero(sids == sid)
+        labels[rows] = [phase_at(spec, x) for x in t[rows]]
+    return labels
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["latest_frame_index", "sensor_grid", "resample_sensor_window", "sensor_coverage", "pose_deltas",
-           "wrap_deg"]
+           "pose_history", "wrap_deg"]
 
 
 def wrap_deg(x: np.ndarray) -> np.ndarray:
@@ -72,17 +72,33 @@ def sensor_coverage(times: np.ndarray, anchors: np.ndarray, window_s: float, n_p
     return (ok_before | ok_after).mean(1)
 
 
-def pose_deltas(robot_times: np.ndarray, pose: np.ndarray, anchors: np.ndarray, horizon: int,
-                dt: float) -> np.ndarray:
+def pose_deltas(robot_times: np.ndarray, pose: np.ndarray, anchors: np.ndarray, horizon: int, dt: float,
+                known_until: np.ndarray | None = None) -> np.ndarray:
     """(N, horizon, 6): pose(t + k dt) - pose(t + (k-1) dt), k = 1..horizon, interpolated on the robot stamps.
 
     Angles are unwrapped along the trajectory before interpolating (so 179 -> -179 is +2, not -358) and each delta is
-    wrapped to (-180, 180].
+    wrapped to (-180, 180]. `known_until` (N,): per row, only robot samples stamped at or before it may be used; a
+    query time after the last such sample takes that sample's pose (held), never an interpolation towards the next.
     """
     unwrapped = pose.copy()
     unwrapped[:, 3:] = np.unwrap(pose[:, 3:], period=360.0, axis=0)
-    times = anchors[:, None] + dt * np.arange(horizon + 1)[None, :]
+    times = np.asarray(anchors, np.float64)[:, None] + dt * np.arange(horizon + 1)[None, :]
+    if known_until is not None:
+        last = np.searchsorted(robot_times, np.asarray(known_until, np.float64), side="right") - 1
+        last_time = robot_times[np.clip(last, 0, len(robot_times) - 1)]
+        # before the first robot sample nothing is known: np.interp holds the first pose (zero deltas)
+        times = np.minimum(times, np.where(last >= 0, last_time, robot_times[0])[:, None])
     interp = np.stack([np.interp(times, robot_times, unwrapped[:, d]) for d in range(6)], -1)
     deltas = np.diff(interp, axis=1)
     deltas[..., 3:] = wrap_deg(deltas[..., 3:])
     return deltas
+
+
+def pose_history(robot_times: np.ndarray, pose: np.ndarray, anchors, steps: int, dt: float) -> np.ndarray:
+    """(N, steps, 6) the last `steps` pose deltas ending at each anchor t (oldest first), from robot samples stamped
+    at or before t only: what a live robot can know at t. pose(t) is the last sample <= t (held, up to one robot
+    period old), never interpolated with the sample after t. Before the first robot sample the pose is held."""
+    anchors = np.asarray(anchors, np.float64)
+    if steps == 0:
+        return np.zeros((len(anchors), 0, 6), np.float32)
+    return pose_deltas(robot_times, pose, anchors - steps * dt, steps, dt, known_until=anchors).astype(np.float32)

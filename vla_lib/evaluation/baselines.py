@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_lib.data.samples import pose_history
+from vla_lib.data.timeline import pose_history
 
 
 def zero_baseline(n: int, horizon: int, gripper: float) -> np.ndarray:
@@ -17,8 +17,8 @@ def train_mean_baseline(n: int, horizon: int, action_mean) -> np.ndarray:
 
 
 def last_delta_baseline(index, data_cfg) -> np.ndarray:
-    """Repeat, for every step, the robot's own last delta pose(t) - pose(t - dt): what a constant-velocity
-    extrapolation of the measured pose gives (privileged: the heads never see the robot's pose)."""
+    """Repeat, for every step, the robot's own last delta pose(t) - pose(t - dt), from robot samples at or before t
+    (`pose_history`): what a constant-velocity extrapolation of the measured pose gives."""
     out = np.zeros((len(index), data_cfg.horizon, 7), np.float32)
     out[..., 6] = data_cfg.gripper_value
     sids = index.table["session_id"].to_numpy()

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from vla_lib.data.batches import FeatureJoinedDataset, collate, to_device
 from vla_lib.data.samples import SampleDataset
+from vla_lib.data.synthetic import phase_labels
 from vla_lib.evaluation.baselines import last_delta_baseline, train_mean_baseline, zero_baseline
 from vla_lib.evaluation.metrics import chunk_metrics
 
@@ -67,8 +68,27 @@ def evaluate_offline(heads, index, data_cfg, features, stats, device="cpu", batc
     policy_mse = metrics["predictors"]["policy"]["mse"]
     metrics["best_baseline"] = best
     metrics["policy_mse_over_best_baseline"] = policy_mse / max(metrics["predictors"][best]["mse"], 1e-12)
-    metrics["sensor_ablation_mse_ratio"] = metrics["predictors"]["policy_no_sensor"]["mse"] / max(policy_mse, 1e-12)
+    metrics["sensor_ablation"] = sensor_ablation(preds["policy"], preds["policy_no_sensor"], index.targets, mask,
+                                                 with_sensor, phase_labels(index))
+    metrics["sensor_ablation_mse_ratio"] = metrics["sensor_ablation"]["mse_ratio"]
     return OfflineResult(metrics, preds, index.targets, mask, index.table)
+
+
+def sensor_ablation(with_s: np.ndarray, without: np.ndarray, targets: np.ndarray, mask: np.ndarray,
+                    has_sensor: np.ndarray, phases: np.ndarray | None) -> dict:
+    """MSE without the sensor / with it, on the samples that have sensor data only (elsewhere both predictions are
+    the same by construction, which would pull the ratio towards 1), overall and per phase where phases are known."""
+    def ratio(rows):
+        a = chunk_metrics(with_s[rows], targets[rows], mask[rows])["mse"]
+        b = chunk_metrics(without[rows], targets[rows], mask[rows])["mse"]
+        return {"samples": int(rows.sum()), "mse_with_sensor": a, "mse_without_sensor": b,
+                "mse_ratio": b / max(a, 1e-12)}
+    if not has_sensor.any():
+        return {"samples": 0, "mse_ratio": None, "per_phase": {}}
+    out = ratio(has_sensor)
+    out["per_phase"] = {str(p): ratio(has_sensor & (phases == p)) for p in dict.fromkeys(phases[has_sensor])} \
+        if phases is not None else {}
+    return out
 
 
 def summary_table(metrics: dict):

@@ -16,8 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vla_lib.data.samples import pose_history
-from vla_lib.data.timeline import latest_frame_index, pose_deltas, resample_sensor_window
+from vla_lib.data.timeline import latest_frame_index, pose_deltas, pose_history, resample_sensor_window
 
 
 class RobotIO(Protocol):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vla_lib.commands import command_for
+from vla_lib.errors import ConfigError
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES
 
 
@@ -11,23 +13,56 @@ def checkpoint_path(cfg) -> Path:
     return Path(cfg.eval.checkpoint or Path(cfg.train.output_dir) / "checkpoints" / CHECKPOINT_NAMES["best"])
 
 
-def split(cfg):
-    """(the whole SampleIndex, the held-out session ids): the same episode split as training."""
+def split(cfg, ckpt=None):
+    """(the whole SampleIndex, the held-out session ids): exactly the validation sessions the checkpoint recorded at
+    training time (or `eval.sessions` when given), never a new draw, so an added, removed or damaged recording cannot
+    move a session between training and held-out. Refuses held-out sessions the heads were trained on."""
+    from vla_lib.data.recorder_formats import DataError
     from vla_lib.data.samples import build_index
-    from vla_lib.data.split import split_sessions
+    from vla_lib.models.checkpoint import load_checkpoint
 
-    index = build_index(cfg.data, check_images=False)
-    return index, split_sessions(index, cfg.data)[1]
+    ckpt = ckpt or load_checkpoint(checkpoint_path(cfg))
+    index = build_index(cfg.data)  # the same data.check_images policy as training
+    trained_on = set(ckpt.split.get("train", []))
+    if cfg.eval.sessions:
+        wanted = [s for s in sorted(index.sessions) if s in cfg.eval.sessions or s.split("/")[-1] in cfg.eval.sessions]
+        unknown = set(cfg.eval.sessions) - set(wanted) - {s.split("/")[-1] for s in wanted}
+        if unknown:
+            raise DataError(index.data_root, f"eval.sessions not found among usable sessions: {sorted(unknown)} "
+                                             f"(skipped: {[s['session'] + ': ' + s['reason'] for s in index.skipped]})")
+    elif ckpt.split.get("val"):
+        wanted = list(ckpt.split["val"])
+    else:
+        raise ConfigError(f"{checkpoint_path(cfg)} records no validation sessions (written before splits were "
+                          "recorded): name the held-out sessions with --set 'eval.sessions=[...]'")
+    overlap = sorted(set(wanted) & trained_on)
+    if overlap:
+        raise ConfigError(f"held-out sessions {overlap} are training sessions of {checkpoint_path(cfg)}: "
+                          "evaluating on them would report training error as held-out error")
+    unusable = [s for s in wanted if s not in index.sessions]
+    if unusable:
+        reasons = {s["session"]: f"{s['file']}: {s['reason']}" for s in index.skipped}
+        raise DataError(index.data_root, "recorded held-out sessions are not usable now: " + "; ".join(
+            f"{s} ({reasons.get(s.split('/', 1)[-1], reasons.get(s, 'not found under data.root'))})" for s in unusable))
+    return index, sorted(wanted)
 
 
-def held_out(cfg):
-    """(held-out SampleIndex, its FeatureTable)."""
+def held_out(cfg, ckpt=None):
+    """(held-out SampleIndex, its FeatureTable), from the feature store the heads were trained on."""
+    from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
     from vla_lib.vlm.cache_build import open_store
     from vla_lib.vlm.feature_store import FeatureTable
 
-    index, val_ids = split(cfg)
+    ckpt = ckpt or load_checkpoint(checkpoint_path(cfg))
+    index, val_ids = split(cfg, ckpt)
     val = index.subset(val_ids)
-    return val, FeatureTable(open_store(cfg), val.table["cache_key"])
+    store = open_store(cfg, create=False)
+    differs = feature_mismatch(ckpt.features.get("parts", {}), store.parts) if ckpt.features else []
+    if differs and not cfg.eval.allow_backbone_mismatch:
+        raise CheckpointMismatchError(
+            f"{checkpoint_path(cfg)} was trained on other VL features than these settings give: " + "; ".join(differs)
+            + ". Evaluate with the training settings, or pass --allow-backbone-mismatch")
+    return val, FeatureTable(store, val.table["cache_key"], command_for(cfg, "cache"))
 
 
 def run_offline(cfg, device: str = "cpu"):
@@ -35,9 +70,9 @@ def run_offline(cfg, device: str = "cpu"):
     from vla_lib.evaluation.offline import evaluate_offline
     from vla_lib.models.checkpoint import load_checkpoint
 
-    heads, _, stats = load_checkpoint(checkpoint_path(cfg))
-    val, features = held_out(cfg)
-    result = evaluate_offline(heads, val, cfg.data, features, stats, device=device)
+    ckpt = load_checkpoint(checkpoint_path(cfg))
+    val, features = held_out(cfg, ckpt)
+    result = evaluate_offline(ckpt.heads, val, cfg.data, features, ckpt.stats, device=device)
     result.metrics["checkpoint"] = str(checkpoint_path(cfg))
     write_json(Path(cfg.run_dir) / "metrics.json", {"offline": result.metrics})
     return result
@@ -72,8 +107,9 @@ def load_policy(cfg, device: str = "auto"):
 
     from vla_lib.inference import VLAPolicy
 
-    return VLAPolicy.from_checkpoint(checkpoint_path(cfg), device=device, **{
-        k: v for k, v in asdict(cfg.backbone).items() if k != "device"})
+    return VLAPolicy.from_checkpoint(checkpoint_path(cfg), device=device,
+                                     allow_backbone_mismatch=cfg.eval.allow_backbone_mismatch,
+                                     **{k: v for k, v in asdict(cfg.backbone).items() if k != "device"})
 
 
 def run_realtime_replay(cfg, policy, session_id: str | None = None, log=print):

@@ -2,7 +2,9 @@
 
 Files (the seed's names): `qwen_vla_sensor.pt` (latest, every epoch), `qwen_vla_sensor_best.pt`,
 `qwen_vla_sensor_final.pt`. Plain tensors and Python values only, so `torch.load(weights_only=True)` reads them.
-Writes are atomic (temporary file + rename).
+Writes are atomic (temporary file + rename). Each also records what the numbers depend on: the episode split
+(training and validation session ids: evaluation uses exactly these) and the feature store's fingerprint and parts
+(backbone, pixel budget, dtype, ...: inference refuses another backbone unless told otherwise).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import uuid
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -25,18 +28,37 @@ def atomic_save(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path, model, stats, run_cfg, epoch: int, step: int, val_loss: float) -> None:
+def save_checkpoint(path, model, stats, run_cfg, epoch: int, step: int, val_loss: float, split: dict | None = None,
+                    features: dict | None = None) -> None:
+    """`split`: {"train": [...], "val": [...]} session ids; `features`: {"fingerprint": ..., "parts": {...}} of the
+    feature store the heads were trained on."""
     atomic_save({"format": FORMAT, "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "policy_config": asdict(model.config), "run_config": run_cfg.to_dict(), "norm_stats": asdict(stats),
-                 "epoch": epoch, "global_step": step, "val_loss": float(val_loss)}, path)
+                 "epoch": epoch, "global_step": step, "val_loss": float(val_loss), "split": split or {},
+                 "features": features or {}}, path)
 
 
 class CheckpointMismatchError(RuntimeError):
     pass
 
 
-def load_checkpoint(path: str | Path):
-    """(Stage1Policy with every weight loaded, run config dict, NormStats). Refuses partial or foreign weights."""
+class Checkpoint(NamedTuple):
+    heads: object  # Stage1Policy, eval mode, every weight loaded
+    run_config: dict
+    stats: object  # NormStats of the training split
+    split: dict  # {"train": [...], "val": [...]} session ids ({} for checkpoints written before it was recorded)
+    features: dict  # {"fingerprint": ..., "parts": {...}} of the training feature store ({} likewise)
+
+
+def feature_mismatch(trained: dict, live: dict) -> list[str]:
+    """What differs between the feature-store parts the heads were trained on and those of the backbone at hand."""
+    keys = sorted(set(trained) | set(live))
+    return [f"{k}: trained on {trained.get(k)!r}, now {live.get(k)!r}" for k in keys if trained.get(k) != live.get(k)]
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Heads with every weight loaded, run config dict, NormStats, split, features. Refuses partial or foreign
+    weights."""
     from vla_lib.data.normalization import NormStats
     from vla_lib.models.configuration_policy import PolicyConfig
     from vla_lib.models.modeling_policy import Stage1Policy
@@ -49,4 +71,5 @@ def load_checkpoint(path: str | Path):
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointMismatchError(f"{path}: weights do not match the model: missing {result.missing_keys[:5]}, "
                                       f"unexpected {result.unexpected_keys[:5]}")
-    return model.eval(), blob["run_config"], NormStats.from_dict(blob["norm_stats"])
+    return Checkpoint(model.eval(), blob["run_config"], NormStats.from_dict(blob["norm_stats"]), blob.get("split", {}),
+                      blob.get("features", {}))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vla_lib.errors import ConfigError
+
 FUSIONS = ("concat", "cross_attention", "gated", "none")
 
 
@@ -15,11 +17,13 @@ FUSIONS = ("concat", "cross_attention", "gated", "none")
 class PolicyConfig:
     preset: str = ""  # when set, the preset's values fill every field the YAML does not give
     action_dim: int = 7
-    horizon: int = 8
-    vl_dim: int = 2048  # hidden size of the backbone; train/inference take it from the feature store
-    sensor_enabled: bool = True
+    # Derived, one source each (RunConfig fills them; a different value given here is an error):
+    horizon: int | None = None  # = data.horizon
+    sensor_enabled: bool | None = None  # = data.sensor_enabled
+    vl_dim: int = 0  # the backbone's hidden size: training takes it from the feature store (0 = not known yet)
     sensor_channels: int = 1026  # 1 force + 1025 A-line
-    sensor_length: int = 65
+    # The encoder's time axis (the seed's --sensor-temporal-length); a window of another length is resampled to it.
+    sensor_length: int | None = None  # None = data.sensor_window_size
     sensor_conv_channels: list[int] = field(default_factory=lambda: [512, 1024, 1024, 1024])
     sensor_dim: int = 1024
     sensor_layers: int = 2
@@ -39,9 +43,10 @@ class PolicyConfig:
     expert_ff: int = 4096
     dropout: float = 0.1
 
-    def validate(self) -> None:
-        from vla_lib.config import ConfigError
+    def __post_init__(self) -> None:
+        self.validate()
 
+    def validate(self) -> None:
         if self.fusion not in FUSIONS:
             raise ConfigError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.preset and self.preset not in PRESETS:

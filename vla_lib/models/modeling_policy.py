@@ -24,7 +24,7 @@ class SensorEncoder(nn.Module):
         super().__init__()
         layers, c_in = [], cfg.sensor_channels
         for c_out in cfg.sensor_conv_channels:
-            layers += [nn.Conv1d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm1d(c_out), nn.GELU(),
+            layers += [nn.Conv1d(c_in, c_out, 3, stride=2, padding=1), MaskedBatchNorm1d(c_out), nn.GELU(),
                        nn.Dropout(cfg.dropout)]
             c_in = c_out
         self.conv = nn.Sequential(*layers)
@@ -38,11 +38,25 @@ class SensorEncoder(nn.Module):
         self.positional = cfg.sensor_positional_encoding
         self.length = cfg.sensor_length
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None,
+                real: torch.Tensor | None = None) -> torch.Tensor:
+        """`valid` (B, T) marks grid points that carry a sample; `real` (B,) the samples that have sensor data at
+        all. Only real, valid points feed the batch-norm statistics (see MaskedBatchNorm1d)."""
         if x.shape[1] != self.length:
             x = nn.functional.interpolate(x.transpose(1, 2), size=self.length, mode="linear").transpose(1, 2)
             valid = None
-        h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T', C)
+        stat_mask = valid.float() if valid is not None else x.new_ones(x.shape[:2])
+        if real is not None:
+            stat_mask = stat_mask * real.view(-1, 1).to(stat_mask.dtype)
+        h = x.transpose(1, 2)
+        for layer in self.conv:
+            if isinstance(layer, MaskedBatchNorm1d):
+                # a point after a stride-2 conv counts when its receptive field saw a counted input point
+                stat_mask = nn.functional.adaptive_max_pool1d(stat_mask.unsqueeze(1), h.shape[-1]).squeeze(1)
+                h = layer(h, stat_mask)
+            else:
+                h = layer(h)
+        h = h.transpose(1, 2)  # (B, T', C)
         h = self.to_model(h)
         if self.positional:  # sinusoidal: adds order information without parameters
             h = h + _sinusoid(h.shape[1], h.shape[2], h.device, h.dtype)
@@ -55,6 +69,39 @@ class SensorEncoder(nn.Module):
         else:
             pooled = h.mean(1)
         return self.proj(pooled)
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics (batch and running) come from the masked-in points only.
+
+    Samples without sensor data still run through the encoder (choosing the null embedding per sample needs no host
+    sync and keeps one graph), but as all-zero windows they would drag the running statistics towards zero: after 50
+    such batches eval-mode outputs were ~8x their train-mode scale. A batch with no counted point leaves the running
+    statistics untouched. Same parameters and buffers as nn.BatchNorm1d, so checkpoints keep loading.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # x (B, C, T), mask (B, T)
+        if not self.training or mask is None:
+            return super().forward(x)
+        w = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T)
+        n = w.sum()
+        has = n > 0
+        n_safe = n.clamp(min=1.0)
+        mean = (x * w).sum((0, 2)) / n_safe
+        var = (((x - mean[None, :, None]) ** 2) * w).sum((0, 2)) / n_safe
+        with torch.no_grad():  # running stats: unbiased variance, momentum as nn.BatchNorm1d; skipped when n == 0
+            m = self.momentum if self.momentum is not None else 0.1
+            unbiased = var * n / (n - 1).clamp(min=1.0)
+            self.running_mean.copy_(torch.where(has, (1 - m) * self.running_mean + m * mean.detach(),
+                                                self.running_mean))
+            self.running_var.copy_(torch.where(has, (1 - m) * self.running_var + m * unbiased.detach(),
+                                               self.running_var))
+            self.num_batches_tracked.add_(has.to(self.num_batches_tracked.dtype))
+        # no counted point: normalise with the running statistics (those samples take the null embedding anyway)
+        mean = torch.where(has, mean, self.running_mean.to(mean.dtype))
+        var = torch.where(has, var, self.running_var.to(var.dtype))
+        y = (x - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)
+        return y * self.weight[None, :, None] + self.bias[None, :, None]
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +171,11 @@ class Stage1Policy(nn.Module):
 
     def __init__(self, cfg: PolicyConfig, action_mean=None, action_std=None, sensor_mean=None, sensor_std=None):
         super().__init__()
+        unset = [k for k in ("vl_dim", "horizon", "sensor_enabled", "sensor_length") if getattr(cfg, k) in (None, 0)
+                 and k != "sensor_enabled"] + (["sensor_enabled"] if cfg.sensor_enabled is None else [])
+        if unset:
+            raise ValueError(f"PolicyConfig fields {unset} are not resolved: build the config through RunConfig, and "
+                             "vl_dim from the backbone's hidden size")
         self.config = cfg
         self.sensor_encoder = SensorEncoder(cfg) if cfg.sensor_enabled else None
         # Missing sensor: a learned embedding chosen by the mask, never zeros passed through the encoder.
@@ -151,7 +203,7 @@ class Stage1Policy(nn.Module):
                     x = (x - self.sensor_mean) / self.sensor_std
                 if sensor_mask is not None:
                     x = x * sensor_mask.unsqueeze(-1).to(x.dtype)  # invalid points carry no value (and are masked)
-                enc = self.sensor_encoder(x, sensor_mask)
+                enc = self.sensor_encoder(x, sensor_mask, has_sensor)
                 s = torch.where(has_sensor.view(-1, 1), enc, null.to(enc.dtype))
         h = None
         if self.config.history_steps:

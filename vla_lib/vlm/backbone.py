@@ -57,10 +57,10 @@ def load_backbone(cfg) -> Backbone:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     budget = cfg.image_resize_height * cfg.image_resize_width
-    source = str(build_tiny_model(cfg.tiny_model_dir)) if cfg.name_or_path == "tiny" else cfg.name_or_path
+    source = backbone_source(cfg)
     if cfg.random_weights:
         # Processor from the tiny model (tokenizer ids are set into the config); weights random, compute identical.
-        processor = AutoProcessor.from_pretrained(build_tiny_model(cfg.tiny_model_dir))
+        processor = AutoProcessor.from_pretrained(source)
         config = qwen25_vl_3b_config(processor.tokenizer)
         config._attn_implementation = cfg.attn_implementation
         with torch.device(device):
@@ -87,11 +87,19 @@ def set_pixel_budget(backbone: Backbone, budget: int) -> None:
     backbone.pixel_budget = budget
 
 
+def backbone_source(cfg) -> str:
+    """Where `from_pretrained` loads the processor (and weights) from: the tiny model's folder (built on demand) for
+    "tiny" and for `random_weights` (whose processor and token ids come from it), else the hub id or local path."""
+    if cfg.name_or_path == "tiny" or cfg.random_weights:
+        return str(build_tiny_model(cfg.tiny_model_dir))
+    return cfg.name_or_path
+
+
 def backbone_fingerprint(cfg) -> str:
     """Identity of the backbone's weights and config, computed from files (training needs it without the model)."""
     if cfg.random_weights:
         return "random-qwen2.5-vl-3b"
-    source = str(build_tiny_model(cfg.tiny_model_dir)) if cfg.name_or_path == "tiny" else cfg.name_or_path
+    source = backbone_source(cfg)
     path = Path(source)
     if not path.is_dir():  # a hub id: the name and revision identify it
         return f"{source}@{cfg.revision or 'main'}"

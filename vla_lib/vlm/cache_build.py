@@ -7,36 +7,57 @@ workers so that the accelerator does not wait on the CPU; each rank writes its o
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import json
 import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vla_lib.data.recorder_formats import load_image
+from vla_lib.commands import command_for
 from vla_lib.data.samples import build_index
-from vla_lib.vlm.backbone import backbone_fingerprint, load_backbone
+from vla_lib.vlm.backbone import backbone_fingerprint, backbone_source, load_backbone, resolve_device, resolve_dtype
 from vla_lib.vlm.encode import encode, prepare_inputs
 from vla_lib.vlm.feature_store import FeatureStore
 
 
-def store_parts(cfg, chat_template: str) -> dict:
-    """Everything that changes a stored feature."""
+# Processor fields that the pixel budget sets (it is its own part of the fingerprint); everything else the image
+# processor holds (patch size, merge size, mean/std, resample, ...) is hashed.
+_BUDGET_FIELDS = ("size", "min_pixels", "max_pixels")
+
+
+def store_parts(cfg, processor) -> dict:
+    """Everything that changes a stored feature: backbone identity (weights' bytes for a local folder, the id and the
+    pinned revision for a hub id), the resolved dtype (a CPU fp32 and a GPU bf16 store differ), pixel budget, pooling,
+    chat template, views, the image processor's configuration, and the library versions that resize images."""
+    image_config = {k: v for k, v in processor.image_processor.to_dict().items() if k not in _BUDGET_FIELDS}
+    device = resolve_device(cfg.backbone.device)
     return {"backbone": backbone_fingerprint(cfg.backbone), "pixel_budget":
             cfg.backbone.image_resize_height * cfg.backbone.image_resize_width, "pooling": cfg.cache.pooling,
-            "chat_template": hashlib.sha1(chat_template.encode()).hexdigest()[:16], "views": list(cfg.data.views),
-            "dtype": cfg.backbone.dtype}
+            "chat_template": _sha(processor.chat_template), "views": list(cfg.data.views),
+            "dtype": str(resolve_dtype(cfg.backbone.dtype, device)).removeprefix("torch."),
+            "image_processor": _sha(json.dumps(image_config, sort_keys=True, default=str)),
+            "versions": {name: _version(name) for name in ("transformers", "qwen-vl-utils")}}
 
 
-def open_store(cfg) -> FeatureStore:
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def open_store(cfg, create: bool = True) -> FeatureStore:
     """The store for this config, without loading the backbone's weights (training needs no VLM)."""
     from transformers import AutoProcessor
 
-    from vla_lib.vlm.tiny_model import build_tiny_model
-
-    source = build_tiny_model(cfg.backbone.tiny_model_dir) if (cfg.backbone.name_or_path == "tiny" or
-                                                                cfg.backbone.random_weights) else cfg.backbone.name_or_path
-    processor = AutoProcessor.from_pretrained(source, revision=cfg.backbone.revision)
-    return FeatureStore(cfg.cache.dir, store_parts(cfg, processor.chat_template))
+    processor = AutoProcessor.from_pretrained(backbone_source(cfg.backbone), revision=cfg.backbone.revision)
+    return FeatureStore(cfg.cache.dir, store_parts(cfg, processor), create=create)
 
 
 class _EncodeInputs(Dataset):
@@ -112,7 +133,12 @@ def build_cache(cfg, log=print) -> dict:
 
     cfg.backbone.device = str(state.device) if cfg.backbone.device == "auto" else cfg.backbone.device
     backbone = load_backbone(cfg.backbone)
-    store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.processor.chat_template))
+    store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.processor))
+    if main:  # damaged shards (checksum, truncation) are moved aside and their keys encoded again
+        for moved in store.quarantine_bad_shards():
+            say(f"  damaged shard moved aside, its entries will be rebuilt: {moved}")
+    state.wait_for_everyone()
+    store.refresh()
     say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view, "
         f"{'fast encoder: ' + backbone.fast.describe() if backbone.fast else 'stock forward'}); store {store.dir}")
     unique = index.unique_cache_keys()
@@ -164,13 +190,22 @@ def build_cache(cfg, log=print) -> dict:
             "store": str(store.dir), "unique_inputs": len(unique), "samples": len(index)}
 
 
-def main(cfg, verify_only: bool = False) -> int:
-    if verify_only:
-        store = open_store(cfg)
-        problems = store.verify()
-        print(f"{store.dir}: {len(store)} entries, {len(problems)} problem(s)")
-        for p in problems:
-            print("  " + p)
-        return 1 if problems else 0
-    build_cache(cfg)
+def verify(cfg, log=print) -> int:
+    """Check the store these settings train on: every shard's checksum, and that it holds every sample's entry.
+    Exit code 0 only for a complete, healthy store; a missing or empty one is an error, not "0 problems"."""
+    store = open_store(cfg, create=False)
+    if not store.dir.exists():
+        log(f"no feature store for these settings: {store.dir} does not exist (pixel budget "
+            f"{store.parts['pixel_budget']:,}, dtype {store.parts['dtype']}). Build it with: {command_for(cfg, 'cache')}")
+        return 1
+    problems = store.verify()
+    index = build_index(cfg.data)
+    missing = store.missing(index.table.cache_key)
+    log(f"{store.dir}: {len(store)} entries, {len(problems)} damaged shard(s), "
+        f"{len(missing)} of {index.table.cache_key.nunique()} sample inputs missing")
+    for p in problems:
+        log("  " + p)
+    if problems or missing:
+        log(f"rebuild what is damaged or missing with: {command_for(cfg, 'cache')}")
+        return 1
     return 0
