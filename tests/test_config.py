@@ -39,3 +39,50 @@ def test_presets_fill_unset_fields_only():
     cfg = RunConfig.from_dict({"model": {"preset": "small", "expert_layers": 3}})
     assert cfg.model.sensor_dim == 128 and cfg.model.expert_layers == 3
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_one_source_for_each_value():
+    """Defect 12: derived values follow their source; a different value given twice is an error, not a silent
+    overwrite; --sensor-temporal-length reaches the model; typos in choices are errors at construction."""
+    cfg = config_from_args(build_parser().parse_args(["--mode", "train", "--sensor-window-size", "33",
+                                                      "--sensor-temporal-length", "65"]))
+    assert cfg.data.sensor_window_size == 33 and cfg.model.sensor_length == 65
+    cfg = config_from_args(build_parser().parse_args(["--mode", "train", "--set", "data.horizon=5"]))
+    assert cfg.model.horizon == 5 and RunConfig.from_dict(cfg.to_dict()).model.horizon == 5
+    with pytest.raises(ConfigError, match="model.horizon"):
+        RunConfig.from_dict({"data": {"horizon": 5}, "model": {"horizon": 8}})
+    with pytest.raises(ConfigError, match="data.history_steps"):
+        RunConfig.from_dict({"data": {"history_steps": 2}, "model": {"history_steps": 4}})
+    assert RunConfig.from_dict({"model": {"history_steps": 2}}).data.history_steps == 2
+    with pytest.raises(ConfigError, match="chunk_past_end"):
+        RunConfig.from_dict({"data": {"chunk_past_end": "dorp"}})
+    from vla_lib.config import DataConfig
+    with pytest.raises(ConfigError, match="chunk_past_end"):
+        DataConfig(chunk_past_end="dorp")  # also when built in code, not only from YAML
+    with pytest.raises(ConfigError, match="pooling"):
+        RunConfig.from_dict({"cache": {"pooling": "mean"}})
+    # paths follow the run unless set explicitly
+    cfg = RunConfig.from_dict({"run_name": "a"}).with_overrides({"run_name": "b"})
+    assert cfg.train.output_dir == "outputs/b/train"
+    assert RunConfig.from_dict({"train": {"output_dir": "x"}}).with_overrides({"run_name": "b"}).train.output_dir == "x"
+
+
+def test_abbreviated_flags_are_errors_and_usage_errors_are_one_line(capsys):
+    """Issue 15.6: --epoch is not --epochs; a usage error is one line and exit code 2."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--mode", "train", "--epoch", "2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--epoch" in err[0]
+
+
+def test_demo_mode_passes_every_flag_to_the_notebooks(tmp_path):
+    """Defect 12 / issue 15.3: the demo runs the notebooks with the resolved settings, flags and --set included."""
+    from vla_lib.cli import main
+
+    assert main(["--mode", "demo", "--params", "params/ci.yaml", "--only", "none", "--epochs", "3",
+                 "--set", f"output_root={tmp_path}", "--set", "synthetic.num_sensor_sessions=1",
+                 "--set", "synthetic.num_nosensor_sessions=0", "--set", "synthetic.duration_s=3",
+                 "--set", f"synthetic.out_dir={tmp_path}/s", "--data-root", f"{tmp_path}/s"]) == 0
+    written = RunConfig.from_yaml(tmp_path / "ci" / "params.yaml")
+    assert written.train.epochs == 3 and written.output_root == str(tmp_path)

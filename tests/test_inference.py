@@ -13,6 +13,7 @@ from vla_lib.models.configuration_policy import PolicyConfig
 from vla_lib.models.checkpoint import CheckpointMismatchError, save_checkpoint
 from vla_lib.models.modeling_policy import Stage1Policy
 from vla_lib.vlm.backbone import load_backbone
+from vla_lib.vlm.cache_build import store_parts
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,9 @@ def setup(synth_root, tmp_path_factory):
     cfg.model.vl_dim = backbone.hidden_size
     torch.manual_seed(0)
     heads = Stage1Policy(cfg.model, *stats.action_arrays(), *stats.sensor_arrays()).eval()
-    save_checkpoint(tmp / "heads.pt", heads, stats, cfg, epoch=1, step=1, val_loss=0.0)
+    parts = store_parts(cfg, backbone.processor)
+    save_checkpoint(tmp / "heads.pt", heads, stats, cfg, epoch=1, step=1, val_loss=0.0,
+                    features={"fingerprint": "test", "parts": parts})
     return cfg, index, heads, backbone, tmp / "heads.pt"
 
 
@@ -61,12 +64,23 @@ def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
                                atol=1e-5)
     holed = window.copy()
     holed[10] = np.nan
-    assert np.isfinite(policy.predict(instruction, paths, holed, history)).all()
-    # batched == one by one; a missing view and a missing sensor are accepted
-    batch = policy.predict_batch([instruction] * 2, [paths, [None] + paths[1:]], np.stack([window, window]),
+    valid = torch.ones(1, 65, dtype=torch.bool)
+    valid[0, 10] = False
+    zeroed = window.copy()
+    zeroed[10] = 0.0
+    expected_holed = heads.predict(feats, mask, torch.as_tensor(zeroed)[None], valid, torch.tensor([True]),
+                                   torch.as_tensor(history)[None])[0].numpy()
+    np.testing.assert_allclose(policy.predict(instruction, paths, holed, history), expected_holed, atol=1e-5)
+    assert not np.allclose(expected_holed, chunk)  # the masked point really is left out
+    # batched == one by one; a missing view and a missing sensor are accepted and mean what they say
+    missing_view = [None] + paths[1:]
+    batch = policy.predict_batch([instruction] * 2, [paths, missing_view], np.stack([window, window]),
                                  np.stack([history, history]))
     np.testing.assert_allclose(batch[0], chunk, atol=1e-5)
-    assert policy.predict(instruction, paths, None, history).shape == (8, 7)
+    np.testing.assert_allclose(batch[1], policy.predict(instruction, missing_view, window, history), atol=1e-5)
+    assert not np.allclose(batch[1], chunk)
+    no_sensor = heads.predict(feats, mask, None, None, None, torch.as_tensor(history)[None])[0].numpy()
+    np.testing.assert_allclose(policy.predict(instruction, paths, None, history), no_sensor, atol=1e-5)
     with pytest.raises(ValueError, match="expected 5 views"):
         policy.predict(instruction, paths[:3], window, history)
 
@@ -86,6 +100,19 @@ def test_mismatched_checkpoints_are_refused(setup, tmp_path):
         VLAPolicy.from_checkpoint(tmp_path / "other_width.pt", device="cpu")
 
 
+def test_heads_refuse_another_backbone_setting_unless_allowed(setup):
+    """Defect 6: the checkpoint records the feature store's parts; another pixel budget or dtype is refused, saying
+    what differs, unless explicitly allowed."""
+    cfg, index, heads, backbone, path = setup
+    with pytest.raises(CheckpointMismatchError, match=r"pixel_budget: trained on 51744, now 230400"):
+        VLAPolicy.from_checkpoint(path, device="cpu", image_resize_height=360, image_resize_width=640)
+    with pytest.raises(CheckpointMismatchError, match=r"dtype: trained on 'float32', now 'bfloat16'"):
+        VLAPolicy.from_checkpoint(path, device="cpu", dtype="bf16")
+    policy = VLAPolicy.from_checkpoint(path, device="cpu", image_resize_height=360, image_resize_width=640,
+                                       allow_backbone_mismatch=True)
+    assert policy.backbone.pixel_budget == 230400
+
+
 def test_realtime_replay_runs_at_the_action_rate_without_future_frames(setup):
     cfg, index, heads, backbone, path = setup
     policy = VLAPolicy.from_checkpoint(path, device="cpu")
@@ -96,8 +123,11 @@ def test_realtime_replay_runs_at_the_action_rate_without_future_frames(setup):
     s = report.summary
     assert 12 <= s["action_steps"] <= 16 and s["vl_refreshes"] >= 1
     assert s["action_latency_ms_p50"] < 100 and s["action_latency_ms_p99"] >= s["action_latency_ms_p50"]
-    for tick in report.ticks:
-        assert tick["staleness_s"] >= 0 and tick["chunk"].shape == (8, 7)  # features never from the future
+    for tick in report.ticks:  # features never from the future, in any view
+        assert tick["staleness_s"] >= 0 and tick["chunk"].shape == (8, 7)
+        for view, j in zip(cfg.data.views, tick["ident"]):
+            if j >= 0:
+                assert replay.s.frames[view].times[j] + replay.cam_offset <= tick["t"]
     assert len(replay.actions) == s["action_steps"]
     ts = [t for t, _ in replay.actions]
     assert np.all(np.diff(ts) > 0.05)  # paced by the clock, not run flat out

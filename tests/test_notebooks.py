@@ -1,11 +1,18 @@
 """The notebooks run headless under papermill on small parameters (as the demo runs them)."""
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _images(notebook: Path) -> int:
+    """Figures embedded in an executed notebook (issue 15.4: they must be there even with MPLBACKEND=Agg)."""
+    nb = nbformat.read(notebook, as_version=4)
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
 
 
 def _params(tmp_path: Path) -> dict:
@@ -31,6 +38,7 @@ def test_notebook_01_runs_under_papermill(tmp_path):
     for png in ["sensor_window", "camera_timelines", "action_deltas", "sample", "staleness_coverage"]:
         assert (audit_dir / f"{png}.png").stat().st_size > 10_000
     assert (audit_dir / "audit.csv").exists()
+    assert _images(out) >= 5
 
 
 @pytest.mark.slow
@@ -52,3 +60,7 @@ def test_notebooks_02_to_04_run_under_papermill(tmp_path):
     assert metrics["realtime"]["action_steps"] >= 10 and len(metrics["latency"]["vl_update"]) == 4
     for png in ["first_action", "error_per_dimension", "error_per_horizon", "realtime", "latency"]:
         assert (tmp_path / f"ci/04_eval/{png}.png").stat().st_size > 10_000
+    for name, figures in [("03_train", 1), ("04_eval_latency", 5)]:
+        assert _images(tmp_path / f"{name}.ipynb") >= figures, name
+    ablation = metrics["offline"]["sensor_ablation"]
+    assert ablation["samples"] > 0 and set(ablation["per_phase"]) <= {"home", "approach", "pause", "insert", "hold"}

@@ -9,9 +9,6 @@ import yaml
 
 from vla_lib.config import RunConfig
 
-SECTIONS = ("synthetic", "data", "backbone", "cache", "model", "train", "eval")
-
-
 def repo_root(start: Path | None = None) -> Path:
     """The folder holding params/ (notebooks run from notebooks/ interactively, from the root under papermill)."""
     here = (start or Path.cwd()).resolve()
@@ -35,9 +32,22 @@ def notebook_config(params_file: str | None, **injected) -> RunConfig:
     thing from Jupyter, papermill and the CLI.
     """
     os.chdir(repo_root())
+    _inline_figures()
     values = yaml.safe_load(Path(params_file).read_text()) if params_file else {}
     extra = {k: v for k, v in injected.items() if v not in (None, {}, "")}
     return RunConfig.from_dict(deep_merge(values or {}, extra))
+
+
+def _inline_figures() -> None:
+    """Figures go into the executed notebook whatever the environment: with MPLBACKEND=Agg (headless machines, the
+    demo, CI) `plt.show()` would embed nothing, so inside a kernel the inline backend is selected explicitly."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and "IPKernelApp" in shell.config:
+        shell.run_line_magic("matplotlib", "inline")
 
 
 def save_fig(fig, out_dir: str | Path, name: str) -> Path:

@@ -67,11 +67,11 @@ def test_sensor_window_covers_exactly_the_last_100ms(index, data_cfg):
         assert times[lo] > t - 0.1 and times[hi - 1] <= t
         assert lo == 0 or times[lo - 1] <= t - 0.1
         assert hi == len(times) or times[hi] > t
-        window, mask = ds.sensor_window(sid, t)[0], ds.sensor_window(sid, t)[1]
+        window, mask = ds.sensor_window(sid, t)
         # the last grid point is at t: its force equals the interpolation of the raw samples around t
-        if mask[-1]:
-            expected = np.interp(t, times[lo:hi], np.asarray(session.sensor.forces[lo:hi]))
-            assert window[-1, 0] == pytest.approx(expected, abs=1e-4)
+        assert mask[-1], "the synthetic sensor streams without gaps at the anchors checked here"
+        expected = np.interp(t, times[lo:hi], np.asarray(session.sensor.forces[lo:hi]))
+        assert window[-1, 0] == pytest.approx(expected, abs=1e-4)
 
 
 def test_sensor_gaps_and_nan_rows_are_masked_not_zero_data():
@@ -111,8 +111,9 @@ def test_chunk_past_end_pad_keeps_masked_steps(data_cfg):
     assert (padded.targets[~padded.target_mask][:, :6] == 0).all()
 
 
-def test_index_of_many_sessions_is_fast(tmp_path):
-    """Not a timing assertion: builds a bigger index to check it scales (benchmarks/ prints the figure)."""
+def test_index_of_many_sessions_is_the_union_of_its_sessions(tmp_path):
+    """A bigger index (benchmarks/ prints its build time): each session contributes exactly its anchors, every
+    `anchor_stride_s` from its first usable time to the last anchor whose chunk fits."""
     from tests.conftest import small_synthetic
     from vla_lib.config import RunConfig
     from vla_lib.data.synthetic import generate_dataset
@@ -121,4 +122,74 @@ def test_index_of_many_sessions_is_fast(tmp_path):
                                      image_width=64, image_height=36))
     cfg = RunConfig().data
     cfg.root = str(tmp_path)
-    assert len(build_index(cfg).sessions) == 3
+    index = build_index(cfg)
+    assert len(index.sessions) == 3
+    for sid, session in index.sessions.items():
+        t = index.table.t[index.table.session_id == sid].to_numpy()
+        np.testing.assert_allclose(np.diff(t), cfg.anchor_stride_s, atol=2e-6)  # anchors are rounded to 1 us
+        assert t[-1] + cfg.horizon * cfg.action_dt_s <= session.robot_times[-1] + 1e-6
+        assert t[-1] + cfg.anchor_stride_s + cfg.horizon * cfg.action_dt_s > session.robot_times[-1]
+        assert t[0] >= session.sensor.times[0] + session.sensor_offset() + cfg.sensor_window_s - 1e-6
+
+
+def test_history_uses_only_robot_samples_at_or_before_t():
+    """Defect 3: pose(t) is the last robot sample <= t, never an interpolation towards the next one."""
+    from vla_lib.data.timeline import pose_history
+
+    rt = np.arange(0.0, 1.0, 0.01)  # 100 Hz
+    pose = np.zeros((len(rt), 6))
+    pose[:, 0] = rt ** 2 * 100  # accelerating: interpolation towards the future sample would show
+    t = 0.505  # between the samples at 0.50 and 0.51
+    h = pose_history(rt, pose, [t], 2, 0.1)[0]
+    known = rt <= t
+    x = lambda tau: np.interp(min(tau, rt[known][-1]), rt[known], pose[known, 0])  # noqa: E731
+    np.testing.assert_allclose(h[:, 0], [x(t - 0.1) - x(t - 0.2), x(t) - x(t - 0.1)], atol=1e-5)
+    assert h[-1, 0] == pytest.approx(pose[50, 0] - np.interp(0.405, rt, pose[:, 0]), abs=1e-5)
+    # changing every sample after t changes nothing
+    future = pose.copy()
+    future[~known, 0] += 1000
+    np.testing.assert_array_equal(pose_history(rt, future, [t], 2, 0.1), pose_history(rt, pose, [t], 2, 0.1))
+
+
+def test_small_but_real_std_keeps_its_scale():
+    """Defect 7: a dimension with a small std is clamped to a floor, not replaced by 1.0."""
+    from vla_lib.data.normalization import MIN_ACTION_STD, safe_std
+
+    std = safe_std(np.array([0.5, 0.02, 1e-6, 0.0]), MIN_ACTION_STD)
+    np.testing.assert_allclose(std, [0.5, 0.02, MIN_ACTION_STD, 1.0])
+
+
+def test_missing_clock_offsets_are_reported_and_params_offsets_applied(session_copy, data_cfg):
+    """Defect 11: no clock_offsets.json -> an issue in the audit (offset 0 said out loud); params offsets apply."""
+    from vla_lib.data.audit import audit_dataset
+
+    path = session_copy("recv_all")
+    (path / "clock_offsets.json").unlink(missing_ok=True)
+    s = read_session(path)
+    assert s.offsets_source == "none" and any("no clock offsets" in why for _, why in s.issues)
+    s = read_session(path, clock_offsets={"camera_s": 0.25, "sensor_s": -0.5})
+    assert s.offsets_source == "params" and s.camera_offset() == 0.25 and s.sensor_offset() == -0.5
+    assert not any("no clock offsets" in why for _, why in s.issues)
+    data_cfg.root = str(path.parent.parent)
+    data_cfg.clock_offsets = {path.name: {"camera_s": 0.25}}
+    table, skipped, _ = audit_dataset(data_cfg)
+    assert table.set_index("session").loc[path.name, "clock_offsets"] == "params"
+    data_cfg.clock_offsets = {}
+    table, skipped, _ = audit_dataset(data_cfg)
+    assert any("no clock offsets" in s["reason"] for s in skipped)
+
+
+def test_an_overwritten_frame_gets_a_new_cache_key(session_copy, data_cfg):
+    """Defect 5: a frame is identified by path, size and mtime: a JPEG written again is encoded again."""
+    import os
+
+    path = session_copy("recv_all")
+    data_cfg.root = str(path.parent.parent)
+    before = build_index(data_cfg)
+    frame = before.view_paths(0)[0]
+    st = frame.stat()
+    os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    after = build_index(data_cfg)
+    uses = np.array([frame in before.view_paths(i) for i in range(len(before))])
+    assert (after.table.cache_key[uses] != before.table.cache_key[uses]).all()
+    assert (after.table.cache_key[~uses] == before.table.cache_key[~uses]).all()

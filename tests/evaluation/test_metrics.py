@@ -40,8 +40,32 @@ def test_baselines(data_cfg):
     m = train_mean_baseline(3, 8, [1, 2, 3, 4, 5, 6, 1])
     assert m.shape == (3, 8, 7) and (m[2, 5] == [1, 2, 3, 4, 5, 6, 1]).all()
     last = last_delta_baseline(index, data_cfg)
-    # every step repeats the delta of the 100 ms *before* t: exactly the previous sample's first target step when
-    # anchors are 100 ms apart within a session
-    same = (index.table.session_id.to_numpy()[1:] == index.table.session_id.to_numpy()[:-1])
-    np.testing.assert_allclose(last[1:][same, 0, :6], index.targets[:-1][same, 0, :6], atol=1e-4)
-    assert (last[:, 3] == last[:, 0]).all()
+    # independently: the robot's own last 100 ms delta from the samples stamped at or before t (a live robot has no
+    # later sample), the same for every step of the chunk
+    for i in range(0, len(index), 37):
+        s = index.sessions[index.table.session_id[i]]
+        t = index.table.t[i]
+        known = s.robot_times <= t
+        rt, pose = s.robot_times[known], s.pose[known]
+        before = np.array([np.interp(t - 0.1, rt, pose[:, d]) for d in range(6)])
+        expected = pose[-1] - before
+        expected[3:] = (expected[3:] + 180) % 360 - 180
+        np.testing.assert_allclose(last[i, 0, :6], expected, atol=1e-3)
+        assert (last[i] == last[i, 0]).all()
+
+
+def test_sensor_ablation_counts_sensor_samples_only():
+    """Defect 10: samples without sensor data predict the same with and without it; they must not dilute the ratio."""
+    from vla_lib.evaluation.offline import sensor_ablation
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(40, 8, 7)).astype(np.float32)
+    mask = np.ones((40, 8), bool)
+    has = np.arange(40) < 10
+    phases = np.array(["approach", "insert"] * 20, object)
+    with_s = target + 0.1
+    without = target + np.where(has[:, None, None], 0.3, 0.1)  # worse only where the sensor exists
+    out = sensor_ablation(with_s, without, target, mask, has, phases)
+    assert out["samples"] == 10 and out["mse_ratio"] == pytest.approx(9.0, rel=1e-4)
+    assert set(out["per_phase"]) == {"approach", "insert"}
+    assert out["per_phase"]["insert"]["samples"] == 5 and out["per_phase"]["insert"]["mse_ratio"] == pytest.approx(9.0, rel=1e-4)

@@ -137,3 +137,73 @@ def test_two_process_cache_build_writes_disjoint_shards_and_a_complete_index(cfg
     index = build_index(cfg.data)
     assert set(json.loads((store.dir / "index.json").read_text())) == set(index.table.cache_key)
     assert store.verify() == []
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete"])
+def test_damaged_shards_count_as_missing_stop_training_and_get_rebuilt(cfg, damage):
+    """Defect 4: a shard's checksum is checked when it is first opened; its keys then count as missing, reading them
+    raises with the command that rebuilds them, and --mode cache rebuilds exactly those."""
+    from vla_lib.vlm.feature_store import CacheMissError, FeatureTable
+
+    build_cache(cfg, log=lambda *a: None)
+    index = build_index(cfg.data)
+    store = open_store(cfg)
+    good = {k: store.get([k])[0] for k in index.table.cache_key.unique()}
+    shard = sorted(store.dir.glob("*.safetensors"))[0]
+    from safetensors import safe_open
+    with safe_open(shard, framework="pt") as f:
+        import json
+        lost = set(json.loads(f.metadata()["keys"]))
+    raw = bytearray(shard.read_bytes())
+    if damage == "flip_byte":
+        raw[-10] ^= 0xFF
+        shard.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        shard.write_bytes(bytes(raw[: len(raw) // 2]))
+    else:
+        shard.unlink()
+    store = open_store(cfg)
+    assert set(store.missing(index.table.cache_key)) == lost
+    with pytest.raises(CacheMissError, match="--mode cache") as e:
+        FeatureTable(store, index.table.cache_key, "python -m vla_lib --mode cache --params x.yaml")
+    if damage != "delete":
+        assert shard.name in str(e.value)
+    summary = build_cache(cfg, log=lambda *a: None)
+    assert summary["encoded"] == len(lost)
+    store = open_store(cfg)
+    assert not store.missing(index.table.cache_key) and store.verify() == []
+    for k, f in good.items():
+        torch.testing.assert_close(store.get([k])[0], f)
+
+
+def test_fingerprint_covers_dtype_processor_and_versions(cfg):
+    """Defect 5: the resolved dtype, the image processor's configuration and the resizing libraries' versions are
+    part of the store's identity."""
+    base = open_store(cfg, create=False)
+    assert base.parts["dtype"] == "float32" and set(base.parts["versions"]) == {"transformers", "qwen-vl-utils"}
+    cfg.backbone.dtype = "bf16"
+    assert open_store(cfg, create=False).dir != base.dir
+    cfg.backbone.dtype = "auto"
+    from vla_lib.vlm.cache_build import store_parts
+    from transformers import AutoProcessor
+    from vla_lib.vlm.backbone import backbone_source
+    processor = AutoProcessor.from_pretrained(backbone_source(cfg.backbone))
+    assert store_parts(cfg, processor) == base.parts
+    processor.image_processor.image_mean = [0.5, 0.5, 0.5]
+    assert store_parts(cfg, processor)["image_processor"] != base.parts["image_processor"]
+    processor.image_processor.size = {"shortest_edge": 1, "longest_edge": 2}  # the budget is its own part
+    processor.image_processor.image_mean = AutoProcessor.from_pretrained(backbone_source(cfg.backbone)) \
+        .image_processor.image_mean
+    assert store_parts(cfg, processor) == base.parts
+
+
+def test_verify_checks_the_store_these_settings_train_on(cfg, capsys):
+    """Issue 15.3: verify on settings whose store does not exist fails and prints the command that builds it."""
+    from vla_lib.vlm.cache_build import verify
+
+    cfg.backbone.image_resize_height, cfg.backbone.image_resize_width = 360, 640
+    assert verify(cfg) == 1
+    out = capsys.readouterr().out
+    assert "does not exist" in out and "--mode cache --params" in out
+    hint = out.split("Build it with: ")[1].split()[-1]
+    assert RunConfig.from_yaml(hint).backbone.image_resize_width == 640  # the printed command has these settings
