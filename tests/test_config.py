@@ -86,3 +86,28 @@ def test_demo_mode_passes_every_flag_to_the_notebooks(tmp_path):
                  "--set", f"synthetic.out_dir={tmp_path}/s", "--data-root", f"{tmp_path}/s"]) == 0
     written = RunConfig.from_yaml(tmp_path / "ci" / "params.yaml")
     assert written.train.epochs == 3 and written.output_root == str(tmp_path)
+
+
+def test_expected_failures_are_one_line_with_the_fixing_command(tmp_path, synth_root):
+    """Issue 15.3/15.6: a cache miss ends with one line, exit code 2, and the full command that fixes it (with the
+    settings given); a missing params file likewise; the audit prints what it skipped and where its report is."""
+    import subprocess
+    import sys
+
+    env_args = ["--data-root", str(synth_root), "--set", f"output_root={tmp_path}", "--set",
+                f"backbone.tiny_model_dir={tmp_path / 'tiny'}", "--image-resize-height", "112"]
+    done = subprocess.run([sys.executable, "-m", "vla_lib", "--mode", "train", "--params", "params/ci.yaml",
+                           *env_args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: VL cache miss") and "--mode cache --params" in last
+    params = last.split("--mode cache --params ")[1].split()[0]
+    assert RunConfig.from_yaml(params).backbone.image_resize_height == 112  # the hint carries the flags given
+    done = subprocess.run([sys.executable, "-m", "vla_lib", "--mode", "audit", "--params", "nope.yaml"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == "error: parameter file not found: nope.yaml"
+    done = subprocess.run([sys.executable, "-m", "vla_lib", "--mode", "audit", "--params", "params/ci.yaml",
+                           *env_args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "session(s) skipped" in done.stdout and f"full report: {tmp_path}/ci/01_audit/audit.json" in done.stdout
+    assert "clock offsets" in done.stdout

@@ -131,7 +131,7 @@ def test_logged_step_loss_is_the_mean_over_the_accumulation_window(prepared, tmp
     def spy(model, batch, cfg, mean_weight):
         out = real(model, batch, cfg, mean_weight)
         if model.training:
-            seen.append(float(out[0]))
+            seen.append(float(out[0].detach()))
         return out
     monkeypatch.setattr(training, "loss_fn", spy)
     args = prepared + ["--output-dir", str(tmp_path), "--epochs", "1", "--batch-size", "4", "--grad-accum-steps", "4"]

@@ -111,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
-        return run_mode(args, cfg)
+        code = run_mode(args, cfg)
+        if code == 0 and args.mode in ("cache", "train", "eval"):
+            from vla_lib.commands import run_params_file
+
+            run_params_file(cfg)  # the run's settings: any later step may read them with --params
+        return code
     except (ConfigError, CacheMissError, DataError, CheckpointMismatchError, RunStateError, NotebookError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import uuid
 from pathlib import Path
 
 
@@ -12,7 +13,7 @@ def run_params_file(cfg) -> Path:
     text = _yaml(cfg)
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # several ranks may write it at once
         tmp.write_text(text)
         tmp.replace(path)
     return path

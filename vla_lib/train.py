@@ -156,7 +156,7 @@ def load_data(cfg, say, is_main: bool):
 def load_features(cfg, train_index, val_index, say):
     """(train FeatureTable, val FeatureTable, store) from the VL cache; a miss or damaged shard stops with the
     command that builds them (or encodes inline when cache.allow_inline_encoding)."""
-    from vla_lib.vlm.cache_build import build_cache, open_store
+    from vla_lib.vlm.cache_build import build_cache, link_store, open_store
 
     store = open_store(cfg)
     keys = list(train_index.table.cache_key) + list(val_index.table.cache_key)
@@ -168,6 +168,7 @@ def load_features(cfg, train_index, val_index, say):
         build_cache(cfg)
         store = open_store(cfg)
     fix = command_for(cfg, "cache")
+    link_store(cfg, store)
     return FeatureTable(store, train_index.table.cache_key, fix), FeatureTable(store, val_index.table.cache_key, fix), \
         store
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import time
 
 import torch
@@ -58,6 +59,21 @@ def open_store(cfg, create: bool = True) -> FeatureStore:
 
     processor = AutoProcessor.from_pretrained(backbone_source(cfg.backbone), revision=cfg.backbone.revision)
     return FeatureStore(cfg.cache.dir, store_parts(cfg, processor), create=create)
+
+
+def link_store(cfg, store: FeatureStore) -> None:
+    """`<run_dir>/vl_cache` -> the store this run uses (stores live under cache.dir, shared and content-addressed)."""
+    link = cfg.run_dir / "vl_cache"
+    if link.resolve() == store.dir.resolve():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:  # several ranks may get here at once: the first one wins, the result is the same
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(os.path.relpath(store.dir.resolve(), link.parent.resolve()), target_is_directory=True)
+    except (FileExistsError, FileNotFoundError):
+        pass
 
 
 class _EncodeInputs(Dataset):
@@ -176,6 +192,8 @@ def build_cache(cfg, log=print) -> dict:
     steady = (len(mine) - first[0]) / (elapsed - first[1]) if first and len(mine) > first[0] else 0.0
     state.wait_for_everyone()
     total = store.merge_index() if main else len(store)
+    if main:
+        link_store(cfg, store)
     if main and (lost := store.missing(unique["cache_key"])):
         raise RuntimeError(f"Cache build incomplete: {len(lost)} distinct input(s) were encoded by no rank "
                            f"(first: {lost[0]}) in {store.dir}; rerun --mode cache to encode them.")
