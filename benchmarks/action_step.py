@@ -11,7 +11,8 @@ import torch
 
 from vla_lib.config import RunConfig
 from vla_lib.evaluation.latency import timed_ms
-from vla_lib.models.action_graph import ActionStep, example_inputs
+from vla_lib.models.action_graph import ActionStep
+from vla_lib.models.inputs import example_inputs
 from vla_lib.models.modeling_policy import Stage1Policy
 
 
@@ -21,7 +22,7 @@ def main():
     ap.add_argument("--history-steps", type=int, default=None, help="default: the preset's")
     ap.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
-    model = {"preset": args.preset}
+    model = {"preset": args.preset, "vl_dim": 2048}  # the 3B backbone's width
     if args.history_steps is not None:
         model["history_steps"] = args.history_steps
     cfg = RunConfig.from_dict({"model": model}).model
@@ -30,17 +31,17 @@ def main():
     x = example_inputs(cfg, 6, device, random=True)
     rows = {}
     with torch.no_grad():
-        rows["eager fp32"] = timed_ms(lambda: heads.predict(**x), device, args.repeats, 10)
+        rows["eager fp32"] = timed_ms(lambda: heads.predict(x), device, args.repeats, 10)
         if device.type == "cuda":
             def bf16():
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return heads.predict(**x)
+                    return heads.predict(x)
             rows["eager bf16 autocast"] = timed_ms(bf16, device, args.repeats, 10)
             step = ActionStep(heads, n_tokens=6)
             ref = bf16().float()
-            got = step(*x.values()).float()
+            got = step(x).float()
             print(f"graph vs eager bf16 max abs diff: {(got - ref).abs().max().item():.3g}")
-            rows["CUDA graph bf16"] = timed_ms(lambda: step(*x.values()), device, args.repeats, 10)
+            rows["CUDA graph bf16"] = timed_ms(lambda: step(x), device, args.repeats, 10)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"action step, batch 1, preset {args.preset} (history {cfg.history_steps}), {name}:")
     for k, (p50, p95) in rows.items():

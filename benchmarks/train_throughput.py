@@ -78,7 +78,8 @@ def breakdown(cfg, index, store, args) -> tuple[float, float]:
     """The two halves alone: the DataLoader (to the device) and the training step on one resident batch."""
     from torch.utils.data import DataLoader
 
-    from vla_lib.data.batches import FeatureJoinedDataset, collate, to_device
+    from vla_lib.data.batches import FeatureJoinedDataset, collate
+    from vla_lib.models.inputs import inputs_from_batch
     from vla_lib.data.samples import SampleDataset
     from vla_lib.models.modeling_policy import Stage1Policy
     from vla_lib.vlm.feature_store import FeatureTable
@@ -89,12 +90,13 @@ def breakdown(cfg, index, store, args) -> tuple[float, float]:
                         drop_last=True, pin_memory=device.type == "cuda")
     n, t0, warm = 0, None, min(5, len(loader) // 3)
     for k, batch in enumerate(loader):
-        batch = to_device(batch, device)
+        x = inputs_from_batch(batch, device)
+        target = batch["target"].to(device, non_blocking=True)
         if k == warm:
             torch.cuda.synchronize() if device.type == "cuda" else None
             t0 = time.perf_counter()
         elif k > warm:
-            n += len(batch["vl"])
+            n += len(x.vl)
     torch.cuda.synchronize() if device.type == "cuda" else None
     loader_rate = n / (time.perf_counter() - t0)
     cfg.model.vl_dim = 2048
@@ -108,9 +110,8 @@ def breakdown(cfg, index, store, args) -> tuple[float, float]:
             torch.cuda.synchronize() if device.type == "cuda" else None
             t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], batch["has_sensor"],
-                         batch["history"])
-        loss = (pred.float() - model.normalize_actions(batch["target"])).pow(2).mean()
+            pred = model(x)
+        loss = (pred.float() - model.normalize_actions(target)).pow(2).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -10,6 +10,7 @@ from vla_lib.data.samples import SampleDataset, build_index
 from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
 from vla_lib.inference import VLAPolicy
 from vla_lib.models.configuration_policy import PolicyConfig
+from vla_lib.models.inputs import PolicyInputs
 from vla_lib.models.checkpoint import CheckpointMismatchError, save_checkpoint
 from vla_lib.models.modeling_policy import Stage1Policy
 from vla_lib.vlm.backbone import load_backbone
@@ -54,8 +55,9 @@ def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
     inputs = prepare_inputs(backbone.processor, [([p for p in paths if p], instruction, [p is not None for p in paths])],
                             backbone.pixel_budget)
     feats, mask = encode(backbone, inputs, cfg.cache.pooling)
-    expected = heads.predict(feats, mask, torch.as_tensor(window)[None], torch.ones(1, 65, dtype=torch.bool),
-                             torch.tensor([True]), torch.as_tensor(history)[None])[0].numpy()
+    expected = heads.predict(PolicyInputs(feats, mask, torch.as_tensor(window)[None],
+                                          torch.ones(1, 65, dtype=torch.bool), torch.as_tensor(history)[None]))[0]
+    expected = expected.numpy()
     np.testing.assert_allclose(chunk, expected, atol=1e-5)
     # paths, PIL images and arrays are the same input; a NaN row of the window is a missing sample, not a value
     pil = [Image.open(p).convert("RGB") for p in paths]
@@ -68,8 +70,8 @@ def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
     valid[0, 10] = False
     zeroed = window.copy()
     zeroed[10] = 0.0
-    expected_holed = heads.predict(feats, mask, torch.as_tensor(zeroed)[None], valid, torch.tensor([True]),
-                                   torch.as_tensor(history)[None])[0].numpy()
+    expected_holed = heads.predict(PolicyInputs(feats, mask, torch.as_tensor(zeroed)[None], valid,
+                                                torch.as_tensor(history)[None]))[0].numpy()
     np.testing.assert_allclose(policy.predict(instruction, paths, holed, history), expected_holed, atol=1e-5)
     assert not np.allclose(expected_holed, chunk)  # the masked point really is left out
     # batched == one by one; a missing view and a missing sensor are accepted and mean what they say
@@ -79,7 +81,8 @@ def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
     np.testing.assert_allclose(batch[0], chunk, atol=1e-5)
     np.testing.assert_allclose(batch[1], policy.predict(instruction, missing_view, window, history), atol=1e-5)
     assert not np.allclose(batch[1], chunk)
-    no_sensor = heads.predict(feats, mask, None, None, None, torch.as_tensor(history)[None])[0].numpy()
+    no_sensor = heads.predict(PolicyInputs(feats, mask, torch.zeros(1, 65, 1026), torch.zeros(1, 65, dtype=torch.bool),
+                                           torch.as_tensor(history)[None]))[0].numpy()
     np.testing.assert_allclose(policy.predict(instruction, paths, None, history), no_sensor, atol=1e-5)
     with pytest.raises(ValueError, match="expected 5 views"):
         policy.predict(instruction, paths[:3], window, history)

@@ -24,6 +24,12 @@ def _params(tmp_path: Path) -> dict:
     return params
 
 
+@pytest.fixture(autouse=True)
+def headless(monkeypatch):
+    """As on a headless machine and in the demo: figures must still be embedded in the executed notebooks."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
 @pytest.mark.slow
 def test_notebook_01_runs_under_papermill(tmp_path):
     params = _params(tmp_path)
@@ -60,7 +66,7 @@ def test_notebooks_02_to_04_run_under_papermill(tmp_path):
     assert metrics["realtime"]["action_steps"] >= 10 and len(metrics["latency"]["vl_update"]) == 4
     for png in ["first_action", "error_per_dimension", "error_per_horizon", "realtime", "latency"]:
         assert (tmp_path / f"ci/04_eval/{png}.png").stat().st_size > 10_000
-    for name, figures in [("03_train", 1), ("04_eval_latency", 5)]:
+    for name, figures in [("02_vl_cache", 1), ("03_train", 1), ("04_eval_latency", 5)]:
         assert _images(tmp_path / f"{name}.ipynb") >= figures, name
     ablation = metrics["offline"]["sensor_ablation"]
     assert ablation["samples"] > 0 and set(ablation["per_phase"]) <= {"home", "approach", "pause", "insert", "hold"}

@@ -171,3 +171,34 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(prepared, tmp
     assert first[0] == pytest.approx(first[1], rel=1e-5)
     val = [rows[run][-1]["val/loss_epoch"] for run in rows]  # after an epoch of Adam steps: rounding compounds
     assert val[0] == pytest.approx(val[1], rel=1e-4), (first, val)
+
+
+def test_resume_refuses_another_process_count_old_formats_and_reports_free_changes(tmp_path):
+    """Issue 15.2: an exact resume needs the same settings and the same number of processes; a resume state of an
+    earlier version is refused in one line; changes the weights do not depend on are honoured and said."""
+    import numpy as np
+
+    from vla_lib.train import RunStateError, read_resume
+
+    cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
+    path = tmp_path / "resume_state.pt"
+    torch.save({"run_config": cfg.to_dict(), "processes": 2, "split": {"train": [], "val": []}, "progress": {}}, path)
+    with pytest.raises(RunStateError, match="2 process"):
+        read_resume(path, cfg, processes=1)
+    said = []
+    free = cfg.with_overrides({"train.num_workers": 3, "train.log_every_steps": 5})
+    assert read_resume(path, free, processes=2, say=said.append)["processes"] == 2
+    assert "train.num_workers: 0 -> 3" in said[0] and "train.log_every_steps" in said[0]
+    torch.save({"rng": {"numpy": np.random.get_state()}}, path)  # the pickled format of earlier versions
+    with pytest.raises(RunStateError, match="earlier version"):
+        read_resume(path, cfg, processes=1)
+
+
+def test_run_configs_of_earlier_checkpoints_still_load():
+    """Checkpoints written before the derived fields existed stored a value for each (possibly one the training loop
+    then overrode): they load, re-derived."""
+    old = RunConfig.from_yaml(REPO / "params/ci.yaml").to_dict()
+    old["data"]["history_steps"], old["model"]["history_steps"] = 4, 0  # the `original` presets' runs
+    old["model"]["horizon"], old["model"]["sensor_enabled"] = 8, False
+    cfg = RunConfig.from_saved(old)
+    assert cfg.data.history_steps == 0 and cfg.model.horizon == cfg.data.horizon

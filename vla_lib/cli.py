@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         code = run_mode(args, cfg)
-        if code == 0 and args.mode in ("cache", "train", "eval"):
+        if code == 0 and args.mode in ("cache", "train"):
             from vla_lib.commands import run_params_file
 
             run_params_file(cfg)  # the run's settings: any later step may read them with --params

@@ -292,6 +292,25 @@ class RunConfig:
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> "RunConfig":
+        """A run config stored by a checkpoint, also one written before the derived fields existed (those wrote a
+        value for each, possibly one the training loop then overrode): derived fields are re-derived."""
+        values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+        for target in cls.DERIVED:
+            section, key = target.split(".")
+            values.get(section, {}).pop(key, None)
+        return cls.from_dict(values)
+
+    def validate(self) -> None:
+        """Every section's checks and the derived values, again (a config may have been changed after it was built)."""
+        for section in (self.data, self.backbone, self.cache, self.model, self.train):
+            section.validate()
+        for target, source in self.DERIVED.items():
+            if self._get(target) != self._get(source):
+                raise ConfigError(f"{target} ({self._get(target)!r}) differs from {source} ({self._get(source)!r}) "
+                                  f"after the config was built: set {source} only")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values; derived fields are written as null (so an override of their source carries over)."""
         values = asdict(self)
@@ -384,3 +403,25 @@ def _coerce(tp: Any, value: Any, where: str):
             raise ConfigError(f"'{where}' must be a mapping, got {value!r}")
         return dict(value)
     return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings a resumed run must share with the run it continues. The others change nothing the weights depend on
+# (logging, workers, paths, step limits, the eval section), so a resume honours a change of them.
+RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "cache.dir", "cache.batch_size",
+               "cache.num_workers", "cache.shard_size", "cache.allow_inline_encoding", "backbone.device",
+               "backbone.tiny_model_dir", "backbone.fast_", "train.num_workers", "train.log_every_steps",
+               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_")
+
+
+def settings_changed(stored: dict, current: dict, free_only: bool = False) -> list[str]:
+    """The settings that differ between a stored run config and the current one: those a resume cannot honour, or
+    (`free_only`) the RESUME_FREE ones it can."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "clock_offsets" else {prefix + k: v})
+        return out
+    a, b = flat(stored), flat(current)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k.startswith(RESUME_FREE) == free_only]

@@ -6,11 +6,13 @@
 Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked); they are fitted to the
 pixel budget the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
 fixed grid (None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
-(K = `policy.history_steps`, oldest first; what `vla_lib.data.timeline.pose_history` computes from the robot samples stamped at or before now). The split `encode` / `act` is what the real-time loop
+(K = `policy.history_steps`, oldest first; what `vla_lib.data.timeline.pose_history` computes from the robot samples
+stamped at or before now). The split `encode` / `act` is what the real-time loop
 uses: the VL features refresh at their own rate, the action step runs at 10 Hz on the latest ones.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 
 from vla_lib.config import RunConfig
 from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
+from vla_lib.models.inputs import inputs_from_observation
 
 
 class VLAPolicy:
@@ -51,7 +54,7 @@ class VLAPolicy:
 
         ckpt = load_checkpoint(path)
         heads = ckpt.heads
-        cfg = RunConfig.from_dict(ckpt.run_config)
+        cfg = RunConfig.from_saved(ckpt.run_config)
         if backbone is not None:
             cfg.backbone.name_or_path = backbone
         for k, v in backbone_overrides.items():
@@ -67,6 +70,9 @@ class VLAPolicy:
                 raise CheckpointMismatchError(
                     f"{path}: the heads expect {heads.config.vl_dim}-d VL features but backbone "
                     f"{cfg.backbone.name_or_path!r} gives {vl.hidden_size}-d")
+            if not ckpt.features:
+                warnings.warn(f"{path} records no feature-store parts (written by an earlier version): whether "
+                              "this backbone gives the features its heads were trained on cannot be checked")
             differs = feature_mismatch(ckpt.features.get("parts", {}), store_parts(cfg, vl.processor)) \
                 if ckpt.features else []
             if differs and not allow_backbone_mismatch:
@@ -95,27 +101,17 @@ class VLAPolicy:
     def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None) -> np.ndarray:
         """(B, H, 7) chunk in mm / deg from VL features, raw sensor windows ((B, T, 1026) or None) and the robot's
         last pose deltas ((B, K, 6) mm / deg, oldest first; needed when the heads were trained with history)."""
-        b = features.shape[0]
-        vl, vl_mask = features.to(self.device, torch.float32), feature_mask.to(self.device)
-        if sensor_windows is None:
-            sensor, mask, has = None, None, torch.zeros(b, dtype=torch.bool, device=self.device)
-        else:
-            sensor = torch.as_tensor(np.asarray(sensor_windows, np.float32), device=self.device)
-            if sensor.ndim != 3 or sensor.shape[-1] != self.heads.config.sensor_channels:
-                raise ValueError(f"sensor window must be (B, T, {self.heads.config.sensor_channels}), "
-                                 f"got {tuple(sensor.shape)}")
-            mask = torch.isfinite(sensor).all(-1)
-            sensor = torch.nan_to_num(sensor)  # non-finite rows are masked, never read as values
-            has = mask.any(1)
-        hist = None if history is None else torch.as_tensor(np.asarray(history, np.float32), device=self.device)
-        if self.cuda_graph and b == 1 and sensor is not None and (hist is not None or not self.history_steps):
-            from vla_lib.models.action_graph import ActionStep
+        x = inputs_from_observation(features, feature_mask, sensor_windows, history,
+                                    window=self.config.data.sensor_window_size,
+                                    channels=self.heads.config.sensor_channels, device=self.device)
+        if self.cuda_graph and len(features) == 1:
+            from vla_lib.models.action_graph import ActionStep  # CUDA only: not imported on CPU paths
 
-            if self._step is None or self._step.static["vl"].shape[1] != vl.shape[1]:
-                self._step = ActionStep(self.heads, n_tokens=vl.shape[1])
-            hist = hist if hist is not None else self._step.static["history"]
-            return self._step(vl, vl_mask, sensor, mask, has, hist).float().cpu().numpy()
-        return self.heads.predict(vl, vl_mask, sensor, mask, has, hist).float().cpu().numpy()
+            if self._step is None or not self._step.fits(x):
+                self._step = ActionStep(self.heads, n_tokens=x.vl.shape[1])
+            if self._step.fits(x):
+                return self._step(x).float().cpu().numpy()
+        return self.heads.predict(x).float().cpu().numpy()
 
     # -- one call -------------------------------------------------------------------------------------------------
     @property

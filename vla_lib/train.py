@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from vla_lib.commands import command_for
-from vla_lib.data.normalization import compute_stats
-from vla_lib.data.batches import FeatureJoinedDataset, collate, to_device
+from vla_lib.data.batches import FeatureJoinedDataset, collate
+from vla_lib.data.normalization import NormStats, compute_stats
 from vla_lib.data.sampler import DistributedWeightedSampler
 from vla_lib.data.samples import SampleDataset, build_index
 from vla_lib.data.split import split_sessions
+from vla_lib.dims import POSE_DIMS
+from vla_lib.config import settings_changed
 from vla_lib.errors import ConfigError
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
-from vla_lib.models.modeling_policy import POSE_DIMS, Stage1Policy
+from vla_lib.models.inputs import inputs_from_batch
+from vla_lib.models.modeling_policy import Stage1Policy
 from vla_lib.vlm.feature_store import CacheMissError, FeatureTable
 
 LOSS_DIMS = POSE_DIMS  # the constant gripper (7th) carries no signal: excluded from loss and metrics
@@ -37,12 +40,11 @@ LOSS_DIMS = POSE_DIMS  # the constant gripper (7th) carries no signal: excluded 
 # ---------------------------------------------------------------------------------------------------------------
 # Loss
 # ---------------------------------------------------------------------------------------------------------------
-def sample_weights(batch: dict, cfg) -> torch.Tensor:
+def sample_weights(has_sensor: torch.Tensor, cfg) -> torch.Tensor:
     """Per-sample loss weights: sensor_loss_weight for samples with sensor, the original's confidence (0.5) for
     samples without. Normalised by the *training-set* mean weight (a constant), not per micro-batch, so they really
     change the gradient at batch size 1 (the original's per-batch renormalisation made them a no-op)."""
-    has = batch["has_sensor"].bool()
-    return torch.where(has, cfg.sensor_loss_weight, cfg.nonsensor_confidence).float()
+    return torch.where(has_sensor, cfg.sensor_loss_weight, cfg.nonsensor_confidence).float()
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
@@ -114,28 +116,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Settings a resumed run must share with the run it continues. The others change nothing the weights depend on
-# (logging, workers, paths, step limits, the eval section), so a resume honours a change of them.
-# ---------------------------------------------------------------------------------------------------------------
-RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "cache.dir", "cache.batch_size",
-               "cache.num_workers", "cache.shard_size", "cache.allow_inline_encoding", "backbone.device",
-               "backbone.tiny_model_dir", "backbone.fast_", "train.num_workers", "train.log_every_steps",
-               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_")
-
-
-def settings_changed(stored: dict, current: dict) -> list[str]:
-    """The settings that differ between a stored run config and the current one, ignoring RESUME_FREE ones."""
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "clock_offsets" else {prefix + k: v})
-        return out
-    a, b = flat(stored), flat(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE)]
-
-
 class RunStateError(RuntimeError):
     """A run folder that cannot be continued with these settings (finished, or other settings)."""
 
@@ -143,14 +123,24 @@ class RunStateError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------------
 # The steps of a run
 # ---------------------------------------------------------------------------------------------------------------
-def load_data(cfg, say, is_main: bool):
-    """(train index, val index, split, stats): the episode split and the training-split statistics."""
+def load_data(cfg, say, is_main: bool, resume: dict | None = None):
+    """(train index, val index, split, stats): the episode split and the training-split statistics. A resumed run
+    keeps the split and statistics it started with (an added, removed or damaged recording cannot change them)."""
     index = build_index(cfg.data, verbose=is_main)  # prints each added and each skipped session
-    train_ids, val_ids = split_sessions(index, cfg.data)
+    if resume is None:
+        train_ids, val_ids = split_sessions(index, cfg.data)
+        stats = None
+    else:
+        train_ids, val_ids = resume["split"]["train"], resume["split"]["val"]
+        lost = sorted(set(train_ids + val_ids) - set(index.sessions))
+        if lost:
+            raise RunStateError(f"sessions of the run being resumed are not usable now: {lost} (see the skipped "
+                                "sessions above); restore them, or start a new run with --run-name NAME")
+        stats = NormStats.from_dict(resume["stats"])
     train_index, val_index = index.subset(train_ids), index.subset(val_ids)
     say(f"Train: {len(train_index)} samples / Val: {len(val_index)} samples (split by episode: "
         f"{len(train_ids)} / {len(val_ids)} sessions)")
-    return train_index, val_index, {"train": train_ids, "val": val_ids}, compute_stats(train_index)
+    return train_index, val_index, {"train": train_ids, "val": val_ids}, stats or compute_stats(train_index)
 
 
 def load_features(cfg, train_index, val_index, say):
@@ -168,7 +158,7 @@ def load_features(cfg, train_index, val_index, say):
         build_cache(cfg)
         store = open_store(cfg)
     fix = command_for(cfg, "cache")
-    link_store(cfg, store)
+    link_store(cfg, store, replace=True)
     return FeatureTable(store, train_index.table.cache_key, fix), FeatureTable(store, val_index.table.cache_key, fix), \
         store
 
@@ -181,15 +171,29 @@ def build_model(cfg, stats, vl_dim: int) -> Stage1Policy:
     return Stage1Policy(replace(cfg.model, vl_dim=int(vl_dim)), *stats.action_arrays(), *stats.sensor_arrays())
 
 
-def read_resume(path: Path, cfg) -> dict | None:
-    """The saved resume state of this run folder, or None. Refuses a run with other settings, saying what differs."""
+def read_resume(path: Path, cfg, processes: int, say=print) -> dict | None:
+    """The saved resume state of this run folder, or None. Refuses a run with other settings or another number of
+    processes (the sampler's split of each epoch and the effective batch depend on it), saying what differs; says
+    which free settings changed."""
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickle
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickle
+    except Exception as e:  # the pickled format of earlier versions, or a damaged file
+        raise RunStateError(f"{path} cannot be resumed ({type(e).__name__}: written by an earlier version, or "
+                            "damaged); start a new run with --run-name NAME") from None
+    if "split" not in state:
+        raise RunStateError(f"{path} was written by an earlier version; start a new run with --run-name NAME")
     changed = settings_changed(state["run_config"], cfg.to_dict())
     if changed:
         raise RunStateError(f"{path.parent.parent} holds a run with other settings ({'; '.join(changed)}). Start a new "
                             "run with --run-name NAME (or another train.output_dir), or restore those settings")
+    if state["processes"] != processes:
+        raise RunStateError(f"{path.parent.parent} was trained with {state['processes']} process(es), not {processes}: "
+                            "an exact resume needs the same number (or start a new run with --run-name NAME)")
+    free = settings_changed(state["run_config"], cfg.to_dict(), free_only=True)
+    if free:
+        say(f"Resuming with changed settings the weights do not depend on: {'; '.join(free)}")
     return state
 
 
@@ -214,14 +218,14 @@ def trim_metrics(path: Path, progress: dict) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
-def loss_fn(model, batch: dict, cfg, mean_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, per-sample MSE, per-sample weight): the one loss of training and validation."""
-    pred = model(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], batch["has_sensor"],
-                 batch["history"])
-    target = _unwrap(model).normalize_actions(batch["target"])
-    per_sample = masked_mse(pred.float(), target, batch["target_mask"])
-    w = sample_weights(batch, cfg.train).to(per_sample.device)
-    return (per_sample * w).mean() / mean_weight, per_sample, w
+def loss_fn(model, batch: dict, cfg, mean_weight: float, device) -> tuple[torch.Tensor, ...]:
+    """(loss, per-sample MSE, per-sample weight, has-sensor) of a collated batch: the one loss of training and
+    validation."""
+    x = inputs_from_batch(batch, device)
+    target = _unwrap(model).normalize_actions(batch["target"].to(device, non_blocking=True))
+    per_sample = masked_mse(model(x).float(), target, batch["target_mask"].to(device, non_blocking=True))
+    w = sample_weights(x.has_sensor, cfg.train)
+    return (per_sample * w).mean() / mean_weight, per_sample, w, x.has_sensor
 
 
 def _unwrap(model):
@@ -231,132 +235,146 @@ def _unwrap(model):
 
 # ---------------------------------------------------------------------------------------------------------------
 def train(cfg, log=print) -> dict:
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
+    """A Stage-1 run, top to bottom: the run folder, data, model and optimiser, resume, then epochs of (train,
+    validate, checkpoint). Returns the run's summary (also written to `train_summary.json`)."""
+    run = Trainer(cfg, log)
+    if run.finished_already():
+        return run.existing_summary()
+    run.setup()
+    run.resume_or_start()
+    while run.progress["epoch"] < cfg.train.epochs and not run.stopped:
+        if run.train_epoch():  # False: train.max_steps stopped it mid-epoch (the resume state is saved)
+            run.end_epoch(evaluate_loss(run.model, run.val_set, cfg, run.acc, run.mean_weight))
+    return run.finish()
 
-    tc = cfg.train
-    on_cuda = torch.cuda.is_available()
-    mp = ("bf16" if on_cuda else "no") if tc.mixed_precision == "auto" else tc.mixed_precision
-    # cpu=True on a machine without CUDA: under torchrun / accelerate launch that gives MULTI_CPU over gloo.
-    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=tc.grad_accum_steps, cpu=not on_cuda)
-    say = log if acc.is_main_process else (lambda *a, **k: None)
-    _seed_everything(tc.seed)
-    out = Path(tc.output_dir)
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    say(f"Running in TRAIN mode on {acc.num_processes} process(es) ({acc.device}, mixed precision {mp}); run folder "
-        f"{out}")
-    say(f"  fusion: {cfg.model.fusion}, lr {tc.lr:g}, sensor lr {tc.sensor_lr:g}, sensor loss weight "
-        f"{tc.sensor_loss_weight:g}, batch {tc.batch_size} x accum {tc.grad_accum_steps} x {acc.num_processes} proc")
-    resume_file = ckpt_dir / "resume_state.pt"
-    resume = read_resume(resume_file, cfg)
-    if resume is not None and resume["progress"]["epoch"] >= tc.epochs:  # never rewrite a finished run
-        p = resume["progress"]
-        say(f"{out} is a finished run ({p['epoch']} epochs, best val {p['best_val']:.6f}): nothing to train, nothing "
-            "rewritten. Start a new run with --run-name NAME, or extend this one in a new run folder "
-            "(--run-name NAME --epochs N)")
-        summary_file = out / "train_summary.json"
-        return json.loads(summary_file.read_text()) if summary_file.exists() else {"finished": True}
 
-    # -- data, features, model, optimiser ----------------------------------------------------------------------
-    train_index, val_index, split, stats = load_data(cfg, say, acc.is_main_process)
-    train_features, val_features, store = load_features(cfg, train_index, val_index, say)
-    model = build_model(cfg, stats, train_features.features.shape[-1])
-    counts = model.parameter_counts()
-    say(f"Trainable: Action Expert {counts['action_expert']:,}, Sensor Encoder {counts['sensor_encoder']:,} "
-        f"(+{counts['null_sensor']:,} null embedding), total {counts['total_trainable']:,}; frozen (VL backbone, "
-        f"cached): not loaded")
-    # fused AdamW on CUDA: one kernel for all parameters (the step is a visible share of a 28 ms batch-64 step)
-    optimizer = torch.optim.AdamW(param_groups(model, tc), betas=(0.9, 0.999), eps=1e-8, fused=on_cuda or None)
-    train_set = FeatureJoinedDataset(SampleDataset(train_index, cfg.data), train_features)
-    val_set = FeatureJoinedDataset(SampleDataset(val_index, cfg.data), val_features)
-    sampler = DistributedWeightedSampler(train_index.table["weight"], num_replicas=acc.num_processes,
-                                         rank=acc.process_index, seed=tc.seed)
-    micro_per_epoch = (sampler.per_rank // tc.batch_size) // tc.grad_accum_steps * tc.grad_accum_steps
-    steps_per_epoch = micro_per_epoch // tc.grad_accum_steps
-    if steps_per_epoch == 0:
-        raise ValueError(f"{sampler.per_rank} samples per rank are fewer than one optimiser step "
-                         f"(batch {tc.batch_size} x accum {tc.grad_accum_steps})")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * tc.epochs, tc))
-    if tc.compile:  # in place: fewer kernel launches per step, same parameter names in checkpoints
-        model.compile(mode=tc.compile_mode)
-        say(f"Heads compiled in place (torch.compile, mode {tc.compile_mode}); the first steps include compilation")
-    model, optimizer = acc.prepare(model, optimizer)  # one prepare; our sampler already splits ranks
-    mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight, tc.nonsensor_confidence)))
+class Trainer:
+    """The state of one training run and its steps; `train` above is the readable sequence of them."""
 
-    # -- auto-resume -------------------------------------------------------------------------------------------
-    metrics_file = out / "metrics.jsonl"
-    progress = load_resume(resume, model, optimizer, scheduler, acc) if resume is not None else None
-    if progress is None:
-        progress = {"epoch": 0, "micro": 0, "global_step": 0, "best_val": float("inf"), "totals": [0.0] * 4}
-        if acc.is_main_process and metrics_file.exists():
-            metrics_file.unlink()  # a fresh run: no rows of an earlier, unsaved attempt
-    else:
-        say(f"Resumed from {resume_file}: epoch {progress['epoch'] + 1}, micro-batch {progress['micro']}, "
-            f"step {progress['global_step']}, best val {progress['best_val']:.6f}")
-        if acc.is_main_process:
-            trim_metrics(metrics_file, progress)
-    features_info = {"fingerprint": store.fingerprint, "parts": store.parts}
+    def __init__(self, cfg, log=print):
+        from accelerate import Accelerator  # heavy: imported only when a run starts
 
-    def save_resume(totals: torch.Tensor) -> None:
-        mine = {"rng": _rng_state(), "totals": totals.tolist()}
-        ranks = acc.gather_for_metrics([mine], use_gather_object=True) if acc.num_processes > 1 else [mine]
-        if acc.is_main_process:
-            state = {k: v for k, v in progress.items() if k != "totals"}
-            atomic_save({"model": acc.unwrap_model(model).state_dict(), "optimizer": optimizer.optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "progress": state, "ranks": ranks,
-                         "run_config": cfg.to_dict()}, resume_file)
+        cfg.validate()  # also catches a config changed in code after it was built
+        self.cfg, tc = cfg, cfg.train
+        self.on_cuda = torch.cuda.is_available()
+        mp = ("bf16" if self.on_cuda else "no") if tc.mixed_precision == "auto" else tc.mixed_precision
+        # cpu=True on a machine without CUDA: under torchrun / accelerate launch that gives MULTI_CPU over gloo.
+        self.acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=tc.grad_accum_steps,
+                               cpu=not self.on_cuda)
+        self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
+        _seed_everything(tc.seed)
+        self.out = Path(tc.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.resume_file = self.ckpt_dir / "resume_state.pt"
+        self.metrics_file = self.out / "metrics.jsonl"
+        self.say(f"Running in TRAIN mode on {self.acc.num_processes} process(es) ({self.acc.device}, mixed "
+                 f"precision {mp}); run folder {self.out}")
+        self.say(f"  fusion: {cfg.model.fusion}, lr {tc.lr:g}, sensor lr {tc.sensor_lr:g}, sensor loss weight "
+                 f"{tc.sensor_loss_weight:g}, batch {tc.batch_size} x accum {tc.grad_accum_steps} x "
+                 f"{self.acc.num_processes} proc")
+        self.resume = read_resume(self.resume_file, cfg, self.acc.num_processes, self.say)
+        self.wandb_run = None
+        self.stopped = False  # train.max_steps reached
 
-    def save_heads(name: str, val_loss: float) -> Path:
-        path = ckpt_dir / name
-        if acc.is_main_process:
-            save_checkpoint(path, acc.unwrap_model(model), stats, cfg, progress["epoch"], progress["global_step"],
-                            val_loss, split, features_info)
-        return path
+    # -- a finished run is never rewritten -------------------------------------------------------------------
+    def finished_already(self) -> bool:
+        if self.resume is None or self.resume["progress"]["epoch"] < self.cfg.train.epochs:
+            return False
+        p = self.resume["progress"]
+        self.say(f"{self.out} is a finished run ({p['epoch']} epochs, best val {p['best_val']:.6f}): nothing to train, "
+                 "nothing rewritten. Start a new run with --run-name NAME (with more --epochs to train longer)")
+        return True
 
-    wandb_run = _wandb(cfg, acc, counts)
+    def existing_summary(self) -> dict:
+        path = self.out / "train_summary.json"
+        return json.loads(path.read_text()) if path.exists() else {"finished": True}
 
-    def record(row: dict) -> None:
-        if acc.is_main_process:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if wandb_run is not None:
-                wandb_run.log({k: v for k, v in row.items() if "/" in k}, step=progress["global_step"])
+    # -- data, model, optimiser ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, tc, acc = self.cfg, self.cfg.train, self.acc
+        train_index, val_index, self.split, self.stats = load_data(cfg, self.say, acc.is_main_process, self.resume)
+        train_features, val_features, store = load_features(cfg, train_index, val_index, self.say)
+        self.features_info = {"fingerprint": store.fingerprint, "parts": store.parts}
+        model = build_model(cfg, self.stats, train_features.features.shape[-1])
+        self.counts = model.parameter_counts()
+        self.say(f"Trainable: Action Expert {self.counts['action_expert']:,}, Sensor Encoder "
+                 f"{self.counts['sensor_encoder']:,} (+{self.counts['null_sensor']:,} null embedding), total "
+                 f"{self.counts['total_trainable']:,}; frozen (VL backbone, cached): not loaded")
+        # fused AdamW on CUDA: one kernel for all parameters (the step is a visible share of a 28 ms batch-64 step)
+        optimizer = torch.optim.AdamW(param_groups(model, tc), betas=(0.9, 0.999), eps=1e-8,
+                                      fused=self.on_cuda or None)
+        self.val_set = FeatureJoinedDataset(SampleDataset(val_index, cfg.data), val_features)
+        self.sampler = DistributedWeightedSampler(train_index.table["weight"], num_replicas=acc.num_processes,
+                                                  rank=acc.process_index, seed=tc.seed)
+        self.micro_per_epoch = (self.sampler.per_rank // tc.batch_size) // tc.grad_accum_steps * tc.grad_accum_steps
+        self.steps_per_epoch = self.micro_per_epoch // tc.grad_accum_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.sampler.per_rank} samples per rank are fewer than one optimiser step "
+                             f"(batch {tc.batch_size} x accum {tc.grad_accum_steps})")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.steps_per_epoch * tc.epochs, tc))
+        if tc.compile:  # in place: fewer kernel launches per step, same parameter names in checkpoints
+            model.compile(mode=tc.compile_mode)
+            self.say(f"Heads compiled in place (torch.compile, mode {tc.compile_mode}); the first steps include "
+                     "compilation")
+        self.model, self.optimizer = acc.prepare(model, optimizer)  # one prepare; our sampler already splits ranks
+        self.mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight,
+                                                  tc.nonsensor_confidence)))
+        # One loader for the whole run, its workers kept between epochs (starting them costs ~1 s an epoch). The
+        # sampler is set before each epoch's iter(): it runs in this process, so position and epoch are what we set.
+        # Workers hold no randomness (sample loading is deterministic): their seeds do not affect a resumed run.
+        self.loader = DataLoader(FeatureJoinedDataset(SampleDataset(train_index, cfg.data), train_features),
+                                 batch_size=tc.batch_size, sampler=self.sampler, num_workers=tc.num_workers,
+                                 collate_fn=collate, drop_last=True, pin_memory=self.on_cuda,
+                                 persistent_workers=tc.num_workers > 0,
+                                 generator=torch.Generator().manual_seed(tc.seed))
+        self.history: list[dict] = []
 
-    # -- epochs ------------------------------------------------------------------------------------------------
-    history = []
-    stop = False
-    # One loader for the whole run, its workers kept between epochs (starting them costs ~1 s an epoch). The sampler
-    # is set before each epoch's iter(): it runs in this process, so position and epoch are what we set. Workers
-    # hold no randomness (sample loading is deterministic), so their seeds do not affect a resumed run.
-    loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
-                        collate_fn=collate, drop_last=True, pin_memory=on_cuda, persistent_workers=tc.num_workers > 0,
-                        generator=torch.Generator().manual_seed(tc.seed))
-    while progress["epoch"] < tc.epochs and not stop:
+    # -- resume ----------------------------------------------------------------------------------------------
+    def resume_or_start(self) -> None:
+        if self.resume is not None:
+            self.progress = load_resume(self.resume, self.model, self.optimizer, self.scheduler, self.acc)
+            p = self.progress
+            self.say(f"Resumed from {self.resume_file}: epoch {p['epoch'] + 1}, micro-batch {p['micro']}, "
+                     f"step {p['global_step']}, best val {p['best_val']:.6f}")
+            if self.acc.is_main_process:
+                trim_metrics(self.metrics_file, p)
+        else:
+            self.progress = {"epoch": 0, "micro": 0, "global_step": 0, "best_val": float("inf"), "totals": [0.0] * 4}
+            if self.acc.is_main_process and self.metrics_file.exists():
+                self.metrics_file.unlink()  # a fresh run: no rows of an earlier, unsaved attempt
+        self.wandb_run = _wandb(self.cfg, self.acc, self.counts)
+
+    # -- one epoch -------------------------------------------------------------------------------------------
+    def train_epoch(self) -> bool:
+        """Train to the end of the epoch (True), or until train.max_steps stops the run mid-epoch (False)."""
+        from tqdm.auto import tqdm
+
+        tc, acc, progress = self.cfg.train, self.acc, self.progress
         epoch = progress["epoch"]
-        model.train()
-        sampler.set_epoch(epoch)
-        sampler.load_state_dict({"epoch": epoch, "position": progress["micro"] * tc.batch_size, "seed": tc.seed})
+        self.model.train()
+        self.sampler.set_epoch(epoch)
+        self.sampler.load_state_dict({"epoch": epoch, "position": progress["micro"] * tc.batch_size, "seed": tc.seed})
         # weighted loss sum, weight sum, sensor samples, samples: restored on resume, so the epoch's loss is exact
-        totals = torch.tensor(progress.pop("totals", [0.0] * 4), device=acc.device)
+        self.totals = torch.tensor(progress.pop("totals", [0.0] * 4), device=acc.device)
         window_loss = torch.zeros((), device=acc.device)  # the micro-batch losses of this optimiser step
-        epoch_start = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, initial=progress["micro"] // tc.grad_accum_steps,
+        self.epoch_start = time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, initial=progress["micro"] // tc.grad_accum_steps,
                    disable=not acc.is_main_process, desc=f"epoch {epoch + 1}/{tc.epochs}")
-        for batch in loader:
-            if progress["micro"] >= micro_per_epoch:
+        for batch in self.loader:
+            if progress["micro"] >= self.micro_per_epoch:
                 break
-            batch = to_device(batch, acc.device)
-            with acc.accumulate(model):
-                loss, per_sample, w = loss_fn(model, batch, cfg, mean_weight)
+            with acc.accumulate(self.model):
+                loss, per_sample, w, has = loss_fn(self.model, batch, self.cfg, self.mean_weight, acc.device)
                 acc.backward(loss)
-                grad_norm = acc.clip_grad_norm_(model.parameters(), tc.clip_grad_norm) if acc.sync_gradients else None
-                optimizer.step()
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm) \
+                    if acc.sync_gradients else None
+                self.optimizer.step()
                 if acc.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
-            totals += torch.stack([(per_sample * w).sum().detach(), w.sum(), batch["has_sensor"].sum(),
-                                   w.new_full((), float(len(w)))])  # built on the device: no host copy
+                    self.scheduler.step()
+                self.optimizer.zero_grad()
+            self.totals += torch.stack([(per_sample * w).sum().detach(), w.sum(), has.sum(),
+                                        w.new_full((), float(len(w)))])  # built on the device: no host copy
             window_loss += loss.detach()
             progress["micro"] += 1
             if grad_norm is None:
@@ -367,54 +385,90 @@ def train(cfg, log=print) -> dict:
             if progress["global_step"] % tc.log_every_steps == 0:
                 # reading loss/grad back is a host sync: every log_every_steps steps, not every step
                 step_loss = float(acc.reduce(window_loss, reduction="mean")) / tc.grad_accum_steps
-                seen = acc.reduce(totals.clone(), reduction="sum")
-                lr = scheduler.get_last_lr()[0]
+                seen = acc.reduce(self.totals.clone(), reduction="sum")
+                lr = self.scheduler.get_last_lr()[0]
                 bar.set_postfix_str(f"loss: {step_loss:.6f}, lr: {lr:.2e}, grad: {float(grad_norm):.2f}, "
                                     f"sensor: {int(seen[2])}/{int(seen[3])}")
-                record({"step": progress["global_step"], "epoch": epoch + 1, "train/loss_step": step_loss,
-                        "train/lr": lr, "train/grad_norm": float(grad_norm)})
+                self.record({"step": progress["global_step"], "epoch": epoch + 1, "train/loss_step": step_loss,
+                             "train/lr": lr, "train/grad_norm": float(grad_norm)})
             window_loss.zero_()
             if tc.save_every_steps and progress["global_step"] % tc.save_every_steps == 0:
-                save_resume(totals)
+                self.save_resume(self.totals)
             if tc.max_steps and progress["global_step"] >= tc.max_steps:
-                stop = True
+                self.stopped = True
                 break
         bar.close()
-        if stop and progress["micro"] < micro_per_epoch:
-            save_resume(totals)
-            break
-        seen = acc.reduce(totals, reduction="sum")
-        samples_per_s = float(seen[3]) / (time.perf_counter() - epoch_start)  # all ranks, data loading included
+        if self.stopped and progress["micro"] < self.micro_per_epoch:
+            self.save_resume(self.totals)
+            return False
+        return True  # (a limit on the epoch's last step still validates and checkpoints it)
+
+    # -- validation, checkpoints -----------------------------------------------------------------------------
+    def end_epoch(self, val_loss: float) -> None:
+        tc, progress = self.cfg.train, self.progress
+        seen = self.acc.reduce(self.totals, reduction="sum")
+        samples_per_s = float(seen[3]) / (time.perf_counter() - self.epoch_start)  # all ranks, loading included
         train_loss = float(seen[0] / seen[1].clamp(min=1e-9))
-        val_loss = evaluate_loss(model, val_set, cfg, acc, mean_weight)
-        progress["epoch"], progress["micro"] = epoch + 1, 0
-        row = {"epoch": epoch + 1, "step": progress["global_step"], "train/loss_epoch": train_loss,
+        epoch = progress["epoch"] + 1
+        progress["epoch"], progress["micro"] = epoch, 0
+        row = {"epoch": epoch, "step": progress["global_step"], "train/loss_epoch": train_loss,
                "val/loss_epoch": val_loss, "train/sensor_samples": int(seen[2]),
                "train/nonsensor_samples": int(seen[3] - seen[2]), "train/samples_per_s": samples_per_s}
-        history.append(row)
-        record(row)
-        say(f"Epoch {epoch + 1} | Train: {train_loss:.6f} | Val: {val_loss:.6f} | {samples_per_s:.0f} samples/s")
+        self.history.append(row)
+        self.record(row)
+        self.say(f"Epoch {epoch} | Train: {train_loss:.6f} | Val: {val_loss:.6f} | {samples_per_s:.0f} samples/s")
         if val_loss < progress["best_val"]:
             progress["best_val"] = val_loss
-            path = save_heads(CHECKPOINT_NAMES["best"], val_loss)
-            say(f"[Best] Validation improved → saved to {path}")
-        save_heads(CHECKPOINT_NAMES["latest"], val_loss)
-        if progress["epoch"] >= tc.epochs:
-            save_heads(CHECKPOINT_NAMES["final"], val_loss)
-        save_resume(torch.zeros(4, device=acc.device))
+            self.say(f"[Best] Validation improved → saved to {self.save_heads(CHECKPOINT_NAMES['best'], val_loss)}")
+        self.save_heads(CHECKPOINT_NAMES["latest"], val_loss)
+        if epoch >= tc.epochs:
+            self.save_heads(CHECKPOINT_NAMES["final"], val_loss)
+        self.save_resume(torch.zeros(4, device=self.acc.device))
+        self.acc.wait_for_everyone()
+
+    def save_resume(self, totals: torch.Tensor) -> None:
+        """Everything an exact restart needs: weights, optimiser, schedule, progress, run config, and per rank its RNG
+        states and running epoch sums (tensors and plain values: loadable with weights_only=True)."""
+        acc = self.acc
+        mine = {"rng": _rng_state(), "totals": totals.tolist()}
+        ranks = acc.gather_for_metrics([mine], use_gather_object=True) if acc.num_processes > 1 else [mine]
+        if acc.is_main_process:
+            state = {k: v for k, v in self.progress.items() if k != "totals"}
+            atomic_save({"model": acc.unwrap_model(self.model).state_dict(),
+                         "optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                         "progress": state, "ranks": ranks, "run_config": self.cfg.to_dict(), "split": self.split,
+                         "stats": asdict(self.stats), "processes": acc.num_processes}, self.resume_file)
+
+    def save_heads(self, name: str, val_loss: float) -> Path:
+        path = self.ckpt_dir / name
+        if self.acc.is_main_process:
+            save_checkpoint(path, self.acc.unwrap_model(self.model), self.stats, self.cfg, self.progress["epoch"],
+                            self.progress["global_step"], val_loss, self.split, self.features_info)
+        return path
+
+    def record(self, row: dict) -> None:
+        """One row of metrics.jsonl (and wandb), main process only."""
+        if self.acc.is_main_process:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.wandb_run is not None:
+                self.wandb_run.log({k: v for k, v in row.items() if "/" in k}, step=self.progress["global_step"])
+
+    # -- the end ---------------------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        acc, progress = self.acc, self.progress
+        equal = _weights_equal_across_ranks(self.model, acc)
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
         acc.wait_for_everyone()
-    equal = _weights_equal_across_ranks(model, acc)
-    if wandb_run is not None:
-        wandb_run.finish()
-    acc.wait_for_everyone()
-    epochs = _epoch_rows(metrics_file) if acc.is_main_process else history
-    summary = {"history": epochs, "best_val": progress["best_val"], "global_step": progress["global_step"],
-               "epochs_done": progress["epoch"], "finished": progress["epoch"] >= tc.epochs,
-               "parameter_counts": counts, "weights_equal_across_ranks": equal, "processes": acc.num_processes,
-               "checkpoint_dir": str(ckpt_dir), "split": split}
-    if acc.is_main_process:
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+        summary = {"history": _epoch_rows(self.metrics_file) if acc.is_main_process else self.history,
+                   "best_val": progress["best_val"], "global_step": progress["global_step"],
+                   "epochs_done": progress["epoch"], "finished": progress["epoch"] >= self.cfg.train.epochs,
+                   "parameter_counts": self.counts, "weights_equal_across_ranks": equal,
+                   "processes": acc.num_processes, "checkpoint_dir": str(self.ckpt_dir), "split": self.split}
+        if acc.is_main_process:
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
 
 
 def _epoch_rows(metrics_file: Path) -> list[dict]:
@@ -435,7 +489,7 @@ def evaluate_loss(model, val_set, cfg, acc, mean_weight: float) -> float:
                         collate_fn=collate, num_workers=cfg.train.num_workers)
     totals = torch.zeros(2, device=acc.device)
     for batch in loader:
-        _, per_sample, w = loss_fn(model, to_device(batch, acc.device), cfg, mean_weight)
+        _, per_sample, w, _ = loss_fn(model, batch, cfg, mean_weight, acc.device)
         totals += torch.stack([(per_sample * w).sum(), w.sum()])
     totals = acc.reduce(totals, reduction="sum")
     model.train()

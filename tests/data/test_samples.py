@@ -79,9 +79,12 @@ def test_sensor_gaps_and_nan_rows_are_masked_not_zero_data():
     forces = np.full(len(times), -3.0, np.float32)
     alines = np.ones((len(times), 1025), np.float32)
     keep = ~((times > 0.13) & (times < 0.16))  # a 30 ms gap
-    forces[5] = np.nan
+    forces[105:115] = np.nan  # 15 ms of NaN rows at 0.162-0.177 s, inside the window (0.1, 0.2]
     window, valid, _ = resample_sensor_window(times[keep], forces[keep], alines[keep], 0.2, 0.1, 65, 0.006)
-    assert not valid.all() and valid.any()
+    grid = 0.1 + 0.1 * np.arange(1, 66) / 65
+    assert not valid[(grid > 0.137) & (grid < 0.153)].any(), "the gap is masked"
+    assert not valid[np.argmin(np.abs(grid - 0.1685))], "a grid point amid NaN rows is masked, not interpolated"
+    assert valid[(grid > 0.18)].all() and valid[grid < 0.12].all()
     assert (window[valid, 0] == -3.0).all(), "valid points carry data"
     assert (window[~valid] == 0).all()
 
@@ -133,7 +136,8 @@ def test_index_of_many_sessions_is_the_union_of_its_sessions(tmp_path):
 
 
 def test_history_uses_only_robot_samples_at_or_before_t():
-    """Defect 3: pose(t) is the last robot sample <= t, never an interpolation towards the next one."""
+    """Defect 3: the history ends at the last robot sample <= t, never at an interpolation towards the next one, and
+    each delta spans the full 100 ms."""
     from vla_lib.data.timeline import pose_history
 
     rt = np.arange(0.0, 1.0, 0.01)  # 100 Hz
@@ -142,9 +146,10 @@ def test_history_uses_only_robot_samples_at_or_before_t():
     t = 0.505  # between the samples at 0.50 and 0.51
     h = pose_history(rt, pose, [t], 2, 0.1)[0]
     known = rt <= t
-    x = lambda tau: np.interp(min(tau, rt[known][-1]), rt[known], pose[known, 0])  # noqa: E731
-    np.testing.assert_allclose(h[:, 0], [x(t - 0.1) - x(t - 0.2), x(t) - x(t - 0.1)], atol=1e-5)
-    assert h[-1, 0] == pytest.approx(pose[50, 0] - np.interp(0.405, rt, pose[:, 0]), abs=1e-5)
+    x = lambda tau: np.interp(tau, rt[known], pose[known, 0])  # noqa: E731
+    end = rt[known][-1]  # 0.50
+    np.testing.assert_allclose(h[:, 0], [x(end - 0.1) - x(end - 0.2), x(end) - x(end - 0.1)], atol=1e-4)
+    assert h[-1, 0] == pytest.approx(pose[50, 0] - pose[40, 0], abs=1e-4)
     # changing every sample after t changes nothing
     future = pose.copy()
     future[~known, 0] += 1000

@@ -9,9 +9,11 @@ from vla_lib.data.normalization import compute_stats
 from vla_lib.data.recorder_formats import DataError
 from vla_lib.data.samples import build_index
 from vla_lib.data.split import split_sessions
-from vla_lib.evaluation.run import split
+from vla_lib.evaluation.run import held_out, split
+from vla_lib.models.checkpoint import CheckpointMismatchError
 from vla_lib.models.checkpoint import save_checkpoint
 from vla_lib.models.modeling_policy import Stage1Policy
+from vla_lib.vlm.cache_build import open_store
 
 
 @pytest.fixture
@@ -27,7 +29,10 @@ def recorded(synth_root, tmp_path):
     stats = compute_stats(index.subset(train_ids))
     heads = Stage1Policy(cfg.model, *stats.action_arrays(), *stats.sensor_arrays())
     cfg.eval.checkpoint = str(tmp_path / "heads.pt")
-    save_checkpoint(cfg.eval.checkpoint, heads, stats, cfg, 1, 1, 0.0, {"train": train_ids, "val": val_ids})
+    cfg.backbone.tiny_model_dir = str(tmp_path / "tiny")
+    parts = open_store(cfg, create=False).parts
+    save_checkpoint(cfg.eval.checkpoint, heads, stats, cfg, 1, 1, 0.0, {"train": train_ids, "val": val_ids},
+                    {"fingerprint": "f", "parts": parts})
     return cfg, train_ids, val_ids
 
 
@@ -60,3 +65,15 @@ def test_training_sessions_are_refused_as_held_out(recorded):
         split(cfg)
     cfg.eval.sessions = [val_ids[0]]
     assert split(cfg)[1] == [val_ids[0]]
+
+
+def test_evaluation_refuses_features_of_another_backbone_setting(recorded):
+    """Defect 6, the eval side: the store read must be the one the heads were trained on, unless allowed."""
+    cfg, _, _ = recorded
+    cfg.backbone.image_resize_height, cfg.backbone.image_resize_width = 360, 640
+    with pytest.raises(CheckpointMismatchError, match="pixel_budget"):
+        held_out(cfg)
+    cfg.eval.allow_backbone_mismatch = True
+    from vla_lib.vlm.feature_store import CacheMissError
+    with pytest.raises(CacheMissError):  # allowed: it goes on to read that store (empty here)
+        held_out(cfg)

@@ -47,8 +47,8 @@ def test_baselines(data_cfg):
         t = index.table.t[i]
         known = s.robot_times <= t
         rt, pose = s.robot_times[known], s.pose[known]
-        before = np.array([np.interp(t - 0.1, rt, pose[:, d]) for d in range(6)])
-        expected = pose[-1] - before
+        before = np.array([np.interp(rt[-1] - 0.1, rt, pose[:, d]) for d in range(6)])
+        expected = pose[-1] - before  # from the last robot sample at or before t, over a full 100 ms
         expected[3:] = (expected[3:] + 180) % 360 - 180
         np.testing.assert_allclose(last[i, 0, :6], expected, atol=1e-3)
         assert (last[i] == last[i, 0]).all()

@@ -2,7 +2,8 @@
 import torch
 
 from vla_lib.config import RunConfig
-from vla_lib.models.action_graph import example_inputs, with_matmul_weights_in
+from vla_lib.models.action_graph import with_matmul_weights_in
+from vla_lib.models.inputs import example_inputs
 from vla_lib.models.modeling_policy import Stage1Policy
 
 
@@ -19,5 +20,5 @@ def test_bf16_stored_weights_give_the_same_output_as_autocast_over_fp32_weights(
         assert heads.expert.head.weight.dtype == torch.float32  # a copy: the original keeps fp32 weights
         assert cast.expert.head.weight.dtype == torch.bfloat16 and cast.expert.norm.weight.dtype == torch.float32
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            want, got = heads.predict(**x), cast.predict(**x)
+            want, got = heads.predict(x), cast.predict(x)
         assert torch.equal(want, got), fusion

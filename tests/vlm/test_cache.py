@@ -202,7 +202,7 @@ def test_verify_checks_the_store_these_settings_train_on(cfg, capsys):
     from vla_lib.vlm.cache_build import verify
 
     cfg.backbone.image_resize_height, cfg.backbone.image_resize_width = 360, 640
-    assert verify(cfg) == 1
+    assert verify(cfg) == 2
     out = capsys.readouterr().out
     assert "does not exist" in out and "--mode cache --params" in out
     hint = out.split("Build it with: ")[1].split()[-1]

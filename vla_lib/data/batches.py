@@ -1,5 +1,6 @@
-"""Batches for the heads: samples joined with their cached VL features, collated, moved to the device.
-Shared by training, offline evaluation and the benchmarks."""
+"""Batches for the heads: samples joined with their cached VL features, collated (the heads' input type is built
+from a collated batch by `models.inputs.inputs_from_batch`). Shared by training, offline evaluation and the
+benchmarks."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,11 +28,4 @@ def collate(items: list[dict]) -> dict:
         out[k] = torch.stack([it[k] for it in items])
     for k in ("sensor", "sensor_mask", "history", "target", "target_mask", "has_sensor", "weight", "index"):
         out[k] = torch.as_tensor(np.stack([np.asarray(it[k]) for it in items]))
-    return out
-
-
-def to_device(batch: dict, device) -> dict:
-    """Move a collated batch to the device (asynchronously from pinned memory); features fp16 -> fp32."""
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    out["vl"] = out["vl"].float()
     return out

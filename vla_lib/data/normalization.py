@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_lib.dims import ALINE_POINTS
+
 QUANTILES = (0.01, 0.5, 0.99)
 
 
@@ -76,6 +78,6 @@ def compute_stats(train_index, max_rows_per_session: int = 20000) -> NormStats:
         fm, fs = float(f.mean()), float(safe_std(f.std(), MIN_SENSOR_STD))
         am, as_ = a.mean(0), safe_std(a.std(0), MIN_SENSOR_STD)
     else:  # no sensor in training: identity normalisation
-        fm, fs, am, as_ = 0.0, 1.0, np.zeros(1025), np.ones(1025)
+        fm, fs, am, as_ = 0.0, 1.0, np.zeros(ALINE_POINTS), np.ones(ALINE_POINTS)
     return NormStats(actions.mean(0).tolist(), std.tolist(), quant, fm, fs, am.tolist(), as_.tolist(),
                      sorted(train_index.sessions))

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ALINE_POINTS = 1025
+from vla_lib.dims import ALINE_POINTS
+
 VIEW_KEYS = [f"View{i}_{s}" for i in range(1, 5) for s in ("left", "right")] + ["View5"]
 _TS_IN_NAME = re.compile(r"_(\d+(?:\.\d+)?)\.jpe?g$", re.IGNORECASE)
 

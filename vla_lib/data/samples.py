@@ -25,6 +25,7 @@ import pandas as pd
 from vla_lib.data.recorder_formats import DataError, Session, offsets_for, read_session
 from vla_lib.data.timeline import (latest_frame_index, pose_deltas, pose_history,  # noqa: F401 (re-exported)
                                    resample_sensor_window, sensor_coverage)
+from vla_lib.dims import SENSOR_CHANNELS
 
 
 @dataclass
@@ -212,7 +213,7 @@ class SampleDataset:
         times = self._sensor_times.get(session_id)
         if times is None:
             n = cfg.sensor_window_size
-            return np.zeros((n, 1026), np.float32), np.zeros(n, bool)
+            return np.zeros((n, SENSOR_CHANNELS), np.float32), np.zeros(n, bool)
         s = self.index.sessions[session_id].sensor
         window, valid, _ = resample_sensor_window(times, s.forces, s.alines, t, cfg.sensor_window_s,
                                                   cfg.sensor_window_size, cfg.sensor_max_gap_s)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vla_lib.dims import POSE_DIMS
+
 __all__ = ["latest_frame_index", "sensor_grid", "resample_sensor_window", "sensor_coverage", "pose_deltas",
            "pose_history", "wrap_deg"]
 
@@ -88,17 +90,20 @@ def pose_deltas(robot_times: np.ndarray, pose: np.ndarray, anchors: np.ndarray, 
         last_time = robot_times[np.clip(last, 0, len(robot_times) - 1)]
         # before the first robot sample nothing is known: np.interp holds the first pose (zero deltas)
         times = np.minimum(times, np.where(last >= 0, last_time, robot_times[0])[:, None])
-    interp = np.stack([np.interp(times, robot_times, unwrapped[:, d]) for d in range(6)], -1)
+    interp = np.stack([np.interp(times, robot_times, unwrapped[:, d]) for d in range(POSE_DIMS)], -1)
     deltas = np.diff(interp, axis=1)
     deltas[..., 3:] = wrap_deg(deltas[..., 3:])
     return deltas
 
 
 def pose_history(robot_times: np.ndarray, pose: np.ndarray, anchors, steps: int, dt: float) -> np.ndarray:
-    """(N, steps, 6) the last `steps` pose deltas ending at each anchor t (oldest first), from robot samples stamped
-    at or before t only: what a live robot can know at t. pose(t) is the last sample <= t (held, up to one robot
-    period old), never interpolated with the sample after t. Before the first robot sample the pose is held."""
+    """(N, steps, 6) the last `steps` pose deltas at each anchor t (oldest first), from robot samples stamped at or
+    before t only: what a live robot can know at t. They end at the last robot sample <= t (up to one robot period
+    before t), never at an interpolation towards the sample after t, and each spans a full `dt` (so the newest delta
+    is a velocity like the others). Before the first robot sample the pose is held (zero deltas)."""
     anchors = np.asarray(anchors, np.float64)
     if steps == 0:
-        return np.zeros((len(anchors), 0, 6), np.float32)
-    return pose_deltas(robot_times, pose, anchors - steps * dt, steps, dt, known_until=anchors).astype(np.float32)
+        return np.zeros((len(anchors), 0, POSE_DIMS), np.float32)
+    last = np.searchsorted(robot_times, anchors, side="right") - 1
+    end = np.where(last >= 0, robot_times[np.clip(last, 0, None)], anchors)
+    return pose_deltas(robot_times, pose, end - steps * dt, steps, dt, known_until=anchors).astype(np.float32)

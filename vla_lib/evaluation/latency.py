@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from vla_lib.models.action_graph import example_inputs
+from vla_lib.models.inputs import example_inputs
 from vla_lib.vlm.backbone import set_pixel_budget
 from vla_lib.vlm.encode import encode, prepare_inputs
 
@@ -93,5 +93,5 @@ def time_action_step(heads, device, repeats: int = 50, warmup: int = 5, n_tokens
     """The heads at batch 1 (SensorEncoder + Action Expert on one cached feature and one sensor window)."""
     heads = heads.to(device).eval()
     x = example_inputs(heads.config, n_tokens, device, random=True)
-    p50, p95 = timed_ms(lambda: heads.predict(**x), device, repeats, warmup)
+    p50, p95 = timed_ms(lambda: heads.predict(x), device, repeats, warmup)
     return {"action_step_ms_p50": p50, "action_step_ms_p95": p95, "device": str(device)}

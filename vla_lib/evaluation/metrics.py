@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-POSE_DIMS = 6
+from vla_lib.dims import POSE_DIMS
+
 DIM_NAMES = ["dx_mm", "dy_mm", "dz_mm", "da_deg", "db_deg", "dr_deg"]
 
 

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vla_lib.data.batches import FeatureJoinedDataset, collate, to_device
+from vla_lib.data.batches import FeatureJoinedDataset, collate
 from vla_lib.data.samples import SampleDataset
 from vla_lib.data.synthetic import phase_labels
 from vla_lib.evaluation.baselines import last_delta_baseline, train_mean_baseline, zero_baseline
 from vla_lib.evaluation.metrics import chunk_metrics
+from vla_lib.models.inputs import inputs_from_batch
 
 BASELINES = ("zero", "train_mean", "last_delta")
 
@@ -28,11 +29,8 @@ def predict_cached(heads, dataset: FeatureJoinedDataset, device, batch_size: int
     heads = heads.to(device).eval()
     out = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        batch = to_device(batch, device)
-        has = batch["has_sensor"].bool() & use_sensor
-        out.append(heads.predict(batch["vl"], batch["vl_mask"], batch["sensor"], batch["sensor_mask"], has,
-                                 batch["history"]).float()
-                   .cpu().numpy())
+        x = inputs_from_batch(batch, device)
+        out.append(heads.predict(x if use_sensor else x.without_sensor()).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, heads.config.horizon, 7), np.float32)
 
 

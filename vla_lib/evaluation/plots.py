@@ -4,6 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from vla_lib.dims import POSE_DIMS
 from vla_lib.evaluation.metrics import DIM_NAMES
 
 COLOURS = {"policy": "C0", "policy_no_sensor": "C1", "zero": "C7", "train_mean": "C2", "last_delta": "C3"}
@@ -31,8 +32,8 @@ def error_per_dimension(metrics: dict):
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         values = [metrics["predictors"][name]["mae_per_dim"][d] for d in DIM_NAMES]
-        ax.bar(np.arange(6) + k * width, values, width, label=name, color=COLOURS.get(name))
-    ax.set_xticks(np.arange(6) + 0.4 - width / 2, DIM_NAMES)
+        ax.bar(np.arange(POSE_DIMS) + k * width, values, width, label=name, color=COLOURS.get(name))
+    ax.set_xticks(np.arange(POSE_DIMS) + 0.4 - width / 2, DIM_NAMES)
     ax.set(ylabel="MAE (mm or deg)", yscale="log", title="error per dimension, held-out sessions")
     ax.legend(fontsize=7)
     return fig

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from vla_lib.data.timeline import latest_frame_index, pose_deltas, pose_history, resample_sensor_window
+from vla_lib.dims import POSE_DIMS
 
 
 class RobotIO(Protocol):
@@ -205,7 +206,7 @@ def fresh_vs_stale(policy, replay: ReplaySession, instruction: str, report: Real
         w, h = tick["window"], tick["history"]
         fresh = policy.act(feats, mask, None if w is None else w[None], None if h is None else h[None])[0]
         truth = replay.true_chunk(tick["t"])
-        err_stale.append(((tick["chunk"][:, :6] - truth) ** 2).mean())
-        err_fresh.append(((fresh[:, :6] - truth) ** 2).mean())
+        err_stale.append(((tick["chunk"][:, :POSE_DIMS] - truth) ** 2).mean())
+        err_fresh.append(((fresh[:, :POSE_DIMS] - truth) ** 2).mean())
     return {"mse_loop_features": float(np.mean(err_stale)), "mse_fresh_features": float(np.mean(err_fresh)),
             "ticks_with_stale_features": int(sum(t["ident"] != replay.frames_at(t["t"])[1] for t in report.ticks))}

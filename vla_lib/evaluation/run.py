@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from vla_lib.commands import command_for
@@ -24,6 +25,9 @@ def split(cfg, ckpt=None):
     ckpt = ckpt or load_checkpoint(checkpoint_path(cfg))
     index = build_index(cfg.data)  # the same data.check_images policy as training
     trained_on = set(ckpt.split.get("train", []))
+    if cfg.eval.sessions and not trained_on:
+        warnings.warn(f"{checkpoint_path(cfg)} records no training sessions (written by an earlier version): "
+                      "eval.sessions cannot be checked against them")
     if cfg.eval.sessions:
         wanted = [s for s in sorted(index.sessions) if s in cfg.eval.sessions or s.split("/")[-1] in cfg.eval.sessions]
         unknown = set(cfg.eval.sessions) - set(wanted) - {s.split("/")[-1] for s in wanted}
@@ -57,6 +61,9 @@ def held_out(cfg, ckpt=None):
     index, val_ids = split(cfg, ckpt)
     val = index.subset(val_ids)
     store = open_store(cfg, create=False)
+    if not ckpt.features:
+        warnings.warn(f"{checkpoint_path(cfg)} records no feature-store parts (written by an earlier version): "
+                      "whether these features are the ones its heads were trained on cannot be checked")
     differs = feature_mismatch(ckpt.features.get("parts", {}), store.parts) if ckpt.features else []
     if differs and not cfg.eval.allow_backbone_mismatch:
         raise CheckpointMismatchError(

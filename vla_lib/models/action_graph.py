@@ -12,22 +12,7 @@ import copy
 import torch
 from torch import nn
 
-
-INPUT_NAMES = ("vl", "vl_mask", "sensor", "sensor_mask", "has_sensor", "history")
-
-
-def example_inputs(cfg, n_tokens: int, device, random: bool = False) -> dict[str, torch.Tensor]:
-    """Batch-1 inputs of the heads' shapes (graph buffers, timing): zeros, or random features/sensor."""
-    make = torch.randn if random else torch.zeros
-    return {
-        "vl": make(1, n_tokens, cfg.vl_dim, device=device),
-        "vl_mask": torch.ones(1, n_tokens, dtype=torch.bool, device=device),
-        "sensor": make(1, cfg.sensor_length, cfg.sensor_channels, device=device),
-        "sensor_mask": torch.ones(1, cfg.sensor_length, dtype=torch.bool, device=device),
-        "has_sensor": torch.ones(1, dtype=torch.bool, device=device),
-        "history": torch.zeros(1, max(cfg.history_steps, 1), 6, device=device),
-    }
-
+from vla_lib.models.inputs import PolicyInputs, example_inputs
 
 def with_matmul_weights_in(heads: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of `heads` whose linear, convolution and attention-projection weights are stored in `dtype`.
@@ -52,7 +37,7 @@ def with_matmul_weights_in(heads: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 class ActionStep:
-    """Callable (vl, vl_mask, sensor, sensor_mask, has_sensor, history) -> physical chunk, eager or graphed."""
+    """Callable PolicyInputs (batch 1) -> physical chunk, eager or graphed."""
 
     def __init__(self, heads, n_tokens: int, use_graph: bool | None = None, dtype: torch.dtype = torch.bfloat16):
         self.heads = heads.eval()
@@ -74,17 +59,19 @@ class ActionStep:
             self.output = self._run()
 
     def _run(self) -> torch.Tensor:
-        s = self.static
-        # has_sensor is a tensor in the graph: the null-embedding choice is a torch.where, captured for both cases
+        # the sensor mask is a tensor in the graph: the null-embedding choice is a torch.where, captured for both cases
         with torch.autocast("cuda", dtype=self.dtype):
-            return self.heads.predict(s["vl"], s["vl_mask"], s["sensor"], s["sensor_mask"], s["has_sensor"],
-                                      s["history"])
+            return self.heads.predict(self.static)
+
+    def fits(self, x: PolicyInputs) -> bool:
+        """Whether `x` has the shapes the graph was captured for."""
+        return not self.graphed or all(t.shape == self.static.tensors()[k].shape for k, t in x.tensors().items())
 
     @torch.no_grad()
-    def __call__(self, vl, vl_mask, sensor, sensor_mask, has_sensor, history) -> torch.Tensor:
+    def __call__(self, x: PolicyInputs) -> torch.Tensor:
         if not self.graphed:
-            return self.heads.predict(vl, vl_mask, sensor, sensor_mask, has_sensor, history)
-        for name, value in zip(INPUT_NAMES, (vl, vl_mask, sensor, sensor_mask, has_sensor, history)):
-            self.static[name].copy_(value)
+            return self.heads.predict(x)
+        for name, value in x.tensors().items():
+            self.static.tensors()[name].copy_(value)
         self.graph.replay()
         return self.output.clone()

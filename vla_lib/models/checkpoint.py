@@ -8,13 +8,13 @@ Writes are atomic (temporary file + rename). Each also records what the numbers 
 """
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from vla_lib.atomic import atomic_write
 
 FORMAT = "vla_lib.stage1/1"
 CHECKPOINT_NAMES = {"latest": "qwen_vla_sensor.pt", "best": "qwen_vla_sensor_best.pt",
@@ -22,10 +22,7 @@ CHECKPOINT_NAMES = {"latest": "qwen_vla_sensor.pt", "best": "qwen_vla_sensor_bes
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path, model, stats, run_cfg, epoch: int, step: int, val_loss: float, split: dict | None = None,

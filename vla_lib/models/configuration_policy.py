@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vla_lib.dims import ACTION_DIM, SENSOR_CHANNELS
 from vla_lib.errors import ConfigError
 
 FUSIONS = ("concat", "cross_attention", "gated", "none")
@@ -16,12 +17,12 @@ FUSIONS = ("concat", "cross_attention", "gated", "none")
 @dataclass
 class PolicyConfig:
     preset: str = ""  # when set, the preset's values fill every field the YAML does not give
-    action_dim: int = 7
+    action_dim: int = ACTION_DIM
     # Derived, one source each (RunConfig fills them; a different value given here is an error):
     horizon: int | None = None  # = data.horizon
     sensor_enabled: bool | None = None  # = data.sensor_enabled
     vl_dim: int = 0  # the backbone's hidden size: training takes it from the feature store (0 = not known yet)
-    sensor_channels: int = 1026  # 1 force + 1025 A-line
+    sensor_channels: int = SENSOR_CHANNELS  # 1 force + 1025 A-line
     # The encoder's time axis (the seed's --sensor-temporal-length); a window of another length is resampled to it.
     sensor_length: int | None = None  # None = data.sensor_window_size
     sensor_conv_channels: list[int] = field(default_factory=lambda: [512, 1024, 1024, 1024])

@@ -12,9 +12,9 @@ import math
 import torch
 from torch import nn
 
+from vla_lib.dims import POSE_DIMS
 from vla_lib.models.configuration_policy import PolicyConfig
-
-POSE_DIMS = 6  # x, y, z, a, b, r deltas: what the loss covers (the 7th, the gripper, is a constant)
+from vla_lib.models.inputs import PolicyInputs
 
 
 class SensorEncoder(nn.Module):
@@ -42,9 +42,11 @@ class SensorEncoder(nn.Module):
                 real: torch.Tensor | None = None) -> torch.Tensor:
         """`valid` (B, T) marks grid points that carry a sample; `real` (B,) the samples that have sensor data at
         all. Only real, valid points feed the batch-norm statistics (see MaskedBatchNorm1d)."""
-        if x.shape[1] != self.length:
+        if x.shape[1] != self.length:  # resampled to the encoder's time axis; the mask follows (nearest point)
             x = nn.functional.interpolate(x.transpose(1, 2), size=self.length, mode="linear").transpose(1, 2)
-            valid = None
+            if valid is not None:
+                valid = nn.functional.interpolate(valid.float().unsqueeze(1), size=self.length,
+                                                  mode="nearest").squeeze(1) > 0.5
         stat_mask = valid.float() if valid is not None else x.new_ones(x.shape[:2])
         if real is not None:
             stat_mask = stat_mask * real.view(-1, 1).to(stat_mask.dtype)
@@ -83,7 +85,8 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # x (B, C, T), mask (B, T)
         if not self.training or mask is None:
             return super().forward(x)
-        w = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T)
+        out_dtype, x = x.dtype, x.float()  # statistics in fp32 also under bf16 autocast (counts, sums of squares)
+        w = mask.float().unsqueeze(1)  # (B, 1, T)
         n = w.sum()
         has = n > 0
         n_safe = n.clamp(min=1.0)
@@ -101,7 +104,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         mean = torch.where(has, mean, self.running_mean.to(mean.dtype))
         var = torch.where(has, var, self.running_var.to(var.dtype))
         y = (x - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)
-        return y * self.weight[None, :, None] + self.bias[None, :, None]
+        return (y * self.weight[None, :, None] + self.bias[None, :, None]).to(out_dtype)
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +140,7 @@ class ActionExpert(nn.Module):
             self.fuse = nn.Linear(d, d)
         else:
             self.fuse = nn.Linear(cfg.vl_dim, d)
-        self.history = nn.Linear(cfg.history_steps * 6, d) if cfg.history_steps else None
+        self.history = nn.Linear(cfg.history_steps * POSE_DIMS, d) if cfg.history_steps else None
         self.queries = nn.Parameter(torch.randn(1, cfg.horizon, d))
         layer = nn.TransformerDecoderLayer(d, cfg.expert_heads, cfg.expert_ff, cfg.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.expert_layers)
@@ -186,33 +189,28 @@ class Stage1Policy(nn.Module):
         self.register_buffer("sensor_mean", _buf(sensor_mean, cfg.sensor_channels, 0.0))
         self.register_buffer("sensor_std", _buf(sensor_std, cfg.sensor_channels, 1.0))
 
-    def forward(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None, history=None) -> torch.Tensor:
-        """Normalised (B, H, action_dim). `sensor` raw (B, T, 1026); `has_sensor` (B,) bool; `history` the raw
-        (B, K, 6) last pose deltas (mm, deg), required when `history_steps` > 0."""
+    def forward(self, x: PolicyInputs) -> torch.Tensor:
+        """Normalised (B, H, action_dim) from one `PolicyInputs` (raw sensor window and history: the stats buffers
+        normalise them here, so every caller passes physical values)."""
         s = None
         if self.sensor_encoder is not None:
-            b = vl.shape[0]
-            null = self.null_sensor.expand(b, -1)
             # No "skip if no sample has sensor" shortcut: deciding it is a host sync every step (and impossible inside
             # a CUDA graph); the mask picks the null embedding per sample instead.
-            if sensor is None or has_sensor is None:
-                s = null
-            else:
-                x = sensor
-                if self.config.normalize_sensor_inputs:
-                    x = (x - self.sensor_mean) / self.sensor_std
-                if sensor_mask is not None:
-                    x = x * sensor_mask.unsqueeze(-1).to(x.dtype)  # invalid points carry no value (and are masked)
-                enc = self.sensor_encoder(x, sensor_mask, has_sensor)
-                s = torch.where(has_sensor.view(-1, 1), enc, null.to(enc.dtype))
+            has = x.has_sensor
+            w = x.sensor
+            if self.config.normalize_sensor_inputs:
+                w = (w - self.sensor_mean) / self.sensor_std
+            w = w * x.sensor_mask.unsqueeze(-1).to(w.dtype)  # invalid points carry no value (and are masked)
+            enc = self.sensor_encoder(w, x.sensor_mask, has)
+            s = torch.where(has.view(-1, 1), enc, self.null_sensor.to(enc.dtype).expand(len(has), -1))
         h = None
         if self.config.history_steps:
-            if history is None or history.shape[1] < self.config.history_steps:
+            if x.history.shape[1] < self.config.history_steps:
                 raise ValueError(f"the policy needs the robot's last {self.config.history_steps} pose deltas "
-                                 f"(history), got {None if history is None else tuple(history.shape)}")
-            h = history[:, -self.config.history_steps:, :6].to(vl.dtype)
-            h = (h - self.action_mean[:6]) / self.action_std[:6]
-        return self.expert(vl, vl_mask, s, h)
+                                 f"(history), got {tuple(x.history.shape)}")
+            h = x.history[:, -self.config.history_steps:, :POSE_DIMS].to(x.vl.dtype)
+            h = (h - self.action_mean[:POSE_DIMS]) / self.action_std[:POSE_DIMS]
+        return self.expert(x.vl, x.vl_mask, s, h)
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return (actions - self.action_mean) / self.action_std
@@ -221,10 +219,10 @@ class Stage1Policy(nn.Module):
         return actions * self.action_std + self.action_mean
 
     @torch.no_grad()
-    def predict(self, vl, vl_mask, sensor=None, sensor_mask=None, has_sensor=None, history=None) -> torch.Tensor:
+    def predict(self, x: PolicyInputs) -> torch.Tensor:
         """(B, H, action_dim) in physical units (mm, deg). Dimensions past the 6 pose deltas (the gripper) carry no
         training signal: they are returned as their training-set value, not as an untrained output."""
-        out = self.denormalize_actions(self.forward(vl, vl_mask, sensor, sensor_mask, has_sensor, history))
+        out = self.denormalize_actions(self.forward(x))
         return torch.cat([out[..., :POSE_DIMS], self.action_mean[POSE_DIMS:].to(out.dtype).expand(
             *out.shape[:-1], -1)], -1)
 

@@ -20,7 +20,7 @@ from vla_lib.commands import command_for
 from vla_lib.data.samples import build_index
 from vla_lib.vlm.backbone import backbone_fingerprint, backbone_source, load_backbone, resolve_device, resolve_dtype
 from vla_lib.vlm.encode import encode, prepare_inputs
-from vla_lib.vlm.feature_store import FeatureStore
+from vla_lib.vlm.feature_store import CacheMissError, FeatureStore
 
 
 # Processor fields that the pixel budget sets (it is its own part of the fingerprint); everything else the image
@@ -61,10 +61,11 @@ def open_store(cfg, create: bool = True) -> FeatureStore:
     return FeatureStore(cfg.cache.dir, store_parts(cfg, processor), create=create)
 
 
-def link_store(cfg, store: FeatureStore) -> None:
-    """`<run_dir>/vl_cache` -> the store this run uses (stores live under cache.dir, shared and content-addressed)."""
+def link_store(cfg, store: FeatureStore, replace: bool = False) -> None:
+    """`<run_dir>/vl_cache` -> the store this run uses (stores live under cache.dir, shared and content-addressed).
+    Training sets it (`replace`); a cache build only creates it, never repoints a run's link."""
     link = cfg.run_dir / "vl_cache"
-    if link.resolve() == store.dir.resolve():
+    if link.resolve() == store.dir.resolve() or (link.is_symlink() and not replace):
         return
     link.parent.mkdir(parents=True, exist_ok=True)
     try:  # several ranks may get here at once: the first one wins, the result is the same
@@ -132,6 +133,7 @@ def build_cache(cfg, log=print) -> dict:
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
+    cfg.validate()
     state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
     say = log if main else (lambda *a, **k: None)
@@ -195,13 +197,12 @@ def build_cache(cfg, log=print) -> dict:
     if main:
         link_store(cfg, store)
     if main and (lost := store.missing(unique["cache_key"])):
-        raise RuntimeError(f"Cache build incomplete: {len(lost)} distinct input(s) were encoded by no rank "
-                           f"(first: {lost[0]}) in {store.dir}; rerun --mode cache to encode them.")
+        raise CacheMissError(lost, store.dir, command_for(cfg, "cache"))
     rate = len(mine) * state.num_processes / elapsed if elapsed > 0 and mine else 0.0
     say(f"Cache build complete: {total} entries, {len(todo)} encoded in {elapsed:.1f} s "
         f"({rate:.1f} samples/s over {state.num_processes} process(es); after the first batch "
-        f"{steady:.1f}/s per process, {waited:.1f} s of it waiting on the loader). "
-        "You can now run training with --mode train.")
+        f"{steady:.1f}/s per process, {waited:.1f} s of it waiting on the loader). Train on it with: "
+        + command_for(cfg, "train"))
     return {"entries": total, "encoded": len(todo), "seconds": elapsed, "samples_per_s": rate,
             "first_batch_s": first[1] if first else 0.0, "steady_samples_per_s_per_process": steady,
             "loader_wait_s": waited, "encoder_warmup_s": warmup, "encode_call_s": in_encode,
@@ -210,12 +211,13 @@ def build_cache(cfg, log=print) -> dict:
 
 def verify(cfg, log=print) -> int:
     """Check the store these settings train on: every shard's checksum, and that it holds every sample's entry.
-    Exit code 0 only for a complete, healthy store; a missing or empty one is an error, not "0 problems"."""
+    Exit code 0 only for a complete, healthy store; a missing, damaged or incomplete one is an expected failure
+    (exit code 2, with the command that builds it), not "0 problems"."""
     store = open_store(cfg, create=False)
     if not store.dir.exists():
         log(f"no feature store for these settings: {store.dir} does not exist (pixel budget "
             f"{store.parts['pixel_budget']:,}, dtype {store.parts['dtype']}). Build it with: {command_for(cfg, 'cache')}")
-        return 1
+        return 2
     problems = store.verify()
     index = build_index(cfg.data)
     missing = store.missing(index.table.cache_key)
@@ -225,5 +227,5 @@ def verify(cfg, log=print) -> int:
         log("  " + p)
     if problems or missing:
         log(f"rebuild what is damaged or missing with: {command_for(cfg, 'cache')}")
-        return 1
+        return 2
     return 0

@@ -27,6 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vla_lib.atomic import atomic_write, atomic_write_text
+
 
 class CacheMissError(KeyError):
     def __init__(self, missing: list[str], store_dir: Path, command: str, bad_shards: dict | None = None):
@@ -53,7 +55,7 @@ class FeatureStore:
             self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "meta.json"
         if create and not meta.exists():
-            _atomic_write_text(meta, json.dumps(parts, indent=1, sort_keys=True))
+            atomic_write_text(meta, json.dumps(parts, indent=1, sort_keys=True))
         self._index: dict[str, tuple[str, int]] = {}
         self._loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.bad_shards: dict[str, str] = {}  # shard name -> why it cannot be served
@@ -81,7 +83,7 @@ class FeatureStore:
 
     def merge_index(self) -> int:
         self.refresh()
-        _atomic_write_text(self.dir / "index.json", json.dumps(self._index))
+        atomic_write_text(self.dir / "index.json", json.dumps(self._index))
         return len(self._index)
 
     def __contains__(self, key: str) -> bool:
@@ -198,10 +200,9 @@ class ShardWriter:
         feats = torch.stack(self.feats).contiguous()
         mask = torch.stack(self.masks).to(torch.uint8).contiguous()
         name = f"rank{self.rank}-{uuid.uuid4().hex[:12]}.safetensors"
-        tmp = self.store.dir / f".{name}.tmp"
-        save_file({"features": feats, "mask": mask}, str(tmp),
-                  metadata={"keys": json.dumps(self.keys), "sha256": _digest(feats, mask)})
-        os.replace(tmp, self.store.dir / name)
+        atomic_write(self.store.dir / name, lambda tmp: save_file(
+            {"features": feats, "mask": mask}, str(tmp), metadata={"keys": json.dumps(self.keys),
+                                                                 "sha256": _digest(feats, mask)}))
         for row, k in enumerate(self.keys):
             self.store._index[k] = (name, row)
         self.written += len(self.keys)
@@ -247,8 +248,3 @@ def _digest(feats: torch.Tensor, mask: torch.Tensor) -> str:
     h.update(np.ascontiguousarray(mask.to(torch.uint8).numpy()).tobytes())
     return h.hexdigest()
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,0 +1,79 @@
+"""What the heads see: one input type for training, evaluation, inference, the live loop and the CUDA graph.
+
+A new input is added here, in the type and in its builders; every call site passes a `PolicyInputs`. Conventions,
+the same everywhere: a sensor window is the raw force + A-line on the fixed grid with invalid points set to 0 *and*
+masked out; a sample without sensor data has an all-False mask (the model takes its learned null embedding);
+`history` is the robot's last K pose deltas (mm, deg; K may be 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from vla_lib.dims import POSE_DIMS
+
+
+@dataclass
+class PolicyInputs:
+    vl: torch.Tensor  # (B, T, D) float: pooled VL features (per-view tokens + instruction token)
+    vl_mask: torch.Tensor  # (B, T) bool: tokens that exist (a missing view is masked)
+    sensor: torch.Tensor  # (B, W, C) float: raw sensor window on the fixed grid, invalid points 0
+    sensor_mask: torch.Tensor  # (B, W) bool: grid points that carry a sample
+    history: torch.Tensor  # (B, K, POSE_DIMS) float: the robot's last K pose deltas, oldest first
+
+    @property
+    def has_sensor(self) -> torch.Tensor:
+        """(B,) bool: the sample has sensor data at all (computed on the device: no host sync)."""
+        return self.sensor_mask.any(1)
+
+    def to(self, device, non_blocking: bool = False) -> "PolicyInputs":
+        return PolicyInputs(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                               for f in fields(self)})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def without_sensor(self) -> "PolicyInputs":
+        """The same inputs with the sensor removed (the ablation): every sample takes the null embedding."""
+        return PolicyInputs(self.vl, self.vl_mask, torch.zeros_like(self.sensor),
+                            torch.zeros_like(self.sensor_mask), self.history)
+
+
+def inputs_from_batch(batch: dict, device) -> PolicyInputs:
+    """From a collated training/evaluation batch (`data.batches.collate`): features fp16 -> fp32 on the device."""
+    return PolicyInputs(vl=batch["vl"].to(device, non_blocking=True).float(),
+                        vl_mask=batch["vl_mask"].to(device, non_blocking=True),
+                        sensor=batch["sensor"].to(device, non_blocking=True),
+                        sensor_mask=batch["sensor_mask"].to(device, non_blocking=True),
+                        history=batch["history"].to(device, non_blocking=True))
+
+
+def inputs_from_observation(features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None,
+                            *, window: int, channels: int, device) -> PolicyInputs:
+    """From a replay tick, a live observation or an inference call: `sensor_windows` (B, W, C) raw with NaN rows
+    where no sample exists, or None (no sensor); `history` (B, K, POSE_DIMS) or None (K = 0)."""
+    b = features.shape[0]
+    if sensor_windows is None:
+        sensor = torch.zeros(b, window, channels, device=device)
+        mask = torch.zeros(b, window, dtype=torch.bool, device=device)
+    else:
+        sensor = torch.as_tensor(np.asarray(sensor_windows, np.float32), device=device)
+        if sensor.ndim != 3 or sensor.shape[-1] != channels:
+            raise ValueError(f"sensor window must be (B, T, {channels}), got {tuple(sensor.shape)}")
+        mask = torch.isfinite(sensor).all(-1)
+        sensor = torch.where(mask.unsqueeze(-1), sensor, torch.zeros((), device=device))  # NaN rows carry no value
+    hist = torch.zeros(b, 0, POSE_DIMS, device=device) if history is None else \
+        torch.as_tensor(np.asarray(history, np.float32), device=device)
+    return PolicyInputs(features.to(device, torch.float32), feature_mask.to(device), sensor, mask, hist)
+
+
+def example_inputs(cfg, n_tokens: int, device, random: bool = False) -> PolicyInputs:
+    """Batch-1 inputs of the heads' shapes (graph buffers, timing): zeros, or random features/sensor."""
+    make = torch.randn if random else torch.zeros
+    return PolicyInputs(vl=make(1, n_tokens, cfg.vl_dim, device=device),
+                        vl_mask=torch.ones(1, n_tokens, dtype=torch.bool, device=device),
+                        sensor=make(1, cfg.sensor_length, cfg.sensor_channels, device=device),
+                        sensor_mask=torch.ones(1, cfg.sensor_length, dtype=torch.bool, device=device),
+                        history=torch.zeros(1, cfg.history_steps, POSE_DIMS, device=device))
