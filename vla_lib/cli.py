@@ -159,10 +159,11 @@ def run_mode(args, cfg) -> int:
         from vla_lib.evaluation import run
         from vla_lib.evaluation.offline import summary_table
 
-        result = run.run_offline(cfg)
+        held = run.split(cfg)  # the recorded held-out sessions, indexed once for both evaluations
+        result = run.run_offline(cfg, held=held)
         print(summary_table(result.metrics).to_string())
         policy = run.load_policy(cfg)
-        print(run.run_realtime_replay(cfg, policy).summary)
+        print(run.run_realtime_replay(cfg, policy, held=held).summary)
         print(run.run_latency(cfg, policy)["table"].to_string())
         print(f"metrics: {cfg.run_dir / 'metrics.json'}")
     return 0

@@ -20,7 +20,12 @@ import torch
 
 from vla_lib.config import RunConfig
 from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
+from vla_lib.models.action_graph import ActionStep
 from vla_lib.models.inputs import inputs_from_observation
+from vla_lib.vlm.backbone import load_backbone as _load_backbone
+from vla_lib.vlm.backbone import resolve_device
+from vla_lib.vlm.cache_build import store_parts
+from vla_lib.vlm.encode import encode, prepare_inputs
 
 
 class VLAPolicy:
@@ -48,10 +53,6 @@ class VLAPolicy:
         `backbone`: another hub id / local path than the one in the checkpoint's config; `backbone_overrides`: any
         other BackboneConfig field (e.g. `random_weights=True`, `tiny_model_dir=...`). `load_backbone=False` gives
         the heads only (for cached features)."""
-        from vla_lib.vlm.backbone import load_backbone as _load_backbone
-        from vla_lib.vlm.backbone import resolve_device
-        from vla_lib.vlm.cache_build import store_parts
-
         ckpt = load_checkpoint(path)
         heads = ckpt.heads
         cfg = RunConfig.from_saved(ckpt.run_config)
@@ -85,8 +86,6 @@ class VLAPolicy:
     # -- the two halves -------------------------------------------------------------------------------------------
     def encode(self, instructions: list[str], views: list[list]) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched VL features: `views[b]` holds one entry per configured view (None = missing)."""
-        from vla_lib.vlm.encode import encode, prepare_inputs
-
         if self.backbone is None:
             raise RuntimeError("this policy was loaded without its backbone (load_backbone=False)")
         samples = []
@@ -105,8 +104,6 @@ class VLAPolicy:
                                     window=self.config.data.sensor_window_size,
                                     channels=self.heads.config.sensor_channels, device=self.device)
         if self.cuda_graph and len(features) == 1:
-            from vla_lib.models.action_graph import ActionStep  # CUDA only: not imported on CPU paths
-
             if self._step is None or not self._step.fits(x):
                 self._step = ActionStep(self.heads, n_tokens=x.vl.shape[1])
             if self._step.fits(x):

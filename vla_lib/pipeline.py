@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from vla_lib.config import RunConfig
+from vla_lib.data.synthetic import generate_dataset
 from vla_lib.notebook import repo_root
 
 NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency"]
@@ -14,8 +15,6 @@ NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency"]
 
 def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
     """Write the synthetic sessions unless the data root already holds sessions (build on demand, never commit)."""
-    from vla_lib.data.synthetic import generate_dataset
-
     root = Path(cfg.data.root)
     if not force and root.exists() and any(root.glob("*/*")):
         return []
@@ -30,7 +29,7 @@ class NotebookError(RuntimeError):
 
 
 def run_notebooks(params_file: str, only: list[str] | None = None, log=print) -> Path:
-    import papermill as pm
+    import papermill as pm  # heavy (nbclient, jupyter): only when notebooks run
 
     root = repo_root()
     params = yaml.safe_load((root / params_file).read_text()) or {}

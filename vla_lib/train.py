@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from vla_lib.commands import command_for
 from vla_lib.data.batches import FeatureJoinedDataset, collate
@@ -26,12 +28,13 @@ from vla_lib.data.normalization import NormStats, compute_stats
 from vla_lib.data.sampler import DistributedWeightedSampler
 from vla_lib.data.samples import SampleDataset, build_index
 from vla_lib.data.split import split_sessions
-from vla_lib.dims import POSE_DIMS
 from vla_lib.config import settings_changed
+from vla_lib.dims import POSE_DIMS
 from vla_lib.errors import ConfigError
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
 from vla_lib.models.inputs import inputs_from_batch
 from vla_lib.models.modeling_policy import Stage1Policy
+from vla_lib.vlm.cache_build import build_cache, link_store, open_store
 from vla_lib.vlm.feature_store import CacheMissError, FeatureTable
 
 LOSS_DIMS = POSE_DIMS  # the constant gripper (7th) carries no signal: excluded from loss and metrics
@@ -146,8 +149,6 @@ def load_data(cfg, say, is_main: bool, resume: dict | None = None):
 def load_features(cfg, train_index, val_index, say):
     """(train FeatureTable, val FeatureTable, store) from the VL cache; a miss or damaged shard stops with the
     command that builds them (or encodes inline when cache.allow_inline_encoding)."""
-    from vla_lib.vlm.cache_build import build_cache, link_store, open_store
-
     store = open_store(cfg)
     keys = list(train_index.table.cache_key) + list(val_index.table.cache_key)
     missing = store.missing(keys)
@@ -252,8 +253,6 @@ class Trainer:
     """The state of one training run and its steps; `train` above is the readable sequence of them."""
 
     def __init__(self, cfg, log=print):
-        from accelerate import Accelerator  # heavy: imported only when a run starts
-
         cfg.validate()  # also catches a config changed in code after it was built
         self.cfg, tc = cfg, cfg.train
         self.on_cuda = torch.cuda.is_available()
@@ -348,8 +347,6 @@ class Trainer:
     # -- one epoch -------------------------------------------------------------------------------------------
     def train_epoch(self) -> bool:
         """Train to the end of the epoch (True), or until train.max_steps stops the run mid-epoch (False)."""
-        from tqdm.auto import tqdm
-
         tc, acc, progress = self.cfg.train, self.acc, self.progress
         epoch = progress["epoch"]
         self.model.train()
@@ -507,7 +504,7 @@ def _wandb(cfg, acc, counts):
     if not acc.is_main_process or cfg.train.wandb_mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         return None
     try:
-        import wandb
+        import wandb  # optional: a run without it logs to metrics.jsonl only
     except ImportError:
         return None
     return wandb.init(project=cfg.train.wandb_project, name=cfg.run_name, mode=cfg.train.wandb_mode,

@@ -2,7 +2,6 @@
 import shutil
 
 import pytest
-import torch
 
 from vla_lib.config import ConfigError, RunConfig
 from vla_lib.data.normalization import compute_stats

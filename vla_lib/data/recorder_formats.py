@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
 from vla_lib.dims import ALINE_POINTS
 
@@ -258,8 +259,6 @@ def jpeg_problem(path: Path) -> str | None:
 
 def load_image(path: Path):
     """Decode one frame; a corrupt file raises DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im.load()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -91,8 +92,6 @@ def sensor_ablation(with_s: np.ndarray, without: np.ndarray, targets: np.ndarray
 
 def summary_table(metrics: dict):
     """One row per predictor: overall, first-step and last-step errors (a pandas DataFrame)."""
-    import pandas as pd
-
     rows = []
     for name, m in metrics["predictors"].items():
         rows.append({"predictor": name, "mse": m["mse"], "mae": m["mae"], "first_step_mse": m["first_step_mse"],

@@ -2,12 +2,26 @@
 from __future__ import annotations
 
 import json
+import math
+import platform
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
+from vla_lib.atomic import atomic_write_text
 from vla_lib.commands import command_for
+from vla_lib.data.recorder_formats import DataError
+from vla_lib.data.samples import build_index
 from vla_lib.errors import ConfigError
-from vla_lib.models.checkpoint import CHECKPOINT_NAMES
+from vla_lib.evaluation.latency import latency_sweep, time_action_step
+from vla_lib.evaluation.offline import evaluate_offline
+from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
+from vla_lib.inference import VLAPolicy
+from vla_lib.models.checkpoint import CHECKPOINT_NAMES, CheckpointMismatchError, feature_mismatch, load_checkpoint
+from vla_lib.vlm.cache_build import open_store
+from vla_lib.vlm.feature_store import FeatureTable
 
 
 def checkpoint_path(cfg) -> Path:
@@ -18,10 +32,6 @@ def split(cfg, ckpt=None):
     """(the whole SampleIndex, the held-out session ids): exactly the validation sessions the checkpoint recorded at
     training time (or `eval.sessions` when given), never a new draw, so an added, removed or damaged recording cannot
     move a session between training and held-out. Refuses held-out sessions the heads were trained on."""
-    from vla_lib.data.recorder_formats import DataError
-    from vla_lib.data.samples import build_index
-    from vla_lib.models.checkpoint import load_checkpoint
-
     ckpt = ckpt or load_checkpoint(checkpoint_path(cfg))
     index = build_index(cfg.data)  # the same data.check_images policy as training
     trained_on = set(ckpt.split.get("train", []))
@@ -51,14 +61,11 @@ def split(cfg, ckpt=None):
     return index, sorted(wanted)
 
 
-def held_out(cfg, ckpt=None):
-    """(held-out SampleIndex, its FeatureTable), from the feature store the heads were trained on."""
-    from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
-    from vla_lib.vlm.cache_build import open_store
-    from vla_lib.vlm.feature_store import FeatureTable
-
+def held_out(cfg, ckpt=None, held=None):
+    """(held-out SampleIndex, its FeatureTable), from the feature store the heads were trained on. `held`: the
+    (index, held-out ids) of `split`, when the caller has it already (building the index reads every session)."""
     ckpt = ckpt or load_checkpoint(checkpoint_path(cfg))
-    index, val_ids = split(cfg, ckpt)
+    index, val_ids = held or split(cfg, ckpt)
     val = index.subset(val_ids)
     store = open_store(cfg, create=False)
     if not ckpt.features:
@@ -72,13 +79,10 @@ def held_out(cfg, ckpt=None):
     return val, FeatureTable(store, val.table["cache_key"], command_for(cfg, "cache"))
 
 
-def run_offline(cfg, device: str = "cpu"):
+def run_offline(cfg, device: str = "cpu", held=None):
     """Offline metrics of the configured checkpoint on the held-out sessions -> outputs/<run>/metrics.json."""
-    from vla_lib.evaluation.offline import evaluate_offline
-    from vla_lib.models.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(checkpoint_path(cfg))
-    val, features = held_out(cfg, ckpt)
+    val, features = held_out(cfg, ckpt, held)
     result = evaluate_offline(ckpt.heads, val, cfg.data, features, ckpt.stats, device=device)
     result.metrics["checkpoint"] = str(checkpoint_path(cfg))
     write_json(Path(cfg.run_dir) / "metrics.json", {"offline": result.metrics})
@@ -90,14 +94,12 @@ def write_json(path: Path, values: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     current = json.loads(path.read_text()) if path.exists() else {}
     current.update(values)
-    path.write_text(json.dumps(_finite(current), indent=1))
+    atomic_write_text(path, json.dumps(_finite(current), indent=1))
     return path
 
 
 def _finite(x):
     """NaN/inf are not JSON: written as null."""
-    import math
-
     if isinstance(x, dict):
         return {k: _finite(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -110,20 +112,15 @@ def _finite(x):
 def load_policy(cfg, device: str = "auto"):
     """The checkpoint's heads + the configured backbone (the params file's backbone section wins, so a user can
     time the same heads behind another backbone build, e.g. `random_weights`)."""
-    from dataclasses import asdict
-
-    from vla_lib.inference import VLAPolicy
-
     return VLAPolicy.from_checkpoint(checkpoint_path(cfg), device=device,
                                      allow_backbone_mismatch=cfg.eval.allow_backbone_mismatch,
                                      **{k: v for k, v in asdict(cfg.backbone).items() if k != "device"})
 
 
-def run_realtime_replay(cfg, policy, session_id: str | None = None, log=print):
-    """Replay one held-out session (the first with sensor unless named) through the real-time loop."""
-    from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
-
-    index, val_ids = split(cfg)
+def run_realtime_replay(cfg, policy, session_id: str | None = None, held=None, log=print):
+    """Replay one held-out session (the first with sensor unless named) through the real-time loop. `held`: the
+    (index, held-out ids) of `split`, when the caller has it already."""
+    index, val_ids = held or split(cfg)
     if session_id is None:
         with_sensor = [s for s in val_ids if index.sessions[s].has_sensor]
         session_id = (with_sensor or val_ids)[0]
@@ -141,8 +138,6 @@ def run_realtime_replay(cfg, policy, session_id: str | None = None, log=print):
 
 def run_latency(cfg, policy, log=print) -> dict:
     """The VL sweep (views x resolutions) and the action step -> metrics.json["latency"]; returns the table too."""
-    from vla_lib.evaluation.latency import latency_sweep, time_action_step
-
     table = latency_sweep(policy.backbone, cfg.eval.latency_views, cfg.eval.latency_resolutions,
                           cfg.eval.latency_repeats, cfg.eval.latency_warmup, cfg.cache.pooling, log=log)
     action = time_action_step(policy.heads, policy.device)
@@ -154,10 +149,6 @@ def run_latency(cfg, policy, log=print) -> dict:
 
 
 def _device_name(device) -> str:
-    import platform
-
-    import torch
-
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -15,6 +15,9 @@ from typing import NamedTuple
 import torch
 
 from vla_lib.atomic import atomic_write
+from vla_lib.data.normalization import NormStats
+from vla_lib.models.configuration_policy import PolicyConfig
+from vla_lib.models.modeling_policy import Stage1Policy
 
 FORMAT = "vla_lib.stage1/1"
 CHECKPOINT_NAMES = {"latest": "qwen_vla_sensor.pt", "best": "qwen_vla_sensor_best.pt",
@@ -56,10 +59,6 @@ def feature_mismatch(trained: dict, live: dict) -> list[str]:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Heads with every weight loaded, run config dict, NormStats, split, features. Refuses partial or foreign
     weights."""
-    from vla_lib.data.normalization import NormStats
-    from vla_lib.models.configuration_policy import PolicyConfig
-    from vla_lib.models.modeling_policy import Stage1Policy
-
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{path}: not a {FORMAT} checkpoint (format={blob.get('format')!r})")
