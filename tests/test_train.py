@@ -128,8 +128,8 @@ def test_logged_step_loss_is_the_mean_over_the_accumulation_window(prepared, tmp
     seen = []
     real = training.loss_fn
 
-    def spy(model, batch, cfg, mean_weight):
-        out = real(model, batch, cfg, mean_weight)
+    def spy(model, batch, cfg, mean_weight, device):
+        out = real(model, batch, cfg, mean_weight, device)
         if model.training:
             seen.append(float(out[0].detach()))
         return out
