@@ -11,7 +11,7 @@ import torch
 
 from vla_lib.config import BackboneConfig, EvalConfig
 from vla_lib.evaluation.latency import latency_sweep
-from vla_lib.vlm.backbone import load_backbone
+from vla_lib.vlm.interface import load_backbone
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     bb = load_backbone(BackboneConfig(name_or_path=args.model, random_weights=args.random_weights,
                                       fast_vision="off" if args.stock else "auto"))
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"{name}, {bb.dtype}, fast encoder: {bb.fast.describe() if bb.fast else 'off (stock)'}")
+    print(f"{name}, {bb.dtype}, {bb.describe()}")
     table = latency_sweep(bb, ev.latency_views, ev.latency_resolutions, args.repeats, 2)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
 

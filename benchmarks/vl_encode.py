@@ -17,9 +17,9 @@ import torch
 
 from vla_lib.config import BackboneConfig
 from vla_lib.evaluation.latency import random_frames, timed_ms
-from vla_lib.vlm.backbone import load_backbone, set_pixel_budget
-from vla_lib.vlm.encode import encode, prepare_inputs
-from vla_lib.vlm.fast_vision import disable_fast_vision, enable_fast_vision
+from vla_lib.vlm.qwen.backbone import load_backbone, set_pixel_budget
+from vla_lib.vlm.qwen.encode import encode, prepare_inputs
+from vla_lib.vlm.qwen.fast_vision import disable_fast_vision, enable_fast_vision
 
 PEAK_TFLOPS = 790.0  # bf16 dense matrix product measured on the H100 / H200 here
 LEVELS = {"packed": {}, "compiled": {"compile": True}, "graphed": {"compile": True, "cuda_graphs": True}}

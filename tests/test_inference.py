@@ -13,8 +13,8 @@ from vla_lib.models.configuration_policy import PolicyConfig
 from vla_lib.models.inputs import PolicyInputs
 from vla_lib.models.checkpoint import CheckpointMismatchError, save_checkpoint
 from vla_lib.models.modeling_policy import Stage1Policy
-from vla_lib.vlm.backbone import load_backbone
 from vla_lib.vlm.cache_build import store_parts
+from vla_lib.vlm.interface import load_backbone
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def setup(synth_root, tmp_path_factory):
     cfg.model.vl_dim = backbone.hidden_size
     torch.manual_seed(0)
     heads = Stage1Policy(cfg.model, *stats.action_arrays(), *stats.sensor_arrays()).eval()
-    parts = store_parts(cfg, backbone.processor)
+    parts = store_parts(cfg, backbone.parts())
     save_checkpoint(tmp / "heads.pt", heads, stats, cfg, epoch=1, step=1, val_loss=0.0,
                     features={"fingerprint": "test", "parts": parts})
     return cfg, index, heads, backbone, tmp / "heads.pt"
@@ -43,8 +43,6 @@ def _observation(index, cfg, i):
 
 
 def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
-    from vla_lib.vlm.encode import encode, prepare_inputs
-
     cfg, index, heads, backbone, path = setup
     policy = VLAPolicy.from_checkpoint(path, device="cpu")
     i = int(np.nonzero(index.table.has_sensor.to_numpy())[0][5])
@@ -52,9 +50,8 @@ def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
     chunk = policy.predict(instruction, paths, window, history)
     assert chunk.shape == (8, 7)
     assert (chunk[:, 6] == cfg.data.gripper_value).all()  # untrained dimension: the training constant
-    inputs = prepare_inputs(backbone.processor, [([p for p in paths if p], instruction, [p is not None for p in paths])],
-                            backbone.pixel_budget)
-    feats, mask = encode(backbone, inputs, cfg.cache.pooling)
+    inputs = backbone.preparer()([([p for p in paths if p], instruction, [p is not None for p in paths])])
+    feats, mask = backbone.encode(inputs, cfg.cache.pooling)
     expected = heads.predict(PolicyInputs(feats, mask, torch.as_tensor(window)[None],
                                           torch.ones(1, 65, dtype=torch.bool), torch.as_tensor(history)[None]))[0]
     expected = expected.numpy()

@@ -115,6 +115,7 @@ class DataConfig:
 class BackboneConfig:
     """The frozen VL backbone: a hub id, a local path, or "tiny" (built offline on demand)."""
 
+    kind: str = "qwen2_5_vl"  # a registered kind (vlm.interface.KINDS) or a module path: load(cfg), parts(cfg)
     name_or_path: str = "tiny"
     revision: str | None = None
     random_weights: bool = False  # build the architecture from its config without weights (GPU timing)

@@ -22,10 +22,9 @@ from vla_lib.config import RunConfig
 from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
 from vla_lib.models.action_graph import ActionStep
 from vla_lib.models.inputs import inputs_from_observation
-from vla_lib.vlm.backbone import load_backbone as _load_backbone
-from vla_lib.vlm.backbone import resolve_device
 from vla_lib.vlm.cache_build import store_parts
-from vla_lib.vlm.encode import encode, prepare_inputs
+from vla_lib.vlm.interface import load_backbone as _load_backbone
+from vla_lib.vlm.interface import resolve_device
 
 
 class VLAPolicy:
@@ -74,7 +73,7 @@ class VLAPolicy:
             if not ckpt.features:
                 warnings.warn(f"{path} records no feature-store parts (written by an earlier version): whether "
                               "this backbone gives the features its heads were trained on cannot be checked")
-            differs = feature_mismatch(ckpt.features.get("parts", {}), store_parts(cfg, vl.processor)) \
+            differs = feature_mismatch(ckpt.features.get("parts", {}), store_parts(cfg, vl.parts())) \
                 if ckpt.features else []
             if differs and not allow_backbone_mismatch:
                 raise CheckpointMismatchError(
@@ -93,8 +92,7 @@ class VLAPolicy:
             if len(ims) != len(self.views):
                 raise ValueError(f"expected {len(self.views)} views {self.views}, got {len(ims)}")
             samples.append(([im for im in ims if im is not None], instruction, [im is not None for im in ims]))
-        inputs = prepare_inputs(self.backbone.processor, samples, self.backbone.pixel_budget, self.backbone.dtype)
-        return encode(self.backbone, inputs, self.config.cache.pooling)
+        return self.backbone.encode(self.backbone.preparer()(samples), self.config.cache.pooling)
 
     @torch.no_grad()
     def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None) -> np.ndarray:

@@ -1,14 +1,13 @@
 """The tiny offline Qwen2.5-VL, the message path, pooling and the feature store."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from vla_lib.config import RunConfig
 from vla_lib.data.samples import build_index
-from vla_lib.vlm.backbone import load_backbone
 from vla_lib.vlm.cache_build import build_cache, open_store
-from vla_lib.vlm.encode import encode, prepare_inputs
+from vla_lib.vlm.interface import load_backbone
+from vla_lib.vlm.qwen.encode import encode, prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -179,22 +178,27 @@ def test_damaged_shards_count_as_missing_stop_training_and_get_rebuilt(cfg, dama
 def test_fingerprint_covers_dtype_processor_and_versions(cfg):
     """Defect 5: the resolved dtype, the image processor's configuration and the resizing libraries' versions are
     part of the store's identity."""
+    from transformers import AutoProcessor
+
+    from vla_lib.vlm.cache_build import store_parts
+    from vla_lib.vlm.qwen.backbone import backbone_fingerprint, backbone_source, processor_parts
+
     base = open_store(cfg, create=False)
     assert base.parts["dtype"] == "float32" and set(base.parts["versions"]) == {"transformers", "qwen-vl-utils"}
     cfg.backbone.dtype = "bf16"
     assert open_store(cfg, create=False).dir != base.dir
     cfg.backbone.dtype = "auto"
-    from vla_lib.vlm.cache_build import store_parts
-    from transformers import AutoProcessor
-    from vla_lib.vlm.backbone import backbone_source
     processor = AutoProcessor.from_pretrained(backbone_source(cfg.backbone))
-    assert store_parts(cfg, processor) == base.parts
+
+    def parts():
+        return store_parts(cfg, {"backbone": backbone_fingerprint(cfg.backbone), **processor_parts(processor)})
+    assert parts() == base.parts
     processor.image_processor.image_mean = [0.5, 0.5, 0.5]
-    assert store_parts(cfg, processor)["image_processor"] != base.parts["image_processor"]
-    processor.image_processor.size = {"shortest_edge": 1, "longest_edge": 2}  # the budget is its own part
+    assert parts()["image_processor"] != base.parts["image_processor"]
     processor.image_processor.image_mean = AutoProcessor.from_pretrained(backbone_source(cfg.backbone)) \
         .image_processor.image_mean
-    assert store_parts(cfg, processor) == base.parts
+    processor.image_processor.size = {"shortest_edge": 1, "longest_edge": 2}  # the budget is its own part
+    assert parts() == base.parts
 
 
 def test_verify_checks_the_store_these_settings_train_on(cfg, capsys):

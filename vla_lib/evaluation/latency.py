@@ -13,8 +13,6 @@ import numpy as np
 import torch
 
 from vla_lib.models.inputs import example_inputs
-from vla_lib.vlm.backbone import set_pixel_budget
-from vla_lib.vlm.encode import encode, prepare_inputs
 
 
 def _sync(device) -> None:
@@ -48,27 +46,25 @@ def random_frames(n_views: int, width: int, height: int, seed: int = 0) -> list[
 def time_vl_update(backbone, n_views: int, width: int, height: int, repeats: int, warmup: int, pooling: str,
                    instruction: str = "Perform the insertion task", total_views: int = 5, batch: int = 1) -> dict:
     """One VL update of `n_views` camera frames of width x height, fitted to a width*height pixel budget."""
-    set_pixel_budget(backbone, width * height)
+    backbone.set_pixel_budget(width * height)
+    prepare = backbone.preparer()
     frames = random_frames(n_views, width, height)
     mask = [k < n_views for k in range(max(total_views, n_views))]
     prep, model = [], []
     for k in range(warmup + repeats):
         t0 = time.perf_counter()
-        inputs = prepare_inputs(backbone.processor, [(frames, instruction, mask)] * batch, backbone.pixel_budget,
-                                backbone.dtype)
+        inputs = prepare([(frames, instruction, mask)] * batch)
         t1 = time.perf_counter()
         _sync(backbone.device)
         t2 = time.perf_counter()
-        encode(backbone, inputs, pooling)
+        backbone.encode(inputs, pooling)
         _sync(backbone.device)
         t3 = time.perf_counter()
         if k >= warmup:
             prep.append((t1 - t0) * 1e3 / batch), model.append((t3 - t2) * 1e3 / batch)
-    grid = inputs.batch["image_grid_thw"][0]
-    merge = backbone.config.vision_config.spatial_merge_size ** 2
     p50, p95 = _stats(model)
     return {"views": n_views, "width": width, "height": height, "batch": batch,
-            "tokens_per_view": int(grid.prod() // merge), "prep_ms_p50": _stats(prep)[0], "vl_ms_p50": p50,
+            "tokens_per_view": backbone.tokens_per_view(inputs), "prep_ms_p50": _stats(prep)[0], "vl_ms_p50": p50,
             "vl_ms_p95": p95, "total_ms_p50": _stats(prep)[0] + p50}
 
 
@@ -84,7 +80,7 @@ def latency_sweep(backbone, views: list[int], resolutions: list[list[int]], repe
                 rows.append(time_vl_update(backbone, v, w, h, repeats, warmup, pooling))
                 log(f"  {v} view(s) {w}x{h}: {rows[-1]['vl_ms_p50']:.1f} ms (+{rows[-1]['prep_ms_p50']:.1f} ms prep)")
     finally:
-        set_pixel_budget(backbone, budget)
+        backbone.set_pixel_budget(budget)
     return pd.DataFrame(rows)
 
 

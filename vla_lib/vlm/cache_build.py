@@ -6,9 +6,6 @@ workers so that the accelerator does not wait on the CPU; each rank writes its o
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import json
 import os
 import time
 
@@ -18,47 +15,23 @@ from torch.utils.data import DataLoader, Dataset
 from vla_lib.data.recorder_formats import load_image
 from vla_lib.commands import command_for
 from vla_lib.data.samples import build_index
-from vla_lib.vlm.backbone import backbone_fingerprint, backbone_source, load_backbone, resolve_device, resolve_dtype
-from vla_lib.vlm.encode import encode, prepare_inputs
+from vla_lib.vlm.interface import backbone_parts, load_backbone, resolve_device, resolve_dtype
 from vla_lib.vlm.feature_store import CacheMissError, FeatureStore
 
 
-# Processor fields that the pixel budget sets (it is its own part of the fingerprint); everything else the image
-# processor holds (patch size, merge size, mean/std, resample, ...) is hashed.
-_BUDGET_FIELDS = ("size", "min_pixels", "max_pixels")
-
-
-def store_parts(cfg, processor) -> dict:
-    """Everything that changes a stored feature: backbone identity (weights' bytes for a local folder, the id and the
-    pinned revision for a hub id), the resolved dtype (a CPU fp32 and a GPU bf16 store differ), pixel budget, pooling,
-    chat template, views, the image processor's configuration, and the library versions that resize images."""
-    image_config = {k: v for k, v in processor.image_processor.to_dict().items() if k not in _BUDGET_FIELDS}
+def store_parts(cfg, backbone_parts: dict) -> dict:
+    """Everything that changes a stored feature: the backbone's own parts (its identity: weights' bytes for a local
+    folder, the id and pinned revision for a hub id; processor, template and library versions), the resolved dtype
+    (a CPU fp32 and a GPU bf16 store differ), pixel budget, pooling and views."""
     device = resolve_device(cfg.backbone.device)
-    return {"backbone": backbone_fingerprint(cfg.backbone), "pixel_budget":
-            cfg.backbone.image_resize_height * cfg.backbone.image_resize_width, "pooling": cfg.cache.pooling,
-            "chat_template": _sha(processor.chat_template), "views": list(cfg.data.views),
-            "dtype": str(resolve_dtype(cfg.backbone.dtype, device)).removeprefix("torch."),
-            "image_processor": _sha(json.dumps(image_config, sort_keys=True, default=str)),
-            "versions": {name: _version(name) for name in ("transformers", "qwen-vl-utils")}}
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
+    return {"kind": cfg.backbone.kind, **backbone_parts, "pixel_budget": cfg.backbone.image_resize_height * cfg.backbone.image_resize_width,
+            "pooling": cfg.cache.pooling, "views": list(cfg.data.views),
+            "dtype": str(resolve_dtype(cfg.backbone.dtype, device)).removeprefix("torch.")}
 
 
 def open_store(cfg, create: bool = True) -> FeatureStore:
     """The store for this config, without loading the backbone's weights (training needs no VLM)."""
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(backbone_source(cfg.backbone), revision=cfg.backbone.revision)
-    return FeatureStore(cfg.cache.dir, store_parts(cfg, processor), create=create)
+    return FeatureStore(cfg.cache.dir, store_parts(cfg, backbone_parts(cfg.backbone)), create=create)
 
 
 def link_store(cfg, store: FeatureStore, replace: bool = False) -> None:
@@ -94,11 +67,10 @@ class _EncodeInputs(Dataset):
             [p is not None for p in paths]
 
 
-def _collate(processor, budget, pixel_dtype):
+def _collate(prepare):
+    """`prepare`: the backbone's CPU-side preparation (decoded images are fitted and processed in the workers)."""
     def collate(items):
-        keys = [k for k, *_ in items]
-        return keys, prepare_inputs(processor, [(ims, instr, mask) for _, ims, instr, mask in items], budget,
-                                    pixel_dtype)
+        return [k for k, *_ in items], prepare([(ims, instr, mask) for _, ims, instr, mask in items])
     return collate
 
 
@@ -151,14 +123,14 @@ def build_cache(cfg, log=print) -> dict:
 
     cfg.backbone.device = str(state.device) if cfg.backbone.device == "auto" else cfg.backbone.device
     backbone = load_backbone(cfg.backbone)
-    store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.processor))
+    store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.parts()))
     if main:  # damaged shards (checksum, truncation) are moved aside and their keys encoded again
         for moved in store.quarantine_bad_shards():
             say(f"  damaged shard moved aside, its entries will be rebuilt: {moved}")
     state.wait_for_everyone()
     store.refresh()
     say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view, "
-        f"{'fast encoder: ' + backbone.fast.describe() if backbone.fast else 'stock forward'}); store {store.dir}")
+        f"{backbone.describe()}); store {store.dir}")
     unique = index.unique_cache_keys()
     todo = _by_layout(index, [int(i) for i, k in zip(unique["index"], unique["cache_key"]) if k not in store])
     mine = todo[state.process_index::state.num_processes]
@@ -168,7 +140,7 @@ def build_cache(cfg, log=print) -> dict:
     state.wait_for_everyone()
     loader = DataLoader(_EncodeInputs(index, mine), batch_size=cfg.cache.batch_size,
                         num_workers=cfg.cache.num_workers, pin_memory=backbone.device.type == "cuda",
-                        collate_fn=_collate(backbone.processor, backbone.pixel_budget, backbone.dtype))
+                        collate_fn=_collate(backbone.preparer()))
     writer = store.writer(state.process_index, cfg.cache.shard_size)
     start = time.time()
     pending, first = None, None  # first: (inputs, seconds) of the first batch, which compiles and captures
@@ -176,7 +148,7 @@ def build_cache(cfg, log=print) -> dict:
     asked = time.time()
     for keys, inputs in tqdm(loader, disable=not main, desc="encoding"):
         got = time.time()
-        encoded = _DeferredCopy(keys, *encode(backbone, inputs, cfg.cache.pooling))
+        encoded = _DeferredCopy(keys, *backbone.encode(inputs, cfg.cache.pooling))
         if first:
             waited, in_encode = waited + got - asked, in_encode + time.time() - got
         if pending is not None:
@@ -188,9 +160,9 @@ def build_cache(cfg, log=print) -> dict:
         pending.write_to(writer)
     writer.flush()
     elapsed = time.time() - start
-    warmup = backbone.fast.warmup_s if backbone.fast is not None else 0.0
-    if backbone.fast is not None and backbone.fast.cuda_graphs:
-        say(f"  {len(backbone.fast.graphs)} batch layout(s) compiled and captured as CUDA graphs in {warmup:.1f} s")
+    warmup = backbone.warmup_s
+    if warmup:
+        say(f"  one-off compile and capture: {warmup:.1f} s ({backbone.describe()})")
     steady = (len(mine) - first[0]) / (elapsed - first[1]) if first and len(mine) > first[0] else 0.0
     state.wait_for_everyone()
     total = store.merge_index() if main else len(store)

@@ -80,7 +80,7 @@ def encode(backbone, inputs: EncoderInputs, pooling: str = "per_view") -> tuple[
     weights, mask = pooling_weights(inputs.batch["input_ids"], inputs.batch["attention_mask"],
                                     inputs.batch.get("image_grid_thw"), inputs.view_masks, backbone.config, pooling)
     if backbone.fast is not None:
-        from vla_lib.vlm.fast_vision import plan_layout
+        from vla_lib.vlm.qwen.fast_vision import plan_layout
 
         layout = plan_layout(backbone.model, inputs.batch, weights)
         # From page-locked memory, non-blocking: a copy that waits for the stream would hold the host until this

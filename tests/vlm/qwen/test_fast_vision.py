@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from vla_lib.config import RunConfig
-from vla_lib.vlm.backbone import load_backbone
-from vla_lib.vlm.encode import encode, pooling_weights, prepare_inputs
-from vla_lib.vlm.fast_vision import disable_fast_vision, enable_fast_vision, plan_layout
+from vla_lib.vlm.interface import load_backbone
+from vla_lib.vlm.qwen.encode import encode, pooling_weights, prepare_inputs
+from vla_lib.vlm.qwen.fast_vision import disable_fast_vision, enable_fast_vision, plan_layout
 
 
 @pytest.fixture(scope="module")

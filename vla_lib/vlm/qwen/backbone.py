@@ -1,15 +1,19 @@
-"""Loading the frozen VL backbone: a hub id or local path through `from_pretrained`, the tiny offline model, or the
-published 3B architecture with random weights (GPU timing without a download)."""
+"""The Qwen2.5-VL backbone behind `vlm.interface.VLBackbone`: a hub id or local path through `from_pretrained`, the
+tiny offline model, or the published 3B architecture with random weights (GPU timing without a download)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from vla_lib.vlm.tiny_model import build_tiny_model, qwen25_vl_3b_config
+from vla_lib.vlm.interface import resolve_device, resolve_dtype
+from vla_lib.vlm.qwen.encode import encode, prepare_inputs
+from vla_lib.vlm.qwen.tiny_model import build_tiny_model, qwen25_vl_3b_config
 
 # The image processor must not resize again what qwen_vl_utils already fitted to the budget: with min = max = budget
 # on both, a 640x360 view becomes 616x336 (264 tokens) in qwen_vl_utils, and the processor would then *upscale* it to
@@ -36,18 +40,29 @@ class Backbone:
     def config(self):
         return self.model.config
 
+    # -- the VLBackbone interface ------------------------------------------------------------------------------
+    def preparer(self):
+        return partial(prepare_inputs, self.processor, pixel_budget=self.pixel_budget, pixel_dtype=self.dtype)
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    def encode(self, inputs, pooling: str = "per_view") -> tuple[torch.Tensor, torch.Tensor]:
+        return encode(self, inputs, pooling)
 
+    def set_pixel_budget(self, budget: int) -> None:
+        set_pixel_budget(self, budget)
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-            "fp32": torch.float32, "float32": torch.float32}[name]
+    def parts(self) -> dict:
+        return {"backbone": self.fingerprint, **processor_parts(self.processor)}
+
+    def describe(self) -> str:
+        return f"fast encoder: {self.fast.describe()}" if self.fast is not None else "stock forward"
+
+    def tokens_per_view(self, inputs) -> int:
+        grid = inputs.batch["image_grid_thw"][0]
+        return int(grid.prod() // self.config.vision_config.spatial_merge_size ** 2)
+
+    @property
+    def warmup_s(self) -> float:
+        return self.fast.warmup_s if self.fast is not None else 0.0
 
 
 def load_backbone(cfg) -> Backbone:
@@ -73,7 +88,7 @@ def load_backbone(cfg) -> Backbone:
     backbone = Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
     set_pixel_budget(backbone, budget)
     if cfg.fast_vision != "off" and (cfg.fast_vision != "auto" or device.type == "cuda"):
-        from vla_lib.vlm.fast_vision import enable_fast_vision
+        from vla_lib.vlm.qwen.fast_vision import enable_fast_vision
 
         cuda = device.type == "cuda"
         enable_fast_vision(backbone, cfg.fast_vision, compile=cfg.fast_compile and cuda,
@@ -85,6 +100,39 @@ def set_pixel_budget(backbone: Backbone, budget: int) -> None:
     """Pixels per view (qwen_vl_utils fits each image to it; the processor keeps its floor as minimum)."""
     backbone.processor.image_processor.size = {"shortest_edge": PROCESSOR_MIN_PIXELS, "longest_edge": budget}
     backbone.pixel_budget = budget
+
+
+# Processor fields that the pixel budget sets (it is its own part of the fingerprint); everything else the image
+# processor holds (patch size, merge size, mean/std, resample, ...) is hashed.
+_BUDGET_FIELDS = ("size", "min_pixels", "max_pixels")
+
+
+def processor_parts(processor) -> dict:
+    """What of the processor and its libraries changes a feature: the chat template, the image processor's
+    configuration (the budget aside), and the transformers and qwen-vl-utils versions (they resize)."""
+    image_config = {k: v for k, v in processor.image_processor.to_dict().items() if k not in _BUDGET_FIELDS}
+    return {"chat_template": _sha(processor.chat_template),
+            "image_processor": _sha(json.dumps(image_config, sort_keys=True, default=str)),
+            "versions": {name: _version(name) for name in ("transformers", "qwen-vl-utils")}}
+
+
+def parts(cfg) -> dict:
+    """What identifies the features of the backbone `cfg` names, without loading its weights (the processor only)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(backbone_source(cfg), revision=cfg.revision)
+    return {"backbone": backbone_fingerprint(cfg), **processor_parts(processor)}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def backbone_source(cfg) -> str:
