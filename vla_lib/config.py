@@ -106,6 +106,14 @@ class BackboneConfig:
     fast_vision: str = "auto"
     fast_compile: bool = True
     fast_cuda_graphs: bool = True
+    # Image preparation (vlm/gpu_prepare.py): "gpu" decodes JPEGs (nvJPEG), resizes, normalises and lays out the
+    # patches on the backbone's device; "cpu" is the reference path (qwen_vl_utils + the image processor); auto = gpu
+    # on CUDA. Pixel values differ slightly between the two (resize arithmetic, JPEG decoder), so "gpu" is part of
+    # the cache fingerprint: a store is never filled by both.
+    image_prep: str = "auto"
+    # torch.compile's caches (Inductor, Triton, autotuning) persist here, so a second process on the same machine
+    # skips most of the fast encoder's one-off compilation; "" = torch's defaults.
+    compile_cache_dir: str = "outputs/compile_cache"
     device: str = "auto"
     image_resize_height: int = 360
     image_resize_width: int = 640  # pixel budget = height * width (min = max, as the seed)

@@ -3,8 +3,9 @@
     policy = VLAPolicy.from_checkpoint("outputs/demo/train/checkpoints/qwen_vla_sensor_best.pt")
     chunk = policy.predict(instruction, [view1, ..., view5], sensor_window)  # (8, 7) mm / deg
 
-Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked); they are fitted to the
-pixel budget the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
+Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked), and JPEG bytes when the
+images are prepared on the device (`backbone.image_prep`, gpu by default on CUDA); they are fitted to the pixel budget
+the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
 fixed grid (None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
 (K = `policy.history_steps`, oldest first; what `vla_lib.data.samples.pose_history` computes from the pose log). The split `encode` / `act` is what the real-time loop
 uses: the VL features refresh at their own rate, the action step runs at 10 Hz on the latest ones.
@@ -67,7 +68,7 @@ class VLAPolicy:
     # -- the two halves -------------------------------------------------------------------------------------------
     def encode(self, instructions: list[str], views: list[list]) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched VL features: `views[b]` holds one entry per configured view (None = missing)."""
-        from vla_lib.vlm.encode import encode, prepare_inputs
+        from vla_lib.vlm.encode import encode, prepare_for
 
         if self.backbone is None:
             raise RuntimeError("this policy was loaded without its backbone (load_backbone=False)")
@@ -76,7 +77,7 @@ class VLAPolicy:
             if len(ims) != len(self.views):
                 raise ValueError(f"expected {len(self.views)} views {self.views}, got {len(ims)}")
             samples.append(([im for im in ims if im is not None], instruction, [im is not None for im in ims]))
-        inputs = prepare_inputs(self.backbone.processor, samples, self.backbone.pixel_budget, self.backbone.dtype)
+        inputs = prepare_for(self.backbone, samples)  # on the device with backbone.image_prep = gpu (JPEG bytes too)
         return encode(self.backbone, inputs, self.config.cache.pooling)
 
     @torch.no_grad()

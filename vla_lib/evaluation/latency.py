@@ -14,7 +14,7 @@ import torch
 
 from vla_lib.models.action_graph import example_inputs
 from vla_lib.vlm.backbone import set_pixel_budget
-from vla_lib.vlm.encode import encode, prepare_inputs
+from vla_lib.vlm.encode import encode, prepare_for
 
 
 def _sync(device) -> None:
@@ -54,11 +54,9 @@ def time_vl_update(backbone, n_views: int, width: int, height: int, repeats: int
     prep, model = [], []
     for k in range(warmup + repeats):
         t0 = time.perf_counter()
-        inputs = prepare_inputs(backbone.processor, [(frames, instruction, mask)] * batch, backbone.pixel_budget,
-                                backbone.dtype)
-        t1 = time.perf_counter()
+        inputs = prepare_for(backbone, [(frames, instruction, mask)] * batch)  # CPU, or the device (then synced)
         _sync(backbone.device)
-        t2 = time.perf_counter()
+        t1 = t2 = time.perf_counter()
         encode(backbone, inputs, pooling)
         _sync(backbone.device)
         t3 = time.perf_counter()

@@ -27,6 +27,7 @@ class Backbone:
     fingerprint: str  # identity of the weights + config: part of every cache key
     pixel_budget: int
     fast: object = None  # a vlm.fast_vision.FastEncoder, or None: transformers' stock forward
+    prep: object = None  # a vlm.gpu_prepare.DeviceImagePrep, or None: the CPU preparation (encode.prepare_inputs)
 
     @property
     def hidden_size(self) -> int:
@@ -72,10 +73,18 @@ def load_backbone(cfg) -> Backbone:
     model.eval().requires_grad_(False)
     backbone = Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
     set_pixel_budget(backbone, budget)
+    from vla_lib.vlm.gpu_prepare import DeviceImagePrep, resolve_image_prep
+
+    if resolve_image_prep(cfg.image_prep, device) == "gpu":
+        backbone.prep = DeviceImagePrep(processor, device, dtype)
     if cfg.fast_vision != "off" and (cfg.fast_vision != "auto" or device.type == "cuda"):
         from vla_lib.vlm.fast_vision import enable_fast_vision
 
         cuda = device.type == "cuda"
+        if cfg.fast_compile and cuda:
+            from vla_lib.vlm.compile_cache import use_compile_cache
+
+            use_compile_cache(cfg.compile_cache_dir)
         enable_fast_vision(backbone, cfg.fast_vision, compile=cfg.fast_compile and cuda,
                            cuda_graphs=cfg.fast_cuda_graphs and cuda, log=lambda *a: None)
     return backbone

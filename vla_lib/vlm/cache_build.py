@@ -17,6 +17,7 @@ from vla_lib.data.samples import build_index
 from vla_lib.vlm.backbone import backbone_fingerprint, load_backbone
 from vla_lib.vlm.encode import encode, prepare_inputs
 from vla_lib.vlm.feature_store import FeatureStore
+from vla_lib.vlm.gpu_prepare import read_bytes, resolve_image_prep
 
 
 def store_parts(cfg, chat_template: str) -> dict:
@@ -24,7 +25,15 @@ def store_parts(cfg, chat_template: str) -> dict:
     return {"backbone": backbone_fingerprint(cfg.backbone), "pixel_budget":
             cfg.backbone.image_resize_height * cfg.backbone.image_resize_width, "pooling": cfg.cache.pooling,
             "chat_template": hashlib.sha1(chat_template.encode()).hexdigest()[:16], "views": list(cfg.data.views),
-            "dtype": cfg.backbone.dtype}
+            "dtype": cfg.backbone.dtype,
+            # GPU-prepared pixels differ slightly from the CPU path's: their own store (CPU stores keep their key)
+            **({"image_prep": "gpu"} if _image_prep(cfg) == "gpu" else {})}
+
+
+def _image_prep(cfg) -> str:
+    from vla_lib.vlm.backbone import resolve_device
+
+    return resolve_image_prep(cfg.backbone.image_prep, resolve_device(cfg.backbone.device))
 
 
 def open_store(cfg) -> FeatureStore:
@@ -40,10 +49,11 @@ def open_store(cfg) -> FeatureStore:
 
 
 class _EncodeInputs(Dataset):
-    """Item = one distinct VL input, decoded and fitted to the budget in the worker."""
+    """Item = one distinct VL input, decoded and fitted to the budget in the worker; with the preparation on the
+    device (`raw`), the worker only reads the files' bytes."""
 
-    def __init__(self, index, rows):
-        self.index, self.rows = index, rows
+    def __init__(self, index, rows, raw: bool = False):
+        self.index, self.rows, self.raw = index, rows, raw
 
     def __len__(self):
         return len(self.rows)
@@ -51,16 +61,17 @@ class _EncodeInputs(Dataset):
     def __getitem__(self, k):
         i = self.rows[k]
         paths = self.index.view_paths(i)
-        images = [load_image(p) for p in paths if p is not None]  # a corrupt file raises, naming it
+        read = read_bytes if self.raw else load_image  # a corrupt file raises, naming it (decoded: here; raw: on use)
+        images = [read(p) for p in paths if p is not None]
         return self.index.table.at[i, "cache_key"], images, self.index.table.at[i, "instruction"], \
             [p is not None for p in paths]
 
 
-def _collate(processor, budget, pixel_dtype):
+def _collate(processor, budget, pixel_dtype, raw: bool = False):
     def collate(items):
         keys = [k for k, *_ in items]
-        return keys, prepare_inputs(processor, [(ims, instr, mask) for _, ims, instr, mask in items], budget,
-                                    pixel_dtype)
+        samples = [(ims, instr, mask) for _, ims, instr, mask in items]
+        return keys, samples if raw else prepare_inputs(processor, samples, budget, pixel_dtype)
     return collate
 
 
@@ -113,7 +124,8 @@ def build_cache(cfg, log=print) -> dict:
     cfg.backbone.device = str(state.device) if cfg.backbone.device == "auto" else cfg.backbone.device
     backbone = load_backbone(cfg.backbone)
     store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.processor.chat_template))
-    say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view, "
+    say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view, images "
+        f"prepared on the {'device' if backbone.prep is not None else 'CPU'}, "
         f"{'fast encoder: ' + backbone.fast.describe() if backbone.fast else 'stock forward'}); store {store.dir}")
     unique = index.unique_cache_keys()
     todo = _by_layout(index, [int(i) for i, k in zip(unique["index"], unique["cache_key"]) if k not in store])
@@ -122,9 +134,10 @@ def build_cache(cfg, log=print) -> dict:
     # Every rank must split the same `todo`: without this barrier a rank that loads its backbone late sees the
     # shards an early rank already wrote, splits a shorter list, and some keys fall to no rank.
     state.wait_for_everyone()
-    loader = DataLoader(_EncodeInputs(index, mine), batch_size=cfg.cache.batch_size,
-                        num_workers=cfg.cache.num_workers, pin_memory=backbone.device.type == "cuda",
-                        collate_fn=_collate(backbone.processor, backbone.pixel_budget, backbone.dtype))
+    raw = backbone.prep is not None  # JPEG bytes to the device (vlm/gpu_prepare.py)
+    loader = DataLoader(_EncodeInputs(index, mine, raw), batch_size=cfg.cache.batch_size,
+                        num_workers=cfg.cache.num_workers, pin_memory=backbone.device.type == "cuda" and not raw,
+                        collate_fn=_collate(backbone.processor, backbone.pixel_budget, backbone.dtype, raw))
     writer = store.writer(state.process_index, cfg.cache.shard_size)
     start = time.time()
     pending, first = None, None  # first: (inputs, seconds) of the first batch, which compiles and captures
@@ -132,6 +145,8 @@ def build_cache(cfg, log=print) -> dict:
     asked = time.time()
     for keys, inputs in tqdm(loader, disable=not main, desc="encoding"):
         got = time.time()
+        if raw:
+            inputs = backbone.prep(inputs, backbone.pixel_budget)
         encoded = _DeferredCopy(keys, *encode(backbone, inputs, cfg.cache.pooling))
         if first:
             waited, in_encode = waited + got - asked, in_encode + time.time() - got
