@@ -9,14 +9,15 @@ reference and the CPU default. This path does the same steps on the backbone's d
 - resize: to the size qwen_vl_utils' own `smart_resize` gives for the budget (min = max = budget, as the message path
   asks), then the image processor's own `smart_resize` on top (its floor and maximum; the identity for the sizes the
   first one gives); bicubic with antialiasing (`F.interpolate(..., antialias=True)`, the same a = -0.5 kernel as
-  PIL), rounded and clipped to 0..255 as PIL writes uint8. One call per distinct source size;
+  PIL), in PIL's order: horizontal pass, rounded and clipped to 0..255, then vertical, rounded and clipped. One call
+  per pass and distinct source size;
 - rescale and normalise with the processor's own `rescale_factor`, `image_mean`, `image_std`;
 - the processor's patch layout (its flatten order: merge blocks, then channel, temporal copy, patch row, column),
   with the processor's `patch_size`, `temporal_patch_size`, `merge_size`; pixels in the backbone's dtype.
 
 The token grid is the processor's exactly. Pixel values differ from the CPU path by the resize kernel's arithmetic
-(PIL filters in fixed point and rounds between its two passes; here float32, one rounding) and, for JPEGs on CUDA, by
-nvJPEG's decoder against libjpeg's: within 1 level of 255 for most pixels (tests/vlm/test_gpu_prepare.py states the
+(PIL's coefficients are fixed point; here float32) and, for JPEGs on CUDA, by nvJPEG's decoder against libjpeg's:
+within 1 level of 255 for most pixels (tests/vlm/test_gpu_prepare.py states the
 tolerances). The text side (chat template, tokens with the image pads, attention mask, grids) depends only on the
 instructions and the image sizes: it is computed once per (instructions, view sets, sizes) through the processor
 itself and reused, with the pooling weights and the fast encoder's layout planned from it.
@@ -84,11 +85,17 @@ def fitted_sizes(height: int, width: int, budget: int, spec: PatchSpec) -> list[
 
 
 def resize_uint8_range(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 3, H, W) float in 0..255 -> (N, 3, h, w): bicubic with antialiasing, rounded and clipped like PIL's uint8
-    output. The identity when the size already matches (PIL returns a copy then too)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).round_().clamp_(0, 255)
+    """(N, 3, H, W) float in 0..255 -> (N, 3, h, w): bicubic with antialiasing, as PIL does it: the horizontal pass,
+    rounded and clipped to uint8, then the vertical pass, rounded and clipped (one 2-D pass differs by up to ~8
+    levels at hard edges, where the first pass overshoots and PIL clips). The identity when the size matches."""
+    h, w = size
+    if x.shape[-1] != w:
+        x = F.interpolate(x, size=(x.shape[-2], w), mode="bicubic", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255)
+    if x.shape[-2] != h:
+        x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255)
+    return x
 
 
 def patchify(x: torch.Tensor, spec: PatchSpec) -> torch.Tensor:
