@@ -5,9 +5,9 @@
 
 First a check: the device preparation (vlm/gpu_prepare.py) against the CPU reference (qwen_vl_utils + the image
 processor) on camera-like frames at every size, from frames and from JPEG bytes: identical token ids, masks and grids,
-pixel values within the stated tolerance (2 levels of 255 at most and a mean under 0.001 normalised units from frames
-or CPU-decoded JPEGs; nvJPEG on CUDA decodes differently from libjpeg, so from JPEGs on CUDA the bound is 12 levels
-at most and a mean under 0.02); the exit status is 1 on a mismatch.
+pixel values within the stated tolerance (2 levels of 255 at most and a mean under 0.001 normalised units; from JPEGs
+on CUDA against the reference fed nvJPEG's decoded frames, since nvJPEG decodes differently from libjpeg: that
+difference is printed beside, not bounded); the exit status is 1 on a mismatch.
 
 On a GPU it then times, at batch 1, each update end to end (from what the caller holds to pooled features on the
 device, synchronised): stock (CPU preparation + transformers' forward) and fast (device preparation + the fast
@@ -75,13 +75,29 @@ def check(bb, sizes, views, device) -> bool:
         data = jpegs(frames)
         samples = lambda ims: [(ims, INSTRUCTION, [True] * views)]  # noqa: E731
         cpu_decoded = [np.asarray(im) for im in pil_decode(data)]
-        for source, given, reference in (("frames", frames, frames), ("jpeg", data, cpu_decoded)):
+        cases = [("frames", frames, frames), ("jpeg", data, cpu_decoded)]
+        if torch.device(device).type == "cuda":
+            # the preparation after nvJPEG, against the reference fed nvJPEG's own frames (exact but for rounding),
+            # then nvJPEG's frames against libjpeg's (PIL's): the decoders' difference, reported
+            nv = [f.permute(1, 2, 0).cpu().numpy() for f in decode_views(data, device)]
+            cases = [("frames", frames, frames), ("jpeg (nvJPEG-decoded reference)", data, nv)]
+            d = np.abs(np.stack(nv).astype(np.int16) - np.stack(cpu_decoded)).astype(np.float64)
+            print(f"nvJPEG vs libjpeg decode, {w}x{h}: |diff| in levels mean {d.mean():.2f} p99 "
+                  f"{np.percentile(d, 99):.0f} max {d.max():.0f}; {100 * (d > 2).mean():.1f} % of values differ by more "
+                  f"than 2 levels", flush=True)
+            libjpeg = DeviceImagePrep(bb.processor, device, torch.float32, jpeg_on_device=False)
+            ref = prepare_inputs(bb.processor, samples(cpu_decoded), bb.pixel_budget)
+            e = (ref.batch["pixel_values"] - prep(samples(data), bb.pixel_budget).batch["pixel_values"].cpu()).abs()
+            e2 = (ref.batch["pixel_values"] - libjpeg(samples(data), bb.pixel_budget).batch["pixel_values"].cpu()).abs()
+            print(f"  prepared from JPEG vs the CPU path (PIL decode), normalised units: nvJPEG |diff| mean "
+                  f"{float(e.mean()):.4f} p99 {float(e.flatten()[:2**24].quantile(0.99)):.4f} max {float(e.max()):.4f}; "
+                  f"libjpeg on the CPU + device prep: mean {float(e2.mean()):.4f} max {float(e2.max()):.4f}", flush=True)
+        for source, given, reference in cases:
             ref = prepare_inputs(bb.processor, samples(reference), bb.pixel_budget)
             got = prep(samples(given), bb.pixel_budget)
             same = all(torch.equal(ref.batch[k], got.batch[k].cpu()) for k in ref.batch if k != "pixel_values")
             d = (ref.batch["pixel_values"] - got.batch["pixel_values"].float().cpu()).abs()
-            nvjpeg = source == "jpeg" and torch.device(device).type == "cuda"
-            max_levels, mean_bound = (12, 0.02) if nvjpeg else (2, 0.001)
+            max_levels, mean_bound = 2, 0.001
             good = same and float(d.max()) <= max_levels * level + 1e-4 and float(d.mean()) <= mean_bound
             ok &= good
             print(f"check {w}x{h} from {source} on {device}: token grid {ref.batch['image_grid_thw'][0].tolist()}, "
@@ -153,6 +169,7 @@ def main():
 
     fast = FastEncoder(bb.model, "auto", compile=True, cuda_graphs=True)
     gpu_prep = DeviceImagePrep(bb.processor, bb.device, bb.dtype)
+    libjpeg_prep = DeviceImagePrep(bb.processor, bb.device, bb.dtype, jpeg_on_device=False)
     samples = lambda ims: [(ims, INSTRUCTION, [True] * args.views)]  # noqa: E731
 
     def update(encoder, prep, source):
@@ -160,6 +177,7 @@ def main():
             bb.fast = encoder
             ims = source() if callable(source) else source
             inputs = (gpu_prep(samples(ims), bb.pixel_budget) if prep == "gpu" else
+                      libjpeg_prep(samples(ims), bb.pixel_budget) if prep == "gpu_libjpeg" else
                       prepare_inputs(bb.processor, samples(ims), bb.pixel_budget, bb.dtype))
             return encode(bb, inputs)
         return run
@@ -175,7 +193,9 @@ def main():
         b = update(fast, "gpu", data)()[0]
         s = update(None, "cpu", lambda: pil_decode(data))()[0]
         rel = lambda x, y: float((x - y).norm() / y.norm())  # noqa: E731
-        print(f"pooled features, fast encoder, GPU- vs CPU-prepared: relative distance {rel(b, a):.4f} "
+        c = update(fast, "gpu_libjpeg", data)()[0]
+        print(f"pooled features, fast encoder, GPU- vs CPU-prepared: relative distance {rel(b, a):.4f} with nvJPEG, "
+              f"{rel(c, a):.4f} with libjpeg "
               f"(fast vs stock, both CPU-prepared: {rel(a, s):.4f})", flush=True)
         rows = {}
         if not args.no_stock:
@@ -185,6 +205,7 @@ def main():
         rows["fast encoder, CPU prep, from frames"] = update(fast, "cpu", frames)
         rows["fast: GPU prep + fast encoder, from JPEG"] = update(fast, "gpu", data)
         rows["fast: GPU prep + fast encoder, from frames"] = update(fast, "gpu", frames)
+        rows["fast: GPU prep (libjpeg decode) + fast, from JPEG"] = update(fast, "gpu_libjpeg", data)
         # parts of the fast JPEG update, each synchronised
         prepared = gpu_prep(samples(data), bb.pixel_budget)
         spec = PatchSpec.from_processor(bb.processor)

@@ -16,9 +16,10 @@ reference and the CPU default. This path does the same steps on the backbone's d
   with the processor's `patch_size`, `temporal_patch_size`, `merge_size`; pixels in the backbone's dtype.
 
 The token grid is the processor's exactly. Pixel values differ from the CPU path by the resize kernel's arithmetic
-(PIL's coefficients are fixed point; here float32) and, for JPEGs on CUDA, by nvJPEG's decoder against libjpeg's:
-within 1 level of 255 for most pixels (tests/vlm/test_gpu_prepare.py states the
-tolerances). The text side (chat template, tokens with the image pads, attention mask, grids) depends only on the
+(PIL's coefficients are fixed point; here float32): almost every pixel identical, none more than 2 levels of 255 apart
+(tests/vlm/test_gpu_prepare.py). From JPEGs on CUDA, nvJPEG decodes differently from libjpeg (PIL's decoder), most
+at sharp colour edges (its chroma upsampling differs): benchmarks/vl_end_to_end.py measures it; `jpeg_on_device=False`
+decodes with libjpeg on the CPU instead (then the pixels are the CPU path's to within the tolerance above). The text side (chat template, tokens with the image pads, attention mask, grids) depends only on the
 instructions and the image sizes: it is computed once per (instructions, view sets, sizes) through the processor
 itself and reused, with the pooling weights and the fast encoder's layout planned from it.
 """
@@ -142,12 +143,14 @@ def _to_chw_uint8(im) -> torch.Tensor:
     raise TypeError(f"unsupported image type {type(im).__name__}")
 
 
-def decode_views(images: list, device: torch.device) -> list[torch.Tensor]:
+def decode_views(images: list, device: torch.device, jpeg_on_device: bool = True) -> list[torch.Tensor]:
     """Any mix of JPEG/PNG bytes, paths, uint8 frames -> (3, H, W) uint8 tensors on `device`, in order. JPEGs are
-    decoded in one batched call on the device (nvJPEG on CUDA)."""
+    decoded in one batched call on the device (nvJPEG on CUDA), or with `jpeg_on_device=False` by libjpeg on the CPU
+    (PIL's decoder: the CPU path's pixels exactly) and copied up."""
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
     device = torch.device(device)
+    jpeg_device = device if jpeg_on_device else torch.device("cpu")
     out: list = [None] * len(images)
     jpeg_at, jpegs = [], []
     for k, im in enumerate(images):
@@ -163,8 +166,10 @@ def decode_views(images: list, device: torch.device) -> list[torch.Tensor]:
                 frame = frame.pin_memory()
             out[k] = frame.to(device, non_blocking=True)
     if jpegs:
-        decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+        decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=jpeg_device)
         for k, frame in zip(jpeg_at, decoded):
+            if frame.device != device:
+                frame = frame.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else frame.to(device)
             out[k] = frame
     return out
 
@@ -209,8 +214,9 @@ class DeviceImagePrep:
     `samples`: (present images in slot order, instruction, view mask over all slots), as `encode.prepare_inputs`;
     images may be JPEG/PNG bytes, paths, HxWx3 uint8 arrays, PIL images or 3xHxW uint8 tensors."""
 
-    def __init__(self, processor, device, dtype: torch.dtype, max_text_sides: int = 64):
+    def __init__(self, processor, device, dtype: torch.dtype, max_text_sides: int = 64, jpeg_on_device: bool = True):
         self.processor = processor
+        self.jpeg_on_device = jpeg_on_device
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_text_sides = max_text_sides
@@ -221,7 +227,8 @@ class DeviceImagePrep:
 
         spec = PatchSpec.from_processor(self.processor)  # read per call: set_pixel_budget changes the processor
         images = [im for ims, _, _ in samples for im in ims]
-        pixel_values, sizes = (prepare_pixels(decode_views(images, self.device), pixel_budget, spec, self.dtype)
+        pixel_values, sizes = (prepare_pixels(decode_views(images, self.device, self.jpeg_on_device), pixel_budget,
+                                              spec, self.dtype)
                                if images else (None, []))
         key, k = [pixel_budget, spec], 0
         for ims, instruction, mask in samples:
