@@ -162,16 +162,29 @@ def decode_views(images: list, device: torch.device, jpeg_on_device: bool = True
                 out[k] = decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
         else:
             frame = _to_chw_uint8(im)
-            if frame.device != device and device.type == "cuda":
+            if frame.device.type == "cpu" and device.type == "cuda":
                 frame = frame.pin_memory()
             out[k] = frame.to(device, non_blocking=True)
     if jpegs:
         decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=jpeg_device)
         for k, frame in zip(jpeg_at, decoded):
-            if frame.device != device:
-                frame = frame.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else frame.to(device)
+            if frame.device.type == "cpu" and device.type == "cuda":
+                frame = frame.pin_memory().to(device, non_blocking=True)
             out[k] = frame
     return out
+
+
+_AFFINE: dict = {}
+
+
+def _affine(spec: PatchSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rescale + normalise as one multiply-add, (1, C, 1, 1) each, made once per device: a fresh small tensor from a
+    Python list is a copy from pageable memory, which would hold the host until the device's queue drains."""
+    key = (spec.rescale, spec.mean, spec.std, str(device))
+    if key not in _AFFINE:
+        _AFFINE[key] = (torch.tensor([spec.rescale / s for s in spec.std], device=device).view(1, -1, 1, 1),
+                        torch.tensor([-m / s for m, s in zip(spec.mean, spec.std)], device=device).view(1, -1, 1, 1))
+    return _AFFINE[key]
 
 
 def prepare_pixels(frames: list[torch.Tensor], budget: int, spec: PatchSpec,
@@ -180,9 +193,7 @@ def prepare_pixels(frames: list[torch.Tensor], budget: int, spec: PatchSpec,
     frame). Frames of one source size are resized, normalised and laid out together."""
     if not frames:
         raise ValueError("no frames")
-    device = frames[0].device
-    scale = torch.tensor([spec.rescale / s for s in spec.std], device=device).view(1, -1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(spec.mean, spec.std)], device=device).view(1, -1, 1, 1)
+    scale, shift = _affine(spec, frames[0].device)
     groups: dict[tuple, list[int]] = {}
     for k, f in enumerate(frames):
         groups.setdefault(tuple(f.shape[-2:]), []).append(k)
