@@ -141,6 +141,8 @@ def main():
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--views", type=int, default=5)
     ap.add_argument("--sizes", nargs="*", default=["640x360", "1280x720"])
+    ap.add_argument("--full-budget-sizes", nargs="*", default=["1280x720"],
+                    help="also timed with the pixel budget at the camera size (1280x720: 1125 tokens a view)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
@@ -168,6 +170,8 @@ def main():
     from vla_lib.vlm.fast_vision import FastEncoder
 
     fast = FastEncoder(bb.model, "auto", compile=True, cuda_graphs=True)
+    unpadded = FastEncoder(bb.model, "auto", compile=True, cuda_graphs=True)
+    unpadded.mlps = None  # the vision MLP at its own width (3420): the encoder before issue 19, for comparison
     gpu_prep = DeviceImagePrep(bb.processor, bb.device, bb.dtype)
     libjpeg_prep = DeviceImagePrep(bb.processor, bb.device, bb.dtype, jpeg_on_device=False)
     samples = lambda ims: [(ims, INSTRUCTION, [True] * args.views)]  # noqa: E731
@@ -183,11 +187,15 @@ def main():
         return run
 
     summary = []
-    for w, h in sizes:
-        set_pixel_budget(bb, 640 * 360)  # the seed's budget: 616x336 = 264 tokens a view at any camera size
+    full = [tuple(map(int, s.split("x"))) for s in args.full_budget_sizes]
+    for w, h, budget in [(w, h, 640 * 360) for w, h in sizes] + [(w, h, w * h) for w, h in full]:
+        # the seed's budget: 616x336 = 264 tokens a view at any camera size; or the camera's own size
+        set_pixel_budget(bb, budget)
         frames = camera_frames(args.views, w, h, seed=1)
         data = jpegs(frames)
-        print(f"\n{args.views} x {w}x{h}, JPEG {sum(map(len, data)) / len(data) / 1e3:.0f} kB a view, batch 1", flush=True)
+        label = f"{w}x{h}" + ("" if budget == 640 * 360 else "@full")
+        print(f"\n{args.views} x {w}x{h}, pixel budget {budget}, JPEG {sum(map(len, data)) / len(data) / 1e3:.0f} kB a "
+              f"view, batch 1", flush=True)
         # features: the device preparation's against the CPU path's, through the same fast encoder
         a = update(fast, "cpu", lambda: pil_decode(data))()[0]
         b = update(fast, "gpu", data)()[0]
@@ -216,6 +224,8 @@ def main():
         rows["  part: whole GPU prep (decode .. text side)"] = lambda: gpu_prep(samples(data), bb.pixel_budget)
         rows["  part: fast encoder alone (inputs prepared)"] = lambda: (setattr(bb, "fast", fast),
                                                                        encode(bb, prepared))
+        rows["  part: fast encoder alone, vision MLP unpadded"] = lambda: (setattr(bb, "fast", unpadded),
+                                                                          encode(bb, prepared))
         rows["  part: CPU prep alone, from JPEG"] = lambda: prepare_inputs(bb.processor, samples(pil_decode(data)),
                                                                           bb.pixel_budget, bb.dtype)
         ms = time_rows(rows, args.rounds, args.repeats, args.warmup)
@@ -223,13 +233,13 @@ def main():
         print(f"{'row':52s} median ms (min-max) over {n} updates in {args.rounds} rounds")
         for name, v in ms.items():
             print(f"{name:52s} {fmt(v)}", flush=True)
-            summary.append((f"{w}x{h}", name, float(np.median(v)), min(v), max(v), n))
+            summary.append((label, name, float(np.median(v)), min(v), max(v), n))
         if args.profile:
-            profile(update(fast, "gpu", data), f"{w}x{h}")
+            profile(update(fast, "gpu", data), label)
     bb.fast = None
     print("\nsummary (size, row, median, min, max, n)")
     for row in summary:
-        print(f"{row[0]:9s} {row[1]:52s} {row[2]:7.1f} {row[3]:7.1f} {row[4]:7.1f} {row[5]:3d}")
+        print(f"{row[0]:14s} {row[1]:52s} {row[2]:7.1f} {row[3]:7.1f} {row[4]:7.1f} {row[5]:3d}")
     return 0
 
 
