@@ -30,6 +30,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--modes", nargs="*", default=["off", "auto"], help="backbone.fast_vision values to compare")
     ap.add_argument("--image-preps", nargs="*", default=["auto"], help="backbone.image_prep values to compare")
+    ap.add_argument("--runs", nargs="*", default=None,
+                    help="fast_vision:image_prep pairs in this order (e.g. auto:gpu auto:cpu off:cpu); overrides "
+                         "--modes x --image-preps")
     ap.add_argument("--stock-sessions", type=int, default=0, help="stock rows over the first N sessions (0: all)")
     ap.add_argument("--compile-cache-dir", default=None, help="backbone.compile_cache_dir (default: the config's)")
     ap.add_argument("--data-dir", default=None, help="reuse/keep the synthetic sessions here")
@@ -50,7 +53,9 @@ def main():
     if not (sessions.exists() and any(sessions.iterdir())):
         generate_dataset(RunConfig.from_dict(base).synthetic)
     t_process = time.time()
-    for mode, prep in [(m, p) for p in args.image_preps for m in args.modes]:
+    runs = ([tuple(r.split(":")) for r in args.runs] if args.runs else
+            [(m, p) for p in args.image_preps for m in args.modes])
+    for mode, prep in runs:
         cfg = RunConfig.from_dict(base)
         cfg.backbone.fast_vision, cfg.backbone.image_prep = mode, prep
         if args.compile_cache_dir is not None:
