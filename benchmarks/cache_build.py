@@ -31,8 +31,8 @@ def main():
     ap.add_argument("--modes", nargs="*", default=["off", "auto"], help="backbone.fast_vision values to compare")
     ap.add_argument("--image-preps", nargs="*", default=["auto"], help="backbone.image_prep values to compare")
     ap.add_argument("--runs", nargs="*", default=None,
-                    help="fast_vision:image_prep pairs in this order (e.g. auto:gpu auto:cpu off:cpu); overrides "
-                         "--modes x --image-preps")
+                    help="fast_vision:image_prep[:workers] in this order (e.g. auto:gpu auto:gpu:workers off:cpu; "
+                         "workers: cache.worker_decode, JPEGs decoded in the workers); overrides --modes x --image-preps")
     ap.add_argument("--stock-sessions", type=int, default=0, help="stock rows over the first N sessions (0: all)")
     ap.add_argument("--compile-cache-dir", default=None, help="backbone.compile_cache_dir (default: the config's)")
     ap.add_argument("--data-dir", default=None, help="reuse/keep the synthetic sessions here")
@@ -55,16 +55,21 @@ def main():
     t_process = time.time()
     runs = ([tuple(r.split(":")) for r in args.runs] if args.runs else
             [(m, p) for p in args.image_preps for m in args.modes])
-    for mode, prep in runs:
+    for mode, prep, *where in runs:
         cfg = RunConfig.from_dict(base)
         cfg.backbone.fast_vision, cfg.backbone.image_prep = mode, prep
+        cfg.cache.worker_decode = where == ["workers"]
+        prep += " (JPEGs decoded in the workers)" if cfg.cache.worker_decode else ""
         if args.compile_cache_dir is not None:
             cfg.backbone.compile_cache_dir = args.compile_cache_dir
         if mode == "off" and args.stock_sessions:
             cfg.data.max_sessions = args.stock_sessions
-        cfg.cache.dir = str(out / f"cache_{mode}_{prep}")
+        cfg.cache.dir = str(out / f"cache_{mode}_{prep.split()[0]}{'_w' if cfg.cache.worker_decode else ''}")
         t_load = time.time()
         s = build_cache(cfg, log=print)
+        import os
+
+        print(f"TORCHINDUCTOR_CACHE_DIR={os.environ.get('TORCHINDUCTOR_CACHE_DIR')}")
         per_sample = lambda seconds: seconds / max(s["encoded"], 1) * 1e3  # noqa: E731
         if mode != "off":
             from torch._dynamo.utils import compile_times

@@ -129,6 +129,9 @@ class CacheConfig:
     num_workers: int = 0
     shard_size: int = 256  # samples per shard file (and per flush: a killed build loses at most this many)
     allow_inline_encoding: bool = False  # training on a cache miss: error (default) or encode inline
+    # With backbone.image_prep = gpu: false = the workers read the JPEG bytes and the device decodes them (nvJPEG);
+    # true = the workers decode them (libjpeg, PIL's pixels exactly) and the device only resizes and normalises.
+    worker_decode: bool = False
 
 
 @dataclass

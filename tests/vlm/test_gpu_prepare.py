@@ -154,3 +154,17 @@ def test_image_prep_setting_backbone_and_store_identity(backbone):
     finally:
         cfg.backbone.image_prep = "cpu"
     assert bb.prep is None
+
+
+def test_compile_cache_folder_replaces_torchs_default_but_not_the_users(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from vla_lib.vlm.compile_cache import ENV, use_compile_cache
+
+    monkeypatch.setenv(ENV, default_cache_dir())  # what torch itself writes there at first look
+    assert use_compile_cache(tmp_path / "cc") == str(tmp_path / "cc") == __import__("os").environ[ENV]
+    assert (tmp_path / "cc").is_dir()
+    monkeypatch.setenv(ENV, str(tmp_path / "mine"))  # the user's choice wins
+    assert use_compile_cache(tmp_path / "cc") == str(tmp_path / "mine")
+    monkeypatch.delenv(ENV)
+    assert use_compile_cache("") is None

@@ -17,7 +17,7 @@ from vla_lib.data.samples import build_index
 from vla_lib.vlm.backbone import backbone_fingerprint, load_backbone
 from vla_lib.vlm.encode import encode, prepare_inputs
 from vla_lib.vlm.feature_store import FeatureStore
-from vla_lib.vlm.gpu_prepare import read_bytes, resolve_image_prep
+from vla_lib.vlm.gpu_prepare import decode_views, read_bytes, resolve_image_prep
 
 
 def store_parts(cfg, chat_template: str) -> dict:
@@ -52,8 +52,8 @@ class _EncodeInputs(Dataset):
     """Item = one distinct VL input, decoded and fitted to the budget in the worker; with the preparation on the
     device (`raw`), the worker only reads the files' bytes."""
 
-    def __init__(self, index, rows, raw: bool = False):
-        self.index, self.rows, self.raw = index, rows, raw
+    def __init__(self, index, rows, raw: bool = False, decode: bool = False):
+        self.index, self.rows, self.raw, self.decode = index, rows, raw, decode
 
     def __len__(self):
         return len(self.rows)
@@ -63,6 +63,8 @@ class _EncodeInputs(Dataset):
         paths = self.index.view_paths(i)
         read = read_bytes if self.raw else load_image  # a corrupt file raises, naming it (decoded: here; raw: on use)
         images = [read(p) for p in paths if p is not None]
+        if self.raw and self.decode:  # libjpeg here, (3, H, W) uint8 to the device
+            images = decode_views(images, "cpu")
         return self.index.table.at[i, "cache_key"], images, self.index.table.at[i, "instruction"], \
             [p is not None for p in paths]
 
@@ -135,8 +137,10 @@ def build_cache(cfg, log=print) -> dict:
     # shards an early rank already wrote, splits a shorter list, and some keys fall to no rank.
     state.wait_for_everyone()
     raw = backbone.prep is not None  # JPEG bytes to the device (vlm/gpu_prepare.py)
-    loader = DataLoader(_EncodeInputs(index, mine, raw), batch_size=cfg.cache.batch_size,
-                        num_workers=cfg.cache.num_workers, pin_memory=backbone.device.type == "cuda" and not raw,
+    decode = raw and cfg.cache.worker_decode
+    loader = DataLoader(_EncodeInputs(index, mine, raw, decode), batch_size=cfg.cache.batch_size,
+                        num_workers=cfg.cache.num_workers,
+                        pin_memory=backbone.device.type == "cuda" and (decode or not raw),
                         collate_fn=_collate(backbone.processor, backbone.pixel_budget, backbone.dtype, raw))
     writer = store.writer(state.process_index, cfg.cache.shard_size)
     start = time.time()

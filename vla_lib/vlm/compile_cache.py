@@ -18,9 +18,13 @@ ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 def use_compile_cache(directory: str | os.PathLike | None) -> str | None:
     """Point Inductor's caches at `directory` (created; made absolute, so a later chdir does not split it), unless
-    the environment already names one. Returns the directory in use, or None for torch's default."""
-    if os.environ.get(ENV):
-        return os.environ[ENV]
+    the user's environment names one. Returns the directory in use, or None for torch's default. (Torch writes its
+    default folder into the same variable the first time it looks, at import of some modules: that one is replaced.)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get(ENV)
+    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        return current
     if not directory:
         return None
     path = Path(directory).expanduser().resolve()

@@ -162,7 +162,7 @@ def decode_views(images: list, device: torch.device, jpeg_on_device: bool = True
                 out[k] = decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
         else:
             frame = _to_chw_uint8(im)
-            if frame.device.type == "cpu" and device.type == "cuda":
+            if frame.device.type == "cpu" and device.type == "cuda" and not frame.is_pinned():
                 frame = frame.pin_memory()
             out[k] = frame.to(device, non_blocking=True)
     if jpegs:
