@@ -309,7 +309,9 @@ class FastEncoder:
         torch.cuda.current_stream().wait_stream(side)
         self._pool = self._pool or torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: another thread's CUDA call during the capture (a DataLoader's pin-memory thread allocating
+        # page-locked memory, the real-time loop's action step) must not invalidate it; seen on an H100 (issue 19).
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             output = run()
         entry = {"graph": graph, "pixel_values": static_pixels, "inputs": inputs, "output": output}
         self.graphs[layout.shape_key] = entry
