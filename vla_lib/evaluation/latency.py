@@ -1,8 +1,8 @@
 """Latency profiling: the VL update over views x resolutions (the original's sweep) and the action step.
 
 Every figure: warm-up runs first, the device synchronised around each timed call, median and p95 of the repeats.
-The VL update is split into CPU preparation (resize to the budget, chat template, image processor) and the
-backbone forward + pooling. Runs with the tiny VLM on CPU; with `backbone.random_weights` the published 3B
+The VL update is split into the preparation (resize to the budget, chat template, image processor: on the CPU, or on
+the device with `backbone.image_prep` = gpu) and the backbone forward + pooling. Runs with the tiny VLM on CPU; with `backbone.random_weights` the published 3B
 architecture is timed on a GPU without downloading weights.
 """
 from __future__ import annotations
