@@ -168,3 +168,27 @@ def test_compile_cache_folder_replaces_torchs_default_but_not_the_users(tmp_path
     assert use_compile_cache(tmp_path / "cc") == str(tmp_path / "mine")
     monkeypatch.delenv(ENV)
     assert use_compile_cache("") is None
+
+
+@pytest.mark.parametrize("worker_decode", [False, True], ids=["bytes_to_device", "decoded_in_workers"])
+def test_cache_build_with_device_preparation(synth_root, tmp_path, worker_decode):
+    """The cache build with the preparation on the (here CPU) device: the workers read bytes (or decode them), the
+    store is its own, and its features are the CPU-prepared store's to within the preparation's tolerance."""
+    from vla_lib.data.samples import build_index
+    from vla_lib.vlm.cache_build import build_cache, open_store
+
+    cfg = RunConfig.from_yaml("params/ci.yaml")
+    cfg.data.root, cfg.data.max_sessions = str(synth_root), 1
+    cfg.backbone.tiny_model_dir = str(tmp_path / "tiny")
+    cfg.cache.dir, cfg.cache.shard_size, cfg.cache.num_workers = str(tmp_path / "cache"), 8, 1
+    cfg.backbone.image_prep = "cpu"
+    build_cache(cfg, log=lambda *a: None)
+    cpu_store = open_store(cfg)
+    cfg.backbone.image_prep, cfg.cache.worker_decode = "gpu", worker_decode
+    summary = build_cache(cfg, log=lambda *a: None)
+    gpu_store = open_store(cfg)
+    assert gpu_store.dir != cpu_store.dir and summary["encoded"] == summary["unique_inputs"] > 0
+    keys = list(dict.fromkeys(build_index(cfg.data).table.cache_key))
+    (a, ma), (b, mb) = cpu_store.get(keys), gpu_store.get(keys)
+    assert torch.equal(ma, mb)
+    assert float((b.float() - a.float()).norm() / a.float().norm()) < 0.01
