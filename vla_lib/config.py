@@ -129,6 +129,14 @@ class BackboneConfig:
     fast_vision: str = "auto"
     fast_compile: bool = True
     fast_cuda_graphs: bool = True
+    # Image preparation (vlm/qwen/gpu_prepare.py): "gpu" decodes JPEGs (nvJPEG), resizes, normalises and lays out the
+    # patches on the backbone's device; "cpu" is the reference path (qwen_vl_utils + the image processor); auto = gpu
+    # on CUDA. Pixel values differ slightly between the two (resize arithmetic, JPEG decoder), so "gpu" is part of
+    # the cache fingerprint: a store is never filled by both.
+    image_prep: str = "auto"
+    # torch.compile's caches (Inductor, Triton, autotuning) persist here, so a second process on the same machine
+    # skips most of the fast encoder's one-off compilation; "" = torch's defaults.
+    compile_cache_dir: str = "outputs/compile_cache"
     device: str = "auto"
     image_resize_height: int = 360
     image_resize_width: int = 640  # pixel budget = height * width (min = max, as the seed)
@@ -139,6 +147,7 @@ class BackboneConfig:
     def validate(self) -> None:
         _choice("backbone.dtype", self.dtype, ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"))
         _choice("backbone.fast_vision", self.fast_vision, ("auto", "off", "varlen", "masked_sdpa"))
+        _choice("backbone.image_prep", self.image_prep, ("auto", "cpu", "gpu"))
         if self.image_resize_height <= 0 or self.image_resize_width <= 0:
             raise ConfigError("backbone.image_resize_height/width must be positive")
 
@@ -156,6 +165,9 @@ class CacheConfig:
     num_workers: int = 0
     shard_size: int = 256  # samples per shard file (and per flush: a killed build loses at most this many)
     allow_inline_encoding: bool = False  # training on a cache miss: error (default) or encode inline
+    # With backbone.image_prep = gpu: false = the workers read the JPEG bytes and the device decodes them (nvJPEG);
+    # true = the workers decode them (libjpeg, PIL's pixels exactly) and the device only resizes and normalises.
+    worker_decode: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -411,7 +423,7 @@ def _coerce(tp: Any, value: Any, where: str):
 # (logging, workers, paths, step limits, the eval section), so a resume honours a change of them.
 RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "cache.dir", "cache.batch_size",
                "cache.num_workers", "cache.shard_size", "cache.allow_inline_encoding", "backbone.device",
-               "backbone.tiny_model_dir", "backbone.fast_", "train.num_workers", "train.log_every_steps",
+               "backbone.tiny_model_dir", "backbone.fast_", "backbone.compile_cache_dir", "train.num_workers", "train.log_every_steps",
                "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_")
 
 

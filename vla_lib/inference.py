@@ -3,8 +3,9 @@
     policy = VLAPolicy.from_checkpoint("outputs/demo/train/checkpoints/qwen_vla_sensor_best.pt")
     chunk = policy.predict(instruction, [view1, ..., view5], sensor_window)  # (8, 7) mm / deg
 
-Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked); they are fitted to the
-pixel budget the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
+Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked), and JPEG bytes when the
+images are prepared on the device (`backbone.image_prep`, gpu by default on CUDA); they are fitted to the pixel budget
+the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
 fixed grid (None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
 (K = `policy.history_steps`, oldest first; what `vla_lib.data.timeline.pose_history` computes from the robot samples
 stamped at or before now). The split `encode` / `act` is what the real-time loop
@@ -92,7 +93,8 @@ class VLAPolicy:
             if len(ims) != len(self.views):
                 raise ValueError(f"expected {len(self.views)} views {self.views}, got {len(ims)}")
             samples.append(([im for im in ims if im is not None], instruction, [im is not None for im in ims]))
-        return self.backbone.encode(self.backbone.preparer()(samples), self.config.cache.pooling)
+        # on the device when the backbone prepares there (backbone.image_prep: JPEG bytes accepted too)
+        return self.backbone.encode(self.backbone.prepare(samples), self.config.cache.pooling)
 
     @torch.no_grad()
     def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None) -> np.ndarray:

@@ -43,8 +43,14 @@ class ToyBackbone:
     def warmup_s(self) -> float:
         return 0.0
 
+    def image_reader(self, decode_in_workers: bool = False):
+        return lambda path: Image.open(path).convert("RGB")
+
     def preparer(self):
         return partial(_prepare, budget=self.pixel_budget)
+
+    def prepare(self, samples):
+        return self.preparer()(samples)
 
     def encode(self, inputs, pooling: str = "per_view"):
         views = inputs["views"]

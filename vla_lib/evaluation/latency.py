@@ -1,8 +1,8 @@
 """Latency profiling: the VL update over views x resolutions (the original's sweep) and the action step.
 
 Every figure: warm-up runs first, the device synchronised around each timed call, median and p95 of the repeats.
-The VL update is split into CPU preparation (resize to the budget, chat template, image processor) and the
-backbone forward + pooling. Runs with the tiny VLM on CPU; with `backbone.random_weights` the published 3B
+The VL update is split into the preparation (resize to the budget, chat template, image processor: on the CPU, or on
+the device with `backbone.image_prep` = gpu) and the backbone forward + pooling. Runs with the tiny VLM on CPU; with `backbone.random_weights` the published 3B
 architecture is timed on a GPU without downloading weights.
 """
 from __future__ import annotations
@@ -47,16 +47,14 @@ def time_vl_update(backbone, n_views: int, width: int, height: int, repeats: int
                    instruction: str = "Perform the insertion task", total_views: int = 5, batch: int = 1) -> dict:
     """One VL update of `n_views` camera frames of width x height, fitted to a width*height pixel budget."""
     backbone.set_pixel_budget(width * height)
-    prepare = backbone.preparer()
     frames = random_frames(n_views, width, height)
     mask = [k < n_views for k in range(max(total_views, n_views))]
     prep, model = [], []
     for k in range(warmup + repeats):
         t0 = time.perf_counter()
-        inputs = prepare([(frames, instruction, mask)] * batch)
-        t1 = time.perf_counter()
+        inputs = backbone.prepare([(frames, instruction, mask)] * batch)  # CPU, or the device (then synced)
         _sync(backbone.device)
-        t2 = time.perf_counter()
+        t1 = t2 = time.perf_counter()
         backbone.encode(inputs, pooling)
         _sync(backbone.device)
         t3 = time.perf_counter()

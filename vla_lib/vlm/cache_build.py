@@ -12,19 +12,19 @@ import time
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vla_lib.data.recorder_formats import load_image
 from vla_lib.commands import command_for
 from vla_lib.data.samples import build_index
-from vla_lib.vlm.interface import backbone_parts, load_backbone, resolve_device, resolve_dtype
 from vla_lib.vlm.feature_store import CacheMissError, FeatureStore
+from vla_lib.vlm.interface import backbone_parts, load_backbone, resolve_device, resolve_dtype
 
 
 def store_parts(cfg, backbone_parts: dict) -> dict:
     """Everything that changes a stored feature: the backbone's own parts (its identity: weights' bytes for a local
-    folder, the id and pinned revision for a hub id; processor, template and library versions), the resolved dtype
-    (a CPU fp32 and a GPU bf16 store differ), pixel budget, pooling and views."""
+    folder, the id and pinned revision for a hub id; processor, template and library versions; how images are
+    prepared), the resolved dtype (a CPU fp32 and a GPU bf16 store differ), pixel budget, pooling and views."""
     device = resolve_device(cfg.backbone.device)
-    return {"kind": cfg.backbone.kind, **backbone_parts, "pixel_budget": cfg.backbone.image_resize_height * cfg.backbone.image_resize_width,
+    return {"kind": cfg.backbone.kind, **backbone_parts,
+            "pixel_budget": cfg.backbone.image_resize_height * cfg.backbone.image_resize_width,
             "pooling": cfg.cache.pooling, "views": list(cfg.data.views),
             "dtype": str(resolve_dtype(cfg.backbone.dtype, device)).removeprefix("torch.")}
 
@@ -51,10 +51,11 @@ def link_store(cfg, store: FeatureStore, replace: bool = False) -> None:
 
 
 class _EncodeInputs(Dataset):
-    """Item = one distinct VL input, decoded and fitted to the budget in the worker."""
+    """Item = one distinct VL input, its images read in the worker by the backbone's reader (decoded and fitted for
+    a CPU preparation; bytes, or decoded frames, for one on the device). A corrupt file raises, naming it."""
 
-    def __init__(self, index, rows):
-        self.index, self.rows = index, rows
+    def __init__(self, index, rows, read):
+        self.index, self.rows, self.read = index, rows, read
 
     def __len__(self):
         return len(self.rows)
@@ -62,15 +63,17 @@ class _EncodeInputs(Dataset):
     def __getitem__(self, k):
         i = self.rows[k]
         paths = self.index.view_paths(i)
-        images = [load_image(p) for p in paths if p is not None]  # a corrupt file raises, naming it
+        images = [self.read(p) for p in paths if p is not None]
         return self.index.table.at[i, "cache_key"], images, self.index.table.at[i, "instruction"], \
             [p is not None for p in paths]
 
 
 def _collate(prepare):
-    """`prepare`: the backbone's CPU-side preparation (decoded images are fitted and processed in the workers)."""
+    """`prepare`: the backbone's CPU preparation run in the workers, or None: the samples go as read (JPEG bytes or
+    decoded frames) and are prepared on the device in the main process."""
     def collate(items):
-        return [k for k, *_ in items], prepare([(ims, instr, mask) for _, ims, instr, mask in items])
+        samples = [(ims, instr, mask) for _, ims, instr, mask in items]
+        return [k for k, *_ in items], samples if prepare is None else prepare(samples)
     return collate
 
 
@@ -138,9 +141,12 @@ def build_cache(cfg, log=print) -> dict:
     # Every rank must split the same `todo`: without this barrier a rank that loads its backbone late sees the
     # shards an early rank already wrote, splits a shorter list, and some keys fall to no rank.
     state.wait_for_everyone()
-    loader = DataLoader(_EncodeInputs(index, mine), batch_size=cfg.cache.batch_size,
-                        num_workers=cfg.cache.num_workers, pin_memory=backbone.device.type == "cuda",
-                        collate_fn=_collate(backbone.preparer()))
+    in_workers = backbone.preparer()  # None: prepared on the device here, the workers only read
+    decode = in_workers is None and cfg.cache.worker_decode
+    loader = DataLoader(_EncodeInputs(index, mine, backbone.image_reader(decode)), batch_size=cfg.cache.batch_size,
+                        num_workers=cfg.cache.num_workers,
+                        pin_memory=backbone.device.type == "cuda" and (decode or in_workers is not None),
+                        collate_fn=_collate(in_workers))
     writer = store.writer(state.process_index, cfg.cache.shard_size)
     start = time.time()
     pending, first = None, None  # first: (inputs, seconds) of the first batch, which compiles and captures
@@ -148,6 +154,8 @@ def build_cache(cfg, log=print) -> dict:
     asked = time.time()
     for keys, inputs in tqdm(loader, disable=not main, desc="encoding"):
         got = time.time()
+        if in_workers is None:
+            inputs = backbone.prepare(inputs)
         encoded = _DeferredCopy(keys, *backbone.encode(inputs, cfg.cache.pooling))
         if first:
             waited, in_encode = waited + got - asked, in_encode + time.time() - got

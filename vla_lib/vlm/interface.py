@@ -28,8 +28,15 @@ class VLBackbone(Protocol):
     @property
     def hidden_size(self) -> int: ...  # width of one pooled feature token
 
-    def preparer(self) -> Callable[[Samples], Any]:
-        """A picklable CPU-side function samples -> encoder inputs (runs in DataLoader workers)."""
+    def image_reader(self, decode_in_workers: bool = False) -> Callable[[Any], Any]:
+        """What a DataLoader worker makes of an image file (a decoded image, or its bytes for a device preparation)."""
+
+    def preparer(self) -> Callable[[Samples], Any] | None:
+        """A picklable CPU function samples -> encoder inputs for the workers, or None when `prepare` runs on the
+        device in the main process."""
+
+    def prepare(self, samples: Samples):
+        """The whole preparation in the calling process (images: paths, PIL images, arrays, or what the reader gave)."""
 
     def encode(self, inputs, pooling: str = "per_view") -> tuple[torch.Tensor, torch.Tensor]:
         """(features (B, V+1, D) float32 on the device, token mask (B, V+1) bool); `mean_all`: one token."""

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from vla_lib.vlm.interface import resolve_device, resolve_dtype
-from vla_lib.vlm.qwen.encode import encode, prepare_inputs
+from vla_lib.data.recorder_formats import load_image
+from vla_lib.vlm.qwen.encode import encode, prepare_for, prepare_inputs
+from vla_lib.vlm.qwen.gpu_prepare import DeviceImagePrep, decode_views, read_bytes, resolve_image_prep
 from vla_lib.vlm.qwen.tiny_model import build_tiny_model, qwen25_vl_3b_config
 
 # The image processor must not resize again what qwen_vl_utils already fitted to the budget: with min = max = budget
@@ -31,6 +33,7 @@ class Backbone:
     fingerprint: str  # identity of the weights + config: part of every cache key
     pixel_budget: int
     fast: object = None  # a vlm.fast_vision.FastEncoder, or None: transformers' stock forward
+    prep: object = None  # a vlm.gpu_prepare.DeviceImagePrep, or None: the CPU preparation (encode.prepare_inputs)
 
     @property
     def hidden_size(self) -> int:
@@ -42,7 +45,22 @@ class Backbone:
 
     # -- the VLBackbone interface ------------------------------------------------------------------------------
     def preparer(self):
+        """The CPU preparation for DataLoader workers, or None when images are prepared on the device
+        (`backbone.image_prep`: the workers then only read bytes, `prepare` runs here)."""
+        if self.prep is not None:
+            return None
         return partial(prepare_inputs, self.processor, pixel_budget=self.pixel_budget, pixel_dtype=self.dtype)
+
+    def image_reader(self, decode_in_workers: bool = False):
+        """What a worker makes of an image file: a decoded PIL image (CPU preparation), or its JPEG bytes (device
+        preparation: nvJPEG decodes them), or libjpeg-decoded (3, H, W) uint8 when `decode_in_workers`."""
+        if self.prep is None:
+            return load_image
+        return _decoded if decode_in_workers else read_bytes
+
+    def prepare(self, samples):
+        """The whole preparation in this process: on the device when the backbone prepares there (JPEG bytes too)."""
+        return prepare_for(self, samples)
 
     def encode(self, inputs, pooling: str = "per_view") -> tuple[torch.Tensor, torch.Tensor]:
         return encode(self, inputs, pooling)
@@ -51,10 +69,11 @@ class Backbone:
         set_pixel_budget(self, budget)
 
     def parts(self) -> dict:
-        return {"backbone": self.fingerprint, **processor_parts(self.processor)}
+        return {"backbone": self.fingerprint, **processor_parts(self.processor), **_prep_part(self.prep is not None)}
 
     def describe(self) -> str:
-        return f"fast encoder: {self.fast.describe()}" if self.fast is not None else "stock forward"
+        where = "images prepared on the device" if self.prep is not None else "images prepared on the CPU"
+        return f"{where}, " + (f"fast encoder: {self.fast.describe()}" if self.fast is not None else "stock forward")
 
     def tokens_per_view(self, inputs) -> int:
         grid = inputs.batch["image_grid_thw"][0]
@@ -87,10 +106,16 @@ def load_backbone(cfg) -> Backbone:
     model.eval().requires_grad_(False)
     backbone = Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
     set_pixel_budget(backbone, budget)
+    if resolve_image_prep(cfg.image_prep, device) == "gpu":
+        backbone.prep = DeviceImagePrep(processor, device, dtype)
     if cfg.fast_vision != "off" and (cfg.fast_vision != "auto" or device.type == "cuda"):
         from vla_lib.vlm.qwen.fast_vision import enable_fast_vision
 
         cuda = device.type == "cuda"
+        if cfg.fast_compile and cuda:
+            from vla_lib.vlm.qwen.compile_cache import use_compile_cache
+
+            use_compile_cache(cfg.compile_cache_dir)
         enable_fast_vision(backbone, cfg.fast_vision, compile=cfg.fast_compile and cuda,
                            cuda_graphs=cfg.fast_cuda_graphs and cuda, log=lambda *a: None)
     return backbone
@@ -121,7 +146,18 @@ def parts(cfg) -> dict:
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(backbone_source(cfg), revision=cfg.revision)
-    return {"backbone": backbone_fingerprint(cfg), **processor_parts(processor)}
+    on_device = resolve_image_prep(cfg.image_prep, resolve_device(cfg.device)) == "gpu"
+    return {"backbone": backbone_fingerprint(cfg), **processor_parts(processor), **_prep_part(on_device)}
+
+
+def _prep_part(on_device: bool) -> dict:
+    # Device-prepared pixels differ slightly from the CPU path's (nvJPEG, the resize kernel): their own store;
+    # CPU-prepared stores keep their key.
+    return {"image_prep": "gpu"} if on_device else {}
+
+
+def _decoded(path):
+    return decode_views([read_bytes(path)], "cpu")[0]
 
 
 def _sha(text: str) -> str:

@@ -52,10 +52,13 @@ def fit_images(messages: list[dict]) -> list:
 class EncoderInputs:
     batch: dict  # processor output (input_ids, attention_mask, pixel_values, image_grid_thw)
     view_masks: torch.Tensor  # (B, V) bool: which configured slots hold an image
+    # What `encode` plans from the non-pixel inputs (pooling weights, the fast encoder's layout), shared between
+    # inputs with the same text side (gpu_prepare keeps one per instructions + view sets + sizes); None: plan anew.
+    plans: dict | None = None
 
     def pin_memory(self) -> "EncoderInputs":
         """Called by a DataLoader with pin_memory=True: page-locked pixels copy to the GPU asynchronously."""
-        return EncoderInputs({k: v.pin_memory() for k, v in self.batch.items()}, self.view_masks)
+        return EncoderInputs({k: v.pin_memory() for k, v in self.batch.items()}, self.view_masks, self.plans)
 
 
 def prepare_inputs(processor, samples: list[tuple[list, str, list[bool]]], pixel_budget: int,
@@ -73,16 +76,30 @@ def prepare_inputs(processor, samples: list[tuple[list, str, list[bool]]], pixel
     return EncoderInputs(batch, torch.tensor([m for _, _, m in samples], dtype=torch.bool))
 
 
+def prepare_for(backbone, samples: list[tuple[list, str, list[bool]]]) -> EncoderInputs:
+    """`prepare_inputs` on the CPU, or on the device when the backbone has a device preparation
+    (`backbone.image_prep`, vlm/gpu_prepare.py): then images may also be JPEG bytes."""
+    if getattr(backbone, "prep", None) is not None:
+        return backbone.prep(samples, backbone.pixel_budget)
+    return prepare_inputs(backbone.processor, samples, backbone.pixel_budget, backbone.dtype)
+
+
 @torch.inference_mode()
 def encode(backbone, inputs: EncoderInputs, pooling: str = "per_view") -> tuple[torch.Tensor, torch.Tensor]:
     """(features (B, T, D) float32, token mask (B, T) bool). T = V + 1 for per_view, 1 for mean_all. Through the
     backbone's fast encoder when it has one (vlm/fast_vision.py), else transformers' stock forward."""
-    weights, mask = pooling_weights(inputs.batch["input_ids"], inputs.batch["attention_mask"],
-                                    inputs.batch.get("image_grid_thw"), inputs.view_masks, backbone.config, pooling)
+    plans = inputs.plans if inputs.plans is not None else {}
+    if pooling not in plans:
+        plans[pooling] = pooling_weights(inputs.batch["input_ids"], inputs.batch["attention_mask"],
+                                         inputs.batch.get("image_grid_thw"), inputs.view_masks, backbone.config,
+                                         pooling)
+    weights, mask = plans[pooling]
     if backbone.fast is not None:
         from vla_lib.vlm.qwen.fast_vision import plan_layout
 
-        layout = plan_layout(backbone.model, inputs.batch, weights)
+        if (pooling, "layout") not in plans:
+            plans[pooling, "layout"] = plan_layout(backbone.model, inputs.batch, weights)
+        layout = plans[pooling, "layout"]
         # From page-locked memory, non-blocking: a copy that waits for the stream would hold the host until this
         # batch is done, and the GPU would idle while the host prepares the next one.
         mask = mask.pin_memory() if backbone.device.type == "cuda" else mask

@@ -18,6 +18,7 @@ its forwards stay stock, and another instance or `model.model(...)` behaves as b
   fallback and the reference for the logic);
 - the patch embedding as the matrix product it is (a Conv3d whose stride equals its kernel: 0.06 ms against
   0.75 ms for cuDNN's bf16 Conv3d at batch 1);
+- the vision MLP on zero-padded copies of its weights (see MLP_PAD): 41.2 -> 31.4 ms for a batch-1 update;
 - `compile`: each vision block and each LM decoder layer through one `torch.compile`d function (regional
   compilation: identical layers share one compiled graph, so compiling costs one block, not 68), which fuses the
   element-wise work;
@@ -41,6 +42,12 @@ BACKENDS = ("varlen", "masked_sdpa")
 # Layouts captured per encoder. The graphs share one memory pool for their intermediates (each output is copied out
 # right after its replay), so a graph costs its static inputs and output only: ~12 MB for 5 views at batch 1.
 MAX_GRAPHS = 32
+# The vision MLP's width (3420 in Qwen2.5-VL) is no multiple of 8, so cuBLAS runs its products on sm80 kernels at
+# ~200 TFLOP/s: 48 % of the kernel time of a batch-1 update on an H100 (profiled, issue 19). The encoder keeps
+# copies of those weights padded with zeros to a multiple of MLP_PAD (gate and up stacked into one product): the same
+# function exactly (the padded gate and up outputs are 0, act(0) * 0 = 0, and the padded down columns are 0), at the
+# cost of one more copy of the vision MLP weights (~0.85 GB in bf16 for the 3B model).
+MLP_PAD = 128
 
 
 def _varlen_available() -> bool:
@@ -144,14 +151,45 @@ def _attend(backend, q, k, v, cu, max_len, block_mask):
                                           attn_mask=block_mask)[0].transpose(0, 1)
 
 
-def _vision_block(blk, h, cos, sin, cu, max_len, block_mask, backend: str, rotate):
+def _vision_block(blk, h, cos, sin, cu, max_len, block_mask, backend: str, rotate, mlp=None):
     attn = blk.attn
     x = blk.norm1(h)
     n = x.shape[0]
     q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     q, k = rotate(q, k, cos, sin)  # v made contiguous here, fused, rather than by the attention kernel's own copy
     h = h + attn.proj(_attend(backend, q, k, v.contiguous(), cu, max_len, block_mask).reshape(n, -1))
-    return h + blk.mlp(blk.norm2(h))
+    if mlp is None:
+        return h + blk.mlp(blk.norm2(h))
+    gate_up, bias, down, down_bias = mlp  # padded copies (see MLP_PAD)
+    gate, up = F.linear(blk.norm2(h), gate_up, bias).chunk(2, dim=-1)
+    return h + F.linear(blk.mlp.act_fn(gate) * up, down, down_bias)
+
+
+@torch.no_grad()
+def padded_mlps(visual, multiple: int = MLP_PAD) -> list | None:
+    """Per vision block (gate+up stacked, its bias, down, down's bias), the width padded with zeros to `multiple`;
+    None when the width is a multiple already or the MLP is not the gate/up/down form with act(0) = 0."""
+    mlp = visual.blocks[0].mlp
+    if not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return None
+    width = mlp.gate_proj.out_features
+    w = mlp.gate_proj.weight
+    if width % multiple == 0 or float(mlp.act_fn(torch.zeros(1, dtype=w.dtype, device=w.device))) != 0.0:
+        return None
+    padded = -(-width // multiple) * multiple
+    out = []
+    for blk in visual.blocks:
+        m = blk.mlp
+        gate_up = w.new_zeros(2 * padded, w.shape[1])
+        gate_up[:width], gate_up[padded:padded + width] = m.gate_proj.weight, m.up_proj.weight
+        bias = None
+        if m.gate_proj.bias is not None:
+            bias = w.new_zeros(2 * padded)
+            bias[:width], bias[padded:padded + width] = m.gate_proj.bias, m.up_proj.bias
+        down = w.new_zeros(m.down_proj.weight.shape[0], padded)
+        down[:, :width] = m.down_proj.weight
+        out.append((gate_up, bias, down, m.down_proj.bias))
+    return out
 
 
 def _lm_layer(layer, h, mask, position_embeddings):
@@ -190,6 +228,7 @@ class FastEncoder:
         # Conv3d with stride == kernel over flattened patches is a matrix product with the flattened kernel.
         self.patch_weight = visual.patch_embed.proj.weight.reshape(visual.patch_embed.proj.weight.shape[0], -1)
         self.vision_block, self.lm_layer = _vision_block, _lm_layer
+        self.mlps = padded_mlps(visual)  # copies made now: the backbone is frozen (make a new encoder after a change)
         if compile:  # dynamic from the start: one compilation serves every batch size and prompt length
             self.vision_block = torch.compile(_vision_block, dynamic=True)
             self.lm_layer = torch.compile(_lm_layer, dynamic=True)
@@ -199,6 +238,7 @@ class FastEncoder:
 
     def describe(self) -> str:
         return (f"{self.backend} attention over packed windows, layout precomputed on the CPU"
+                + (", vision MLP padded to a multiple of %d" % MLP_PAD if self.mlps else "")
                 + (", blocks compiled" if self.compiled else "") + (", CUDA graph per layout" if self.cuda_graphs
                                                                     else ""))
 
@@ -219,7 +259,7 @@ class FastEncoder:
             full = i in visual.fullatt_block_indexes
             h = self.vision_block(blk, h, cos, sin, t["cu_full"] if full else t["cu_window"],
                                   max_full if full else max_window, masks[1] if full else masks[0], self.backend,
-                                  self.rotate)
+                                  self.rotate, self.mlps[i] if self.mlps else None)
         image = visual.merger(h)[t["reverse_index"]]
         ids = t["input_ids"]
         b, length = ids.shape
@@ -270,7 +310,9 @@ class FastEncoder:
         torch.cuda.current_stream().wait_stream(side)
         self._pool = self._pool or torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: another thread's CUDA call during the capture (a DataLoader's pin-memory thread allocating
+        # page-locked memory, the real-time loop's action step) must not invalidate it; seen on an H100 (issue 19).
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             output = run()
         entry = {"graph": graph, "pixel_values": static_pixels, "inputs": inputs, "output": output}
         self.graphs[layout.shape_key] = entry
