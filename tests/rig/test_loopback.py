@@ -25,9 +25,10 @@ def test_loopback_replay_record_and_read_back(rig_session, live_cfg, tmp_path):
         # mid-run, the loop's inputs are what training computes from the same samples
         assert wait_for(lambda: io.robot.n > 150, timeout=5.0)
         t_mid = io.now()
-        hist = io.pose_history(4, t_mid)
-        rt = s.robot_times[s.robot_times <= t_mid]
-        np.testing.assert_allclose(hist, pose_history(rt, s.pose[:len(rt)], [t_mid], 4, 0.1)[0], atol=1e-3)
+        for t in (t_mid, t_mid - 0.33):  # the past too: later samples are in the buffer, only those <= t count
+            rt = s.robot_times[s.robot_times <= t]
+            np.testing.assert_allclose(io.pose_history(4, t), pose_history(rt, s.pose[:len(rt)], [t], 4, 0.1)[0],
+                                       atol=1e-3)
         t_w = t_mid - 0.05  # the sensor sends in 5 ms batches: by now every sample up to t_w has arrived
         window = io.sensor_window(t_w)
         st = s.sensor.times + io.offset("sensor")
@@ -40,6 +41,7 @@ def test_loopback_replay_record_and_read_back(rig_session, live_cfg, tmp_path):
         images, ident, captured = io.views()
         assert all(im is not None for im in images) and min(ident) > 0 and captured <= t_mid
         assert wait_for(rig.done, timeout=10.0)
+        assert np.isnan(io.sensor_window(st[-1] + 0.5)).all()  # no sample in the window: NaN rows (masked), not 0
     finally:
         sent = rig.stop()
         wait_for(lambda: io.sensor.stats.accepted >= sent["sent"]["sensor"], timeout=1.0)
