@@ -188,3 +188,18 @@ def untrained_policy(cfg, seed: int = 0):
     torch.manual_seed(seed)
     heads = Stage1Policy(cfg.model, *stats.action_arrays(), *stats.sensor_arrays()).eval()
     return VLAPolicy(heads, cfg, stats, backbone, "cpu")
+
+
+def free_loopback_endpoints(live) -> None:
+    """Point every endpoint at a free loopback port (simulated runs beside anything else on this machine)."""
+    import socket
+
+    def port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    live.robot_endpoint = f"tcp://127.0.0.1:{port()}"
+    live.camera_endpoint = f"tcp://127.0.0.1:{port()}"
+    live.sensor_endpoint = f"127.0.0.1:{port()}"
+    live.action_endpoint = f"tcp://127.0.0.1:{port()}"
