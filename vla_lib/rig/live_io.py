@@ -37,6 +37,7 @@ class LiveRobotIO:
                                       live_cfg.blend_decay, live_cfg.execution_latency_s, self.publisher)
         self._decoded: dict[str, tuple[int, object]] = {}
         self.ticks: list[dict] = []
+        self._window = None
         self._rows = max(64, int(data_cfg.sensor_window_s * 5000) + 16)  # enough raw rows for up to 5 kHz
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
@@ -107,21 +108,28 @@ class LiveRobotIO:
 
     def raw_sensor(self, t: float):
         """(times on the robot clock, forces, A-lines) of the sensor samples in (t - window, t]."""
-        times, forces, alines = self.sensor.latest(self._rows)
-        times = times + self.offset("sensor")
-        keep = (times > t - self.data.sensor_window_s) & (times <= t)
+        off = self.offset("sensor")
+        times, forces, alines = self.sensor.latest(self._rows, after=t - self.data.sensor_window_s - off)
+        times = times + off
+        keep = times <= t
         return times[keep], forces[keep], alines[keep]
 
     def sensor_window(self, t: float | None = None):
+        """The window at t (default now). The array is reused by the next call (the loop consumes it within its
+        tick, so a long run keeps no copies): copy it to keep it."""
         if not self.sensor.n:
             return None
         t = self.now() if t is None else t
         d = self.data
-        times, forces, alines = self.sensor.latest(self._rows)
-        window, valid, _ = resample_sensor_window(times + self.offset("sensor"), forces, alines, t,
+        off = self.offset("sensor")
+        times, forces, alines = self.sensor.latest(self._rows, after=t - d.sensor_window_s - 2 * d.sensor_max_gap_s - off)
+        window, valid, _ = resample_sensor_window(times + off, forces, alines, t,
                                                   d.sensor_window_s, d.sensor_window_size, d.sensor_max_gap_s)
         window[~valid] = np.nan
-        return window
+        if self._window is None or self._window.shape != window.shape:
+            self._window = np.empty_like(window)
+        self._window[:] = window
+        return self._window
 
     def robot_samples(self, t: float, span_s: float):
         times, pose = self.robot.latest(span_s + 1.0)

@@ -295,11 +295,13 @@ class SensorReceiver(_Receiver):
         if self.recorder is not None:
             self.recorder.sensor(rec)
 
-    def latest(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The last `rows` samples (times on the sensor clock, forces, A-lines), oldest first (copies)."""
+    def latest(self, rows: int, after: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Of the last `rows` samples, those stamped after `after` (sensor clock): times, forces, A-lines, oldest
+        first (copies; only the selected A-lines are copied)."""
         with self.lock:
             m = min(self.n, self.capacity, rows)
             idx = np.arange(self.n - m, self.n) % self.capacity
+            idx = idx[self.times[idx] > after]
             return self.times[idx], self.forces[idx], self.alines[idx]
 
 

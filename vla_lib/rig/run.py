@@ -49,7 +49,10 @@ def replay_session(cfg):
     return index.sessions[sid], index.table.loc[index.table.session_id == sid, "instruction"].iloc[0]
 
 
-def run_live(cfg, policy=None, log=print, session=None) -> dict:
+def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on_tick_monitor=None) -> dict:
+    """`senders_factory(live, session)` -> a started sender object with `stop()` -> counts (default: `SimulatedRig`
+    threads in this process, when `live.simulate_senders`); `on_tick_monitor(io)` is started in a thread after the
+    receivers (the soak benchmark samples memory with it)."""
     import torch
 
     from vla_lib.evaluation.realtime import run_realtime
@@ -78,11 +81,18 @@ def run_live(cfg, policy=None, log=print, session=None) -> dict:
     io = LiveRobotIO(live, cfg.data, recorder, action_log=out / "actions.jsonl").start()
     rig = None
     try:
-        if live.simulate_senders:
+        if live.simulate_senders and senders_factory is not None:
+            rig = senders_factory(live, session)
+            log(f"simulated senders (own process) replaying {session.path.name}")
+        elif live.simulate_senders:
             rig = SimulatedRig(session, live.robot_endpoint, live.camera_endpoint, live.sensor_endpoint,
                                live.camera_views, live.replay_cameras or None, live.replay_loop,
                                live.sim_sensor_batch_s, live.sim_sensor_drop_fraction).start()
             log(f"simulated senders replaying {session.path.name} ({'looped' if live.replay_loop else 'once'})")
+        if on_tick_monitor is not None:
+            import threading
+
+            threading.Thread(target=on_tick_monitor, args=(io,), daemon=True, name="monitor").start()
         missing = io.wait_ready(live.ready_timeout_s, need_sensor=live.require_sensor)
         if missing:
             raise TimeoutError(f"no data within {live.ready_timeout_s:g} s from: {missing} "

@@ -186,3 +186,42 @@ class SimulatedRig:
             if i < n:
                 nxt = times[i] + off + self.shift
                 time.sleep(min(0.05, max(self.batch_s, nxt - time.time())))  # batch what falls due meanwhile
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Senders in their own process (as on the rig, where they run on other machines): no GIL shared with the receivers
+# ---------------------------------------------------------------------------------------------------------------
+def _rig_process(session_path: str, kwargs: dict, stop, results) -> None:
+    from vla_lib.data.recorder_formats import read_session
+
+    rig = SimulatedRig(read_session(session_path, check_images=False), **kwargs).start()
+    while not stop.wait(0.1) and not rig.done():
+        pass
+    results.put(rig.stop())
+
+
+class RigProcess:
+    """`SimulatedRig` in a spawned process; `stop()` returns its counts."""
+
+    def __init__(self, session_path, **kwargs):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._stop, self._results = ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=_rig_process, args=(str(session_path), kwargs, self._stop, self._results),
+                                 daemon=True)
+
+    def start(self) -> "RigProcess":
+        self._proc.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> dict | None:
+        self._stop.set()
+        try:
+            stats = self._results.get(timeout=timeout)
+        except Exception:
+            stats = None
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+        return stats
