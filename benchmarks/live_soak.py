@@ -33,6 +33,7 @@ def main():
     p.add_argument("--checkpoint", default="")
     p.add_argument("--rss-every", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the policy")
+    p.add_argument("--tracemalloc", action="store_true", help="print the Python allocations that grew after 30 s")
     args = p.parse_args()
 
     out = Path(args.out)
@@ -68,6 +69,15 @@ def main():
 
     def monitor(io):
         start = time.time()
+        if args.tracemalloc:
+            import tracemalloc
+
+            tracemalloc.start(4)
+            time.sleep(30)
+            first = tracemalloc.take_snapshot()
+            time.sleep(max(0.0, args.duration - 40))
+            for stat in tracemalloc.take_snapshot().compare_to(first, "traceback")[:8]:
+                print(stat, *stat.traceback.format()[-4:], sep="\n  ")
         while time.time() - start < args.duration + 60:
             rss.append((round(time.time() - start, 1), round(rss_mb(), 1)))
             time.sleep(args.rss_every)

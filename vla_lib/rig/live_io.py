@@ -160,7 +160,7 @@ class LiveRobotIO:
     def send_action(self, t: float, chunk: np.ndarray) -> None:
         t_send = self.now()
         times, pose = self.robot_samples(t_send, 0.5)
-        current = pose[-1] if len(pose) else None
+        current = pose[-1].copy() if len(pose) else None  # a copy: a view would keep the whole slice alive per tick
         _, forces, _ = self.raw_sensor(t_send) if self.sensor.n else (None, None, None)
         ages = self.stream_ages(t_send)
         safety_ages = {"robot": ages["robot"]}
