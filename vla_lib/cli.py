@@ -3,7 +3,8 @@ and `torchrun -m vla_lib`.
 
 Modes: synth (write synthetic sessions), audit, cache (build the VL feature store), verify (check the store),
 train (Stage 1), eval (offline metrics, real-time replay, latency -> outputs/<run>/metrics.json), demo (the notebooks
-via papermill).
+via papermill), live (the real-time loop on the rig's endpoints from `live:` in params, dry run unless --send-actions;
+--simulate-senders replays a recorded session over loopback -> outputs/<run>/live/report.json).
 The seed's flags are accepted as written in the guide; each maps onto one field of the same dataclass config the
 notebooks use (flags override the YAML). Unknown flags and bad values are errors.
 """
@@ -14,7 +15,7 @@ import sys
 
 from vla_lib.config import ConfigError, RunConfig
 
-MODES = ("synth", "audit", "cache", "verify", "train", "eval", "demo")
+MODES = ("synth", "audit", "cache", "verify", "train", "eval", "demo", "live")
 
 # flag -> (config fields it sets, type). A store_true flag has type None.
 FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
@@ -51,6 +52,11 @@ FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
     "--checkpoint": (("eval.checkpoint",), str),
     "--allow-inline-encoding": (("cache.allow_inline_encoding",), None),
     "--allow-backbone-mismatch": (("eval.allow_backbone_mismatch",), None),
+    "--send-actions": (("live.send_actions",), None),
+    "--simulate-senders": (("live.simulate_senders",), None),
+    "--replay-session": (("live.replay_session",), str),
+    "--duration": (("live.duration_s",), float),
+    "--record": (("live.record",), None),
 }
 
 
@@ -166,6 +172,13 @@ def run_mode(args, cfg) -> int:
         print(run.run_realtime_replay(cfg, policy, held=held).summary)
         print(run.run_latency(cfg, policy)["table"].to_string())
         print(f"metrics: {cfg.run_dir / 'metrics.json'}")
+    elif args.mode == "live":
+        from vla_lib.rig.run import run_live
+
+        summary = run_live(cfg)
+        keys = ("action_hz", "deadline_misses", "action_latency_ms_p50", "action_latency_ms_p99", "actions_sent",
+                "actions_dry_run", "dropped", "lost")
+        print({k: summary.get(k) for k in keys})
     return 0
 
 

@@ -1,7 +1,7 @@
 """One configuration system for the CLI, the notebooks and papermill.
 
 A run is described by `RunConfig`, a tree of dataclasses. A YAML parameter file has one mapping per section
-(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`) plus a few top-level keys; papermill's
+(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `live:`) plus a few top-level keys; papermill's
 `-f params/x.yaml` injects the same sections as notebook variables, and `RunConfig.from_dict` turns them back into
 dataclasses. CLI flags (including the seed's) are dotted overrides applied on top (see `cli.py`).
 Unknown keys are errors, never silently ignored.
@@ -235,6 +235,64 @@ class EvalConfig:
     latency_warmup: int = 2
 
 
+def _default_camera_views() -> dict[str, str]:
+    from vla_lib.rig.wire import default_camera_views
+
+    return default_camera_views()
+
+
+@dataclass
+class LiveConfig:
+    """The live rig (`--mode live`): endpoints, rates, safety limits. Dry run unless `send_actions` (`--send-actions`).
+
+    Endpoints are ZMQ addresses (robot: SUB connects to the robot PC's PUB; cameras: PULL binds, the senders PUSH to
+    it; actions: PUB binds) and a UDP host:port the sensor receiver binds. The defaults are loopback with the
+    original rig's ports; point them at your rig in the params file."""
+
+    robot_endpoint: str = "tcp://127.0.0.1:5556"
+    camera_endpoint: str = "tcp://127.0.0.1:5555"
+    sensor_endpoint: str = "127.0.0.1:9999"
+    action_endpoint: str = "tcp://127.0.0.1:5557"
+    send_actions: bool = False  # publish the actions; otherwise log what would be sent (dry run)
+    simulate_senders: bool = False  # start senders that replay a recorded session over loopback
+    replay_session: str = ""  # their session folder (any layout); "" = the first held-out session with sensor
+    replay_loop: bool = True  # replay again (stamps shifted on) when the session ends
+    replay_cameras: list[str] = field(default_factory=list)  # view keys the senders send; [] = every camera
+    sim_sensor_batch_s: float = 0.005  # the simulated sensor sends what is due every this many seconds
+    sim_sensor_drop_fraction: float = 0.0  # packets the simulated sensor drops on purpose
+    instruction: str = ""  # "" = the replayed session's group instruction, else the first group's
+    duration_s: float = 20.0
+    action_rate_hz: float = 10.0
+    vl_rate_hz: float = 2.0  # VL refreshes per second (0 = as fast as it can)
+    torch_threads: int = 1  # leave CPU to the receivers
+    ready_timeout_s: float = 15.0  # wait this long for every stream before the loop starts
+    require_sensor: bool = True  # no sensor data = hold (safety) and a stream the loop waits for
+    camera_views: dict[str, str] = field(default_factory=_default_camera_views)  # camera name -> view key
+    clock_window_s: float = 10.0  # sliding window of the running-minimum clock offset estimate
+    robot_buffer_s: float = 10.0
+    sensor_buffer_s: float = 2.0
+    record: bool = False  # write what is received as a recv_all session under outputs/<run>/live/
+    # safe execution (vla_lib/rig/safety.py)
+    execution: str = "first"  # first | blend (latency-aware ensemble of overlapping chunks)
+    blend_decay: float = 0.5
+    execution_latency_s: float = 0.0
+    max_step_mm: float = 2.0
+    max_step_deg: float = 2.0
+    max_speed_mm_s: float = 20.0
+    max_speed_deg_s: float = 20.0
+    workspace_min: list[float] = field(default_factory=lambda: [150.0, -150.0, 80.0])
+    workspace_max: list[float] = field(default_factory=lambda: [350.0, 150.0, 250.0])
+    force_limit: float = 5.0  # |force - baseline| that stops motion (latched)
+    force_baseline: float | None = None  # None = tare on the first sensor window
+    max_stream_age_s: float = 0.25  # robot or sensor older than this: hold
+
+    def validate(self) -> None:
+        if self.execution not in ("first", "blend"):
+            raise ConfigError(f"live.execution must be 'first' or 'blend', got {self.execution!r}")
+        if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
+            raise ConfigError("live.workspace_min / workspace_max must be [x, y, z] in mm")
+
+
 @dataclass
 class RunConfig:
     run_name: str = "demo"
@@ -246,6 +304,7 @@ class RunConfig:
     model: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
 
     def __post_init__(self) -> None:
         self.derive()
@@ -424,7 +483,7 @@ def _coerce(tp: Any, value: Any, where: str):
 RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "cache.dir", "cache.batch_size",
                "cache.num_workers", "cache.shard_size", "cache.allow_inline_encoding", "backbone.device",
                "backbone.tiny_model_dir", "backbone.fast_", "backbone.compile_cache_dir", "train.num_workers", "train.log_every_steps",
-               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_")
+               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_", "live.")
 
 
 def settings_changed(stored: dict, current: dict, free_only: bool = False) -> list[str]:

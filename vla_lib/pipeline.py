@@ -10,7 +10,7 @@ from vla_lib.config import RunConfig
 from vla_lib.data.synthetic import generate_dataset
 from vla_lib.notebook import repo_root
 
-NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency"]
+NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "06_live_rig"]
 
 
 def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:

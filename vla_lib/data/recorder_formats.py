@@ -1,4 +1,4 @@
-"""Readers for the real recorder's on-disk layouts (original_system.md §1.2, §1.3).
+"""Readers for the real recorder's on-disk layouts (original_system.md §1.2, §1.3, §1.4).
 
 Family A, sensor sessions `recv_all_YYYYMMDD_HHMMSS/`:
     View1..View4/{left,right}/<cam>_<ts>.jpg, View5/<oak>_<ts>.jpg, robot_state_*.csv,
@@ -6,7 +6,15 @@ Family A, sensor sessions `recv_all_YYYYMMDD_HHMMSS/`:
 Family B, no-sensor sessions `Captures{i}` / `ZED_Captures_{i}th`:
     view1..view4/{left,right}/*.jpg, optional view5_oak/*.jpg, robot_rt_*.csv (epoch_s|timestamp, joint_angle_1..6,
     EE_x..EE_r)
-Optional in both: `clock_offsets.json` {"camera_s": .., "sensor_s": ..}, seconds to add to that stream's stamps to put
+Family C, "New_dataset" episodes `episode_YYYYMMDD_HHMMSS/` (Optimized_Data_Collector.py):
+    metadata.json, images/View1..View5/<ts>.jpg (left only: the collector maps ZED frames by serial), robot_states.csv
+    (the recv_all columns, `force` for `force_placeholder`), sensor_data.npz {timestamps (N,) = each window's last
+    sample, data (N, W, 1026) trailing windows saved every ~200 ms}. The windows overlap, so the raw stream is rebuilt:
+    each window contributes only the rows after the previous window's last row (found by value), stamped evenly
+    between the two windows' last-sample stamps (the per-sample stamps were never saved); the first window, and any
+    window after a gap longer than W samples, is stamped back from its last stamp at `sensor_hz` (metadata).
+    All-zero rows (padding) are dropped. Rows stay memory-mapped in the windows' file.
+Optional in A and B: `clock_offsets.json` {"camera_s": .., "sensor_s": ..}, seconds to add to that stream's stamps to put
 it on the robot clock (the original receiver measured the sensor offset but only printed it; our recorder keeps it).
 
 Everything is read straight from the session folder. Sensor arrays are memory-mapped, never loaded whole.
@@ -28,6 +36,7 @@ from vla_lib.dims import ALINE_POINTS
 
 VIEW_KEYS = [f"View{i}_{s}" for i in range(1, 5) for s in ("left", "right")] + ["View5"]
 _TS_IN_NAME = re.compile(r"_(\d+(?:\.\d+)?)\.jpe?g$", re.IGNORECASE)
+_TS_AS_NAME = re.compile(r"^(\d+(?:\.\d+)?)\.jpe?g$", re.IGNORECASE)  # New_dataset: images/ViewN/<ts>.jpg
 
 
 class DataError(RuntimeError):
@@ -59,7 +68,7 @@ class SensorStream:
 @dataclass
 class Session:
     path: Path
-    layout: str  # "recv_all" or "captures"
+    layout: str  # "recv_all", "captures" or "new_dataset"
     robot_times: np.ndarray  # (N,) float64, robot clock (origin timestamps)
     pose: np.ndarray  # (N, 6) float64: x, y, z mm; a, b, r deg
     joints: np.ndarray  # (N, 6)
@@ -87,6 +96,8 @@ class Session:
 
 # ---------------------------------------------------------------------------------------------------------------
 def detect_layout(path: Path) -> str:
+    if path.name.startswith("episode_") or ((path / "metadata.json").exists() and (path / "robot_states.csv").exists()):
+        return "new_dataset"
     if path.name.startswith("recv_all_") or any(path.glob("robot_state_*.csv")):
         return "recv_all"
     if any(path.glob("robot_rt_*.csv")) or re.match(r"(ZED_)?Captures", path.name):
@@ -105,6 +116,8 @@ def read_session(path: str | Path, check_images: bool = True, clock_offsets: dic
         raise DataError(path, "session folder does not exist")
     layout = detect_layout(path)
     issues: list[tuple[str, str]] = []
+    if layout == "new_dataset":
+        return read_new_dataset_episode(path, check_images, issues)
     if layout == "recv_all":
         robot_t, pose, joints, recv_t = read_robot_state_csv(_one(path, "robot_state_*.csv"), issues)
         frames = _read_views(path, {f"View{i}_{s}": f"View{i}/{s}" for i in range(1, 5) for s in ("left", "right")}
@@ -211,7 +224,8 @@ def _check_increasing(t: np.ndarray, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Camera folders
 # ---------------------------------------------------------------------------------------------------------------
-def _read_views(session: Path, folders: dict[str, str], check_images: bool, issues: list) -> dict[str, FrameList]:
+def _read_views(session: Path, folders: dict[str, str], check_images: bool, issues: list,
+                pattern: re.Pattern = _TS_IN_NAME) -> dict[str, FrameList]:
     frames = {}
     for key, rel in folders.items():
         folder = session / rel
@@ -224,7 +238,7 @@ def _read_views(session: Path, folders: dict[str, str], check_images: bool, issu
         for p in folder.iterdir():
             if p.suffix.lower() not in (".jpg", ".jpeg"):
                 continue
-            m = _TS_IN_NAME.search(p.name)
+            m = pattern.search(p.name)
             if not m:
                 issues.append((str(p), "no timestamp in file name: skipped"))
                 continue
@@ -323,3 +337,102 @@ def npz_memmap(path: Path, key: str) -> np.ndarray:
     if int(np.prod(shape)) == 0:
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Family C: New_dataset episodes
+# ---------------------------------------------------------------------------------------------------------------
+def read_new_dataset_episode(path: Path, check_images: bool = True, issues: list | None = None) -> Session:
+    issues = [] if issues is None else issues
+    meta_file = path / "metadata.json"
+    try:
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    except json.JSONDecodeError as e:
+        raise DataError(meta_file, f"unreadable JSON: {e}") from None
+    robot_csv = path / "robot_states.csv"
+    if not robot_csv.exists():
+        raise DataError(path, "no robot_states.csv in episode folder")
+    robot_t, pose, joints, recv_t = read_robot_state_csv(robot_csv, issues)
+    frames = _read_views(path, {f"View{i}_left": f"images/View{i}" for i in range(1, 5)} | {"View5": "images/View5"},
+                         check_images, issues, _TS_AS_NAME)
+    for i in range(1, 5):  # the collector names frames by timestamp per view only: right images are not kept
+        frames[f"View{i}_right"] = FrameList(np.zeros(0), [])
+    if not any(len(f.times) for f in frames.values()):
+        raise DataError(path, "no camera frames in any view")
+    npz = path / "sensor_data.npz"
+    sensor = read_episode_sensor(npz, float(meta.get("sensor_hz", 650))) if npz.exists() else None
+    if sensor is None:
+        issues.append((str(path), "no sensor_data.npz: episode has no sensor"))
+    return Session(path, "new_dataset", robot_t, pose, joints, frames, sensor, recv_t, {}, issues)
+
+
+class WindowRows:
+    """Rows of a (N, W, C) memory-mapped window array selected by (window, row) pairs, sliced lazily: behaves like
+    an (M, len(columns)) array for slicing, fancy indexing and `np.asarray`."""
+
+    def __init__(self, data: np.ndarray, win: np.ndarray, row: np.ndarray, columns: slice):
+        self.data, self.win, self.row, self.columns = data, win, row, columns
+        width = len(range(*columns.indices(data.shape[2])))
+        self.shape = (len(win), width)
+        self.ndim, self.dtype = 2, data.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self[key[0]][(slice(None), *key[1:])]
+        return np.asarray(self.data[self.win[key], self.row[key], self.columns])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def read_episode_sensor(path: Path, sensor_hz: float = 650.0) -> SensorStream:
+    try:
+        last_ts = np.asarray(npz_memmap(path, "timestamps"), np.float64)
+        data = npz_memmap(path, "data")
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise DataError(path, f"unreadable or truncated NPZ: {e}") from None
+    if data.ndim != 3 or data.shape[2] != 1 + ALINE_POINTS or len(last_ts) != data.shape[0]:
+        raise DataError(path, f"'data' has shape {data.shape}, expected ({len(last_ts)}, W, {1 + ALINE_POINTS})")
+    _check_increasing(last_ts, path)
+    segments = []  # (window index, its new rows, whether they follow the previous window's last row)
+    prev_row = None
+    for i in range(len(last_ts)):
+        window = np.asarray(data[i])
+        real = np.any(window != 0, axis=1)  # all-zero rows are padding
+        if not real.any():
+            continue
+        start, follows = int(np.argmax(real)), False
+        if prev_row is not None:
+            same = np.flatnonzero((window == prev_row).all(1))
+            if len(same):
+                start, follows = int(same[-1]) + 1, True
+        new = np.arange(start, window.shape[0])
+        segments.append((i, new[real[new]], follows))
+        prev_row = window[-1].copy()
+    # the effective rate (drops included) from windows that follow one another; nominal if there are none
+    rates = [len(new) / (last_ts[i] - last_ts[j]) for (j, _, _), (i, new, f) in zip(segments, segments[1:])
+             if f and len(new) and last_ts[i] > last_ts[j]]
+    rate = float(np.median(rates)) if rates else sensor_hz
+    wins, rows, times, prev_ts = [], [], [], None
+    for i, new, follows in segments:
+        if len(new):
+            k = len(new)
+            if follows:  # spread evenly between the two windows' last-sample stamps
+                t = prev_ts + (last_ts[i] - prev_ts) * np.arange(1, k + 1) / k
+            else:  # first window or after a gap: back from its last stamp at the effective rate
+                t = last_ts[i] - (new[-1] - new) / rate
+                if prev_ts is not None:
+                    keep = t > prev_ts
+                    new, t = new[keep], t[keep]
+            wins.append(np.full(len(new), i)), rows.append(new), times.append(t)
+        prev_ts = float(last_ts[i])
+    if not times or sum(map(len, times)) < 2:
+        raise DataError(path, "fewer than 2 sensor samples in the windows")
+    win, row, t = np.concatenate(wins), np.concatenate(rows), np.concatenate(times)
+    _check_increasing(t, path)
+    forces = np.asarray(data[win, row, 0], np.float32)
+    return SensorStream(path, t, t.copy(), forces, WindowRows(data, win, row, slice(1, None)))

@@ -269,6 +269,46 @@ def write_captures_session(root: Path, name: str, spec: TrajectorySpec, cfg, rng
     return session
 
 
+def write_new_dataset_episode(root: Path, spec: TrajectorySpec, cfg, rng, window: int = 650,
+                              every_s: float = 0.2) -> Path:
+    """A Family C episode (original_system.md §1.4): images/View1..5/<ts:.6f>.jpg (left + OAK), robot_states.csv,
+    sensor_data.npz of trailing `window`-sample windows saved every `every_s` (once `window` samples exist), and
+    metadata.json. The raw sensor stream is kept beside it as `synthetic_sensor_truth.npz` (tests only)."""
+    stamp = _time.strftime("%Y%m%d_%H%M%S", _time.gmtime(spec.t0))
+    episode = root / f"episode_{stamp}"
+    episode.mkdir(parents=True, exist_ok=True)
+    folders = {(v, "left"): f"images/View{v}" for v in range(1, 5)} | {(5, "oak"): "images/View5"}
+    _write_frames(episode, folders, spec, cfg, rng, lambda v, s, ts: f"{ts:.6f}.jpg")
+    t = _robot_times(spec, cfg.robot_hz)
+    pose = true_pose(spec, t)
+    import pandas as pd
+
+    send = t + 0.0002
+    df = pd.DataFrame({"recv_timestamp": send + 0.0015, "origin_timestamp": t, "send_timestamp": send, "force": 0.0})
+    for i, col in enumerate(_joints(pose).T, 1):
+        df[f"joint_{i}"] = col
+    for i, name in enumerate("xyzabr"):
+        df[f"pose_{name}"] = pose[:, i]
+    df.to_csv(episode / "robot_states.csv", index=False, float_format="%.6f")
+    sensor = _sensor_stream(spec, cfg, rng)
+    rows = np.concatenate([sensor["forces"][:, None], sensor["alines"]], 1)
+    ends, last = [], -np.inf
+    for j in range(window - 1, len(rows)):
+        if sensor["timestamps"][j] - last >= every_s:
+            ends.append(j)
+            last = sensor["timestamps"][j]
+    data = np.stack([rows[j - window + 1:j + 1] for j in ends]).astype(np.float32)
+    np.savez(episode / "sensor_data.npz", timestamps=sensor["timestamps"][ends], data=data)
+    np.savez(episode / "synthetic_sensor_truth.npz", **sensor)
+    (episode / "metadata.json").write_text(json.dumps({
+        "episode_name": episode.name, "start_time": spec.t0, "end_time": spec.t0 + spec.duration,
+        "camera_views": [f"View{i}" for i in range(1, 6)], "sensor_hz": cfg.sensor_hz, "robot_hz": cfg.robot_hz,
+        "sensor_window_size": window, "action_horizon": 8, "action_dim": 7, "camera_frames_count": 0,
+        "sensor_windows_count": len(ends), "robot_states_count": len(t)}, indent=1))
+    (episode / "synthetic_truth.json").write_text(json.dumps(asdict(spec), indent=1))
+    return episode
+
+
 def generate_dataset(cfg) -> list[Path]:
     """Write `cfg.num_sensor_sessions` recv_all sessions (two priority groups) and `cfg.num_nosensor_sessions`
     legacy sessions (OCT_insertion/Captures*, part1/ZED_Captures_*th) under `cfg.out_dir`. Deterministic by seed."""

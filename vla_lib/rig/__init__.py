@@ -1,0 +1,1 @@
+"""Live rig I/O in the original wire formats (see README "Live rig (dry run by default)")."""

@@ -1,0 +1,222 @@
+"""`--mode live`: the real-time loop on the rig's streams (or on simulated senders replaying a session), dry run
+unless `live.send_actions`; writes `outputs/<run>/live/report.json`, `ticks.jsonl` and `actions.jsonl`.
+
+report.json: `action_hz` (measured), `action_steps`, `deadline_misses` (+ `deadline_miss_fraction`),
+`action_latency_ms_p50/p95/p99`, `actions_sent` (published) and `actions_dry_run` (logged only), `send_actions`,
+`streams` (per stream: messages, accepted, dropped with reasons, clock offset), `staleness_s` (per stream at the
+ticks: p50, p99, max), `safety` (clamp/hold/stop counts, stopped), `senders` (what the simulated senders sent and
+dropped on purpose), `lost` (sent by the senders - accepted - dropped by the receivers, per stream),
+`udp_rcvbuf_errors` (system-wide kernel drops during the run), `rss_mb_start/end`, VL refresh figures, the session
+recorded (if `live.record`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+
+def rss_mb() -> float:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def replay_session(cfg):
+    """(Session, instruction) the simulated senders replay: `live.replay_session`, else the first held-out session
+    with sensor: the validation sessions recorded in the checkpoint when there is one, else the seeded split's."""
+    from vla_lib.data.recorder_formats import read_session
+
+    if cfg.live.replay_session:
+        session = read_session(cfg.live.replay_session)
+        root = Path(cfg.data.root)
+        group = next((g for g in cfg.data.groups if session.path.resolve() in
+                      {p.resolve() for p in root.glob(g.glob)}), None)
+        return session, (group.instruction if group else cfg.data.groups[0].instruction)
+    from vla_lib.data.samples import build_index
+    from vla_lib.data.split import split_sessions
+    from vla_lib.evaluation.run import checkpoint_path, split
+
+    if checkpoint_path(cfg).exists():
+        index, val_ids = split(cfg)
+    else:  # no trained heads (the untrained policy of the tests and the soak): the seeded split
+        index = build_index(cfg.data)
+        val_ids = split_sessions(index, cfg.data)[1]
+    with_sensor = [s for s in val_ids if index.sessions[s].has_sensor]
+    sid = (with_sensor or val_ids)[0]
+    return index.sessions[sid], index.table.loc[index.table.session_id == sid, "instruction"].iloc[0]
+
+
+def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on_tick_monitor=None) -> dict:
+    """`senders_factory(live, session)` -> a started sender object with `stop()` -> counts (default: `SimulatedRig`
+    threads in this process, when `live.simulate_senders`); `on_tick_monitor(io)` is started in a thread after the
+    receivers (the soak benchmark samples memory with it)."""
+    import torch
+
+    from vla_lib.evaluation.realtime import run_realtime
+    from vla_lib.rig.live_io import LiveRobotIO
+    from vla_lib.rig.receivers import udp_rcvbuf_errors
+    from vla_lib.rig.record import SessionRecorder
+    from vla_lib.rig.senders import SimulatedRig
+
+    live = cfg.live
+    out = Path(cfg.run_dir) / "live"
+    out.mkdir(parents=True, exist_ok=True)
+    if live.torch_threads:
+        torch.set_num_threads(live.torch_threads)
+    if policy is None:
+        from vla_lib.evaluation.run import load_policy
+
+        policy = load_policy(cfg)
+    instruction = live.instruction
+    if live.simulate_senders and session is None:
+        session, replay_instruction = replay_session(cfg)
+        instruction = instruction or replay_instruction
+    instruction = instruction or cfg.data.groups[0].instruction
+    rss_start = rss_mb()
+    udp_errors_start = udp_rcvbuf_errors()
+    recorder = SessionRecorder(out) if live.record else None
+    io = LiveRobotIO(live, cfg.data, recorder, action_log=out / "actions.jsonl").start()
+    rig = None
+    try:
+        if live.simulate_senders and senders_factory is not None:
+            rig = senders_factory(live, session)
+            log(f"simulated senders (own process) replaying {session.path.name}")
+        elif live.simulate_senders:
+            rig = SimulatedRig(session, live.robot_endpoint, live.camera_endpoint, live.sensor_endpoint,
+                               live.camera_views, live.replay_cameras or None, live.replay_loop,
+                               live.sim_sensor_batch_s, live.sim_sensor_drop_fraction).start()
+            log(f"simulated senders replaying {session.path.name} ({'looped' if live.replay_loop else 'once'})")
+        if on_tick_monitor is not None:
+            import threading
+
+            threading.Thread(target=on_tick_monitor, args=(io,), daemon=True, name="monitor").start()
+        missing = io.wait_ready(live.ready_timeout_s, need_sensor=live.require_sensor)
+        if missing:
+            raise TimeoutError(f"no data within {live.ready_timeout_s:g} s from: {missing} "
+                               f"(endpoints: robot {live.robot_endpoint}, cameras {live.camera_endpoint}, "
+                               f"sensor {live.sensor_endpoint})")
+        log(f"live loop for {live.duration_s:g} s at {live.action_rate_hz:g} Hz, "
+            f"{'SENDING actions to ' + live.action_endpoint if live.send_actions else 'dry run (actions logged only)'}")
+        report = run_realtime(policy, io, instruction, live.duration_s, live.action_rate_hz, live.vl_rate_hz)
+    finally:
+        senders = rig.stop() if rig is not None else None
+        time.sleep(0.1)  # let the last datagrams in flight land before the receivers stop
+        io.stop()
+        recorded = recorder.close({"camera_s": io.offset("camera"), "sensor_s": io.offset("sensor")}) if recorder else None
+    summary = summarise(report, io, senders, rss_start, rss_mb(), udp_errors_start, udp_rcvbuf_errors(), live)
+    summary["recorded_session"] = str(recorded) if recorded else None
+    summary["instruction"] = instruction
+    write_ticks(out / "ticks.jsonl", report, io)
+    (out / "report.json").write_text(json.dumps(_json_safe(summary), indent=1))
+    log(f"report: {out / 'report.json'}")
+    return summary
+
+
+def summarise(report, io, senders, rss_start, rss_end, udp0, udp1, live) -> dict:
+    s = report.summary
+    streams = io.stream_stats()
+    ages = {k: [] for k in io.ticks[0]["ages"]} if io.ticks else {}
+    for tick in io.ticks:
+        for k, v in tick["ages"].items():
+            if v is not None:
+                ages[k].append(v)
+    staleness = {k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)), "max": float(max(v))}
+                 for k, v in ages.items() if v}
+    span = (report.ticks[-1]["t"] - report.ticks[0]["t"]) if len(report.ticks) > 1 else 0.0
+    steps = s["action_steps"]
+    out = {
+        "action_hz": (steps - 1) / span if span > 0 else None, "action_steps": steps,
+        "deadline_misses": s["deadline_misses"], "deadline_miss_fraction": s["deadline_misses"] / max(steps, 1),
+        "skipped_ticks": s["skipped_ticks"],
+        **{k: s[k] for k in ("action_latency_ms_p50", "action_latency_ms_p95", "action_latency_ms_p99",
+                             "action_period_ms", "vl_refreshes", "vl_encode_ms_p50", "vl_refresh_hz",
+                             "staleness_s_p50", "staleness_s_max")},
+        "send_actions": live.send_actions, "actions_sent": io.publisher.sent, "actions_dry_run": io.publisher.dry,
+        "action_endpoint": live.action_endpoint, "execution": live.execution,
+        "dropped": {k: v["dropped"] for k, v in streams.items()}, "streams": streams, "staleness_s": staleness,
+        "clock_offsets_to_robot_s": {"camera": io.offset("camera"), "sensor": io.offset("sensor")},
+        "safety": {"events": dict(io.executor.events), "stopped": io.executor.stopped,
+                   "force_baseline": io.executor.baseline},
+        "senders": senders, "udp_rcvbuf_errors": None if udp0 is None or udp1 is None else udp1 - udp0,
+        "rss_mb_start": rss_start, "rss_mb_end": rss_end,
+        "endpoints": {"robot": live.robot_endpoint, "camera": live.camera_endpoint, "sensor": live.sensor_endpoint},
+    }
+    if senders:
+        sent = senders["sent"]
+        out["lost"] = {k: sent[k] - streams[k]["accepted"] - streams[k]["dropped"] for k in ("robot", "camera", "sensor")}
+    return out
+
+
+def write_ticks(path: Path, report, io) -> None:
+    """One line per action tick: timing, per-stream ages, what the policy said and what went out."""
+    with open(path, "w") as f:
+        for timing, ex in zip(report.ticks, io.ticks):
+            f.write(json.dumps(_json_safe({
+                "t": timing["t"], "latency_ms": timing["latency_ms"], "late_start_ms": timing["late_start_ms"],
+                "missed": bool(timing["missed"]), "skipped_ticks": timing.get("skipped_ticks", 0),
+                "frames_age_s": timing["staleness_s"], "ages": ex["ages"], "chunk0": ex["chunk0"],
+                "delta": ex["delta"], "target": ex["target"], "pose": ex["pose"], "reasons": ex["reasons"]})) + "\n")
+
+
+def read_ticks(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def untrained_policy(cfg, seed: int = 0):
+    """A policy with randomly initialised heads (training-set stats, the configured backbone): for exercising the rig
+    I/O, the tests and the soak benchmark without a trained checkpoint. Its actions mean nothing."""
+    import torch
+
+    from vla_lib.data.normalization import compute_stats
+    from vla_lib.data.samples import build_index
+    from vla_lib.inference import VLAPolicy
+    from vla_lib.models.modeling_policy import Stage1Policy
+    from vla_lib.vlm.interface import load_backbone
+
+    stats = compute_stats(build_index(cfg.data))
+    backbone = load_backbone(cfg.backbone)
+    torch.manual_seed(seed)
+    heads = Stage1Policy(replace(cfg.model, vl_dim=backbone.hidden_size), *stats.action_arrays(),
+                         *stats.sensor_arrays()).eval()
+    return VLAPolicy(heads, cfg, stats, backbone, "cpu")
+
+
+def free_loopback_endpoints(live) -> None:
+    """Point every endpoint at a free loopback port (simulated runs beside anything else on this machine)."""
+    import socket
+
+    def port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    live.robot_endpoint = f"tcp://127.0.0.1:{port()}"
+    live.camera_endpoint = f"tcp://127.0.0.1:{port()}"
+    live.sensor_endpoint = f"127.0.0.1:{port()}"
+    live.action_endpoint = f"tcp://127.0.0.1:{port()}"
