@@ -9,7 +9,7 @@ import yaml
 from vla_lib.config import RunConfig
 from vla_lib.notebook import repo_root
 
-NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency"]
+NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "05_compare_runs"]
 
 
 def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
