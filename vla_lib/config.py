@@ -215,6 +215,9 @@ class ClosedLoopConfig:
     seed: int = 1000
     predictors: list[str] = field(default_factory=lambda: ["policy", "policy_no_sensor", "scripted"])
     plot_episodes: int = 3
+    # torch intra-op threads during the loop (0 = leave as is): a batch-1 loop gains nothing from more, and on a busy
+    # CPU extra threads spin against each other (one act() measured 50 ms on 1 thread, 550-880 ms on 2, load 8)
+    torch_threads: int = 1
 
 
 @dataclass
@@ -225,6 +228,7 @@ class SweepConfig:
     name: str = "sweep"
     grid: dict[str, list] = field(default_factory=dict)  # e.g. {"data.sensor_enabled": [true, false], "train.seed": [0, 1, 2]}
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys applied to every member (e.g. train.epochs)
+    torch_threads: int = 1  # per member (0 = torch's default); one member at a time, small heads: 1 is fastest on a busy CPU
 
 
 @dataclass

@@ -64,7 +64,7 @@ def expand(base: dict) -> list[tuple[str, dict]]:
         values["output_root"] = str(Path(cfg.output_root) / name)
         values["run_name"] = member
         _set(values, "train.output_dir", str(Path(cfg.output_root) / name / member / "train"))
-        values["sweep"] = {"name": name}
+        values["sweep"] = {"name": name, "torch_threads": cfg.sweep.torch_threads}
         RunConfig.from_dict(values)  # fail early on a bad key or value
         members.append((member, values))
     return members
@@ -123,6 +123,10 @@ def run_member(cfg: RunConfig, log=print) -> dict:
     from vla_lib.evaluation.closed_loop import run_closed_loop
     from vla_lib.evaluation.run import run_offline
 
+    if cfg.sweep.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.sweep.torch_threads)
     start = time.time()
     summary = train.train(cfg, log=log)
     trained = time.time()

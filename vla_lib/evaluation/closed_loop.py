@@ -170,6 +170,20 @@ def evaluate_closed_loop(cfg, policy=None, predictors=None, episodes: int | None
     if instruction is None:
         instruction = cfg.data.groups[0].instruction
     results, metrics = {}, {}
+    import torch
+
+    threads = torch.get_num_threads()
+    if cl.torch_threads:
+        torch.set_num_threads(cl.torch_threads)
+    try:
+        _run_all(cfg, policy, predictors, n, instruction, results, metrics, log)
+    finally:
+        torch.set_num_threads(threads)
+    return ClosedLoopResult(metrics, results)
+
+
+def _run_all(cfg, policy, predictors, n, instruction, results, metrics, log) -> None:
+    cl = cfg.closed_loop
     for name in predictors:
         if name.startswith("policy") and policy is None:
             raise ValueError(f"predictor {name!r} needs a policy")
@@ -179,7 +193,6 @@ def evaluate_closed_loop(cfg, policy=None, predictors=None, episodes: int | None
         log(f"closed loop {name:>17}: success {m['success_rate']:.2f}, depth error {m['depth_error_mm']:.2f} ± "
             f"{m['depth_error_mm_std']:.2f} mm, peak force {m['peak_force_n']:.2f} N (max {m['peak_force_n_max']:.2f})"
             f", {n} episodes")
-    return ClosedLoopResult(metrics, results)
 
 
 def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | None = None) -> ClosedLoopResult:
