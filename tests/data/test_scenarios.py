@@ -99,3 +99,23 @@ def test_recorded_sessions_read_back_with_demonstrated_depth(tmp_path):
     # the training targets slow down near the surface: the largest steps are far above it
     steps = -index.targets[:, 0, 2]
     assert steps.max() > 0.4 and np.median(steps[steps > 0.01]) < 0.3
+
+
+def test_sample_phases_follow_the_demonstration(tmp_path):
+    from vla_lib.data.samples import build_index
+    from vla_lib.data.scenarios import sample_phases
+    from vla_lib.data.synthetic import generate_dataset
+
+    cfg = RunConfig.from_dict({"synthetic": {"scenario": "sensor_task", "out_dir": str(tmp_path),
+                                             "num_sensor_sessions": 1, "num_nosensor_sessions": 0,
+                                             "image_width": 64, "image_height": 36, "seed": 5},
+                               "data": {"root": str(tmp_path), "groups": sensor_task_groups()}})
+    generate_dataset(cfg.synthetic)
+    index = build_index(cfg.data)
+    phases = list(sample_phases(index, cfg.synthetic.task))
+    # in time order: descent, approach, insert, hold, each at least once, never going back
+    order = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+    assert order == ["descent", "approach", "insert", "hold"]
+    steps = -index.targets[:, 0, 2]
+    ph = np.array(phases)
+    assert np.median(steps[ph == "descent"]) > 0.4 and abs(steps[ph == "hold"]).max() < 0.02

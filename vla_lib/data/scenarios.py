@@ -272,3 +272,30 @@ def sensor_task_groups() -> list[dict]:
     return [{"name": GROUP_SENSOR, "glob": f"{GROUP_SENSOR}/recv_all_*", "instruction": instruction, "weight": 1.0},
             {"name": GROUP_VISION_ONLY, "glob": f"{GROUP_VISION_ONLY}/Captures*", "instruction": instruction,
              "weight": 1.0}]
+
+
+PHASES = ("descent", "approach", "insert", "hold")
+
+
+def phase_of(ep: Episode, task, tip_z: np.ndarray, settled: np.ndarray) -> np.ndarray:
+    """Phase labels of sensor-task samples from the truth: `descent` (the OCT cannot see the surface yet),
+    `approach` (it can, the tip is above), `insert` (in the tissue, still moving), `hold` (`settled`: at rest)."""
+    d = np.asarray(tip_z, np.float64) - ep.surface_z
+    out = np.where(d > task.oct_range_mm - task.oct_standoff_mm, "descent", np.where(d > 0, "approach", "insert"))
+    return np.where(np.asarray(settled, bool) & (d <= 0), "hold", out).astype(object)
+
+
+def sample_phases(index, task) -> np.ndarray:
+    """One phase per row of a SampleIndex of sensor-task sessions (None where a session has no sensor-task truth),
+    for per-phase reports of the offline evaluation."""
+    out = np.full(len(index), None, dtype=object)
+    sids, t = index.table["session_id"].to_numpy(), index.table["t"].to_numpy(np.float64)
+    for sid in np.unique(sids):
+        s = index.sessions[sid]
+        if not (Path(s.path) / "sensor_task_truth.json").exists():
+            continue
+        rows = np.nonzero(sids == sid)[0]
+        z = np.interp(t[rows], s.robot_times, s.pose[:, 2])
+        ahead = np.interp(t[rows] + 0.5, s.robot_times, s.pose[:, 2])  # still within 0.01 mm half a second later
+        out[rows] = phase_of(load_episode(s.path), task, z, np.abs(ahead - z) < 0.01)
+    return out
