@@ -130,7 +130,16 @@ def run_member(cfg: RunConfig, log=print) -> dict:
     start = time.time()
     summary = train.train(cfg, log=log)
     trained = time.time()
-    offline = run_offline(cfg).metrics
+    result = run_offline(cfg)
+    offline = result.metrics
+    if cfg.synthetic.scenario == "sensor_task":
+        from vla_lib.evaluation.closed_loop import offline_phase_ablation
+        from vla_lib.evaluation.run import held_out, write_json
+
+        phases = offline_phase_ablation(result, held_out(cfg)[0], cfg.synthetic.task)
+        write_json(Path(cfg.run_dir) / "metrics.json", {"offline_sensor_phases": phases})
+        log("offline MSE on sensor samples per phase (policy / sensor removed): " + ", ".join(
+            f"{p} {v['mse']:.4f} / {v['mse_no_sensor']:.4f}" for p, v in phases.items()))
     closed = run_closed_loop(cfg, log=log, feature_cache=frame_cache_path(cfg))
     done = {"train_s": trained - start, "eval_s": time.time() - trained, "best_val": summary["best_val"],
             "offline_policy_mse": offline["predictors"]["policy"]["mse"]}

@@ -259,3 +259,24 @@ def plot_success_by_surface(result: ClosedLoopResult, task):
            title="closed loop: final depth error by surface height (filled = success)")
     ax.legend(fontsize=8)
     return fig
+
+
+def offline_phase_ablation(result, index, task) -> dict:
+    """Open-loop companion: on held-out samples *with sensor*, the chunk MSE of the policy and of the policy with the
+    sensor removed, per phase of the sensor task (descent, approach, insert, hold). `result`: an OfflineResult over
+    `index` (the held-out SampleIndex)."""
+    from vla_lib.data.scenarios import PHASES, sample_phases
+    from vla_lib.evaluation.metrics import chunk_metrics
+
+    phases = sample_phases(index, task)
+    has = index.table["has_sensor"].to_numpy(bool)
+    out = {}
+    for phase in PHASES:
+        rows = has & (phases == phase)
+        if not rows.any():
+            continue
+        m = {name: chunk_metrics(result.predictions[name][rows], result.targets[rows], result.target_mask[rows])["mse"]
+             for name in ("policy", "policy_no_sensor")}
+        out[phase] = {"samples": int(rows.sum()), "mse": m["policy"], "mse_no_sensor": m["policy_no_sensor"],
+                      "ratio": m["policy_no_sensor"] / max(m["policy"], 1e-12)}
+    return out
