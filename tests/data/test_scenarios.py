@@ -107,15 +107,26 @@ def test_sample_phases_follow_the_demonstration(tmp_path):
     from vla_lib.data.synthetic import generate_dataset
 
     cfg = RunConfig.from_dict({"synthetic": {"scenario": "sensor_task", "out_dir": str(tmp_path),
-                                             "num_sensor_sessions": 1, "num_nosensor_sessions": 0,
+                                             "num_sensor_sessions": 1, "num_nosensor_sessions": 1,
                                              "image_width": 64, "image_height": 36, "seed": 5},
                                "data": {"root": str(tmp_path), "groups": sensor_task_groups()}})
     generate_dataset(cfg.synthetic)
     index = build_index(cfg.data)
-    phases = list(sample_phases(index, cfg.synthetic.task))
+    phases = list(sample_phases(index, cfg.synthetic.task)[index.table.has_sensor.to_numpy()])
     # in time order: descent, approach, insert, hold, each at least once, never going back
     order = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
     assert order == ["descent", "approach", "insert", "hold"]
-    steps = -index.targets[:, 0, 2]
+    steps = -index.targets[index.table.has_sensor.to_numpy(), 0, 2]
     ph = np.array(phases)
     assert np.median(steps[ph == "descent"]) > 0.4 and abs(steps[ph == "hold"]).max() < 0.02
+    # the offline per-phase ablation reads these phases, on the samples with sensor only
+    from vla_lib.evaluation.closed_loop import offline_phase_ablation
+    from vla_lib.evaluation.offline import OfflineResult
+
+    hold = sample_phases(index, cfg.synthetic.task) == "hold"
+    pred = {"policy": index.targets + 0.01, "policy_no_sensor": index.targets + 0.1 * hold[:, None, None]}
+    res = OfflineResult({}, pred, index.targets, index.target_mask, index.table)
+    out = offline_phase_ablation(res, index, cfg.synthetic.task)
+    assert list(out) == ["descent", "approach", "insert", "hold"]
+    assert sum(v["samples"] for v in out.values()) == int(index.table.has_sensor.sum())
+    assert out["hold"]["ratio"] == pytest.approx(100.0, rel=1e-3) and out["descent"]["mse_no_sensor"] == 0.0
