@@ -49,7 +49,12 @@ class SensorTaskConfig:
     v_slow: float = 1.0  # speed at contact
     v_insert: float = 0.8  # top speed inside the tissue
     slow_zone_mm: float = 3.0  # start slowing down this far above the surface
-    insert_gain: float = 3.0  # 1/s: inside, speed = min(v_insert, gain x remaining depth)
+    insert_gain: float = 3.0  # 1/s: inside, speed = clip(gain x remaining depth, -v_retract, v_insert)
+    v_retract: float = 0.5  # past the target depth the demonstrator backs off to it
+    # the recorded demonstrations vary (DART-style), so that the data holds states off the nominal path and the way
+    # back: per episode an insertion gain drawn from this range (high gains overshoot, then back off) ...
+    demo_gain_range: list[float] = field(default_factory=lambda: [3.0, 15.0])
+    demo_noise_mm_s: float = 0.5  # ... and per-tick command noise (std, mm/s)
     episode_s: float = 6.0  # controller time per episode (after a 0.2 s pre-roll at rest)
     # the simulated robot (also used to record the demonstrations)
     tracking_tau_s: float = 0.05  # first-order lag of the arm behind its set point

@@ -87,8 +87,8 @@ def test_recorded_sessions_read_back_with_demonstrated_depth(tmp_path):
     assert index.skipped == [] and index.table.has_sensor.sum() > 0 and (~index.table.has_sensor).sum() > 0
     for path in made[:2]:
         s, ep = read_session(path), load_episode(path)
-        depth = ep.surface_z - s.pose[:, 2]
-        assert abs(depth[-1] - cfg.synthetic.task.target_depth_mm) < 0.1
+        depth = ep.surface_z - s.pose[:, 2]  # the recorded demonstrations carry command noise (DART-style)
+        assert abs(depth[-1] - cfg.synthetic.task.target_depth_mm) < 0.25
         # the recorded A-line peak follows the tip-to-surface distance where the OCT sees the surface
         st = s.sensor.times + s.sensor_offset()
         z = np.interp(st, s.robot_times, s.pose[:, 2])
@@ -113,12 +113,11 @@ def test_sample_phases_follow_the_demonstration(tmp_path):
     generate_dataset(cfg.synthetic)
     index = build_index(cfg.data)
     phases = list(sample_phases(index, cfg.synthetic.task)[index.table.has_sensor.to_numpy()])
-    # in time order: descent, approach, insert, hold, each at least once, never going back
-    order = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
-    assert order == ["descent", "approach", "insert", "hold"]
+    # in time order: descent, approach, insert, hold (first occurrences), ending in hold
+    assert list(dict.fromkeys(phases)) == ["descent", "approach", "insert", "hold"] and phases[-1] == "hold"
     steps = -index.targets[index.table.has_sensor.to_numpy(), 0, 2]
     ph = np.array(phases)
-    assert np.median(steps[ph == "descent"]) > 0.4 and abs(steps[ph == "hold"]).max() < 0.02
+    assert np.median(steps[ph == "descent"]) > 0.4 and abs(steps[ph == "hold"]).mean() < 0.06  # hold: noise only
     # the offline per-phase ablation reads these phases, on the samples with sensor only
     from vla_lib.evaluation.closed_loop import offline_phase_ablation
     from vla_lib.evaluation.offline import OfflineResult
@@ -130,3 +129,13 @@ def test_sample_phases_follow_the_demonstration(tmp_path):
     assert list(out) == ["descent", "approach", "insert", "hold"]
     assert sum(v["samples"] for v in out.values()) == int(index.table.has_sensor.sum())
     assert out["hold"]["ratio"] == pytest.approx(100.0, rel=1e-3) and out["descent"]["mse_no_sensor"] == 0.0
+
+
+def test_demonstrator_backs_off_when_past_the_target():
+    """Started 1 mm past the target depth, the demonstrator comes back to it (the data's way back)."""
+    cfg = _cfg()
+    ep = sample_episode(cfg.task, 9)
+    ep.start[2] = ep.surface_z - cfg.task.target_depth_mm - 1.0
+    depth, _ = _final_depth(ReactiveDemonstrator, ep, cfg)
+    assert depth[0] == pytest.approx(cfg.task.target_depth_mm + 1.0)
+    assert abs(depth[-1] - cfg.task.target_depth_mm) < 0.1

@@ -13,7 +13,9 @@ the depth below the surface; the force says "in contact" but not how deep (the s
 
 The demonstrator (`ReactiveDemonstrator`) is a controller on the sensor alone: fast descent while the OCT shows
 nothing, slowing down as the surface approaches, inserting at `v_insert` with a proportional stop at
-`target_depth_mm` below the surface, then holding. The recorder runs it on the simulated rig (vla_lib/sim/rig.py),
+`target_depth_mm` below the surface (backing off at up to `v_retract` if past it), then holding. The recorded
+demonstrations vary per episode (gain from `demo_gain_range`, command noise `demo_noise_mm_s`), so the data also
+shows states off the nominal path and the way back (without it, policies that stopped a little late drifted on). The recorder runs it on the simulated rig (vla_lib/sim/rig.py),
 the same rig the closed-loop evaluation drives, and writes the rig's streams in the recorder formats.
 `ScriptedBaseline` does the same moves but ignores the sensor: it assumes the nominal surface height.
 """
@@ -120,15 +122,16 @@ def read_sensor(window: np.ndarray | None, task) -> tuple[float | None, float | 
     return (centre - ALINE_PEAK0) / ALINE_PER_MM - task.oct_standoff_mm, force
 
 
-def descent_speed(distance: float | None, task) -> float:
-    """The demonstrator's speed (mm/s, downwards) at a tip-to-surface distance (None = surface not in view)."""
+def descent_speed(distance: float | None, task, gain: float | None = None) -> float:
+    """The demonstrator's speed (mm/s, downwards; negative = backing off) at a tip-to-surface distance (None = surface
+    not in view)."""
     if distance is None:
         return task.v_fast
     if distance > 0:
         frac = np.clip((distance - 0.5) / max(task.slow_zone_mm - 0.5, 1e-6), 0, 1)
         return float(task.v_slow + (task.v_fast - task.v_slow) * frac)
-    remaining = task.target_depth_mm + distance  # depth still to go
-    return float(np.clip(task.insert_gain * remaining, 0.0, task.v_insert))
+    remaining = task.target_depth_mm + distance  # depth still to go (negative: past the target)
+    return float(np.clip((gain or task.insert_gain) * remaining, -task.v_retract, task.v_insert))
 
 
 def chunk_from_speed(speed: float, horizon: int, dt: float, gripper: float = 1.0) -> np.ndarray:
@@ -140,20 +143,22 @@ def chunk_from_speed(speed: float, horizon: int, dt: float, gripper: float = 1.0
 
 
 class ReactiveDemonstrator:
-    """Descend until the OCT shows the surface, slow down, insert to the target depth measured by the OCT, hold.
-    Uses the sensor window only (and its own latch: once it has stopped at the target it holds)."""
+    """Descend until the OCT shows the surface, slow down, insert to the target depth measured by the OCT (backing off
+    if past it), hold. Uses the sensor window only. `gain` / `noise_mm_s` / `rng`: the recorder's per-episode
+    variation (default: the nominal controller, no noise)."""
 
     name = "demonstrator"
 
-    def __init__(self, task, horizon: int = 8, dt: float = 0.1):
+    def __init__(self, task, horizon: int = 8, dt: float = 0.1, gain: float | None = None, noise_mm_s: float = 0.0,
+                 rng: np.random.Generator | None = None):
         self.task, self.horizon, self.dt = task, horizon, dt
-        self.holding = False
+        self.gain, self.noise, self.rng = gain, noise_mm_s, rng
 
     def __call__(self, io) -> np.ndarray:
         distance, _ = read_sensor(io.sensor_window(), self.task)
-        if distance is not None and distance <= -(self.task.target_depth_mm - 0.03):
-            self.holding = True
-        speed = 0.0 if self.holding else descent_speed(distance, self.task)
+        speed = descent_speed(distance, self.task, self.gain)
+        if self.noise and self.rng is not None:
+            speed += float(self.rng.normal(0, self.noise))
         return chunk_from_speed(speed, self.horizon, self.dt)
 
 
@@ -165,15 +170,11 @@ class ScriptedBaseline:
 
     def __init__(self, task, horizon: int = 8, dt: float = 0.1):
         self.task, self.horizon, self.dt = task, horizon, dt
-        self.holding = False
 
     def __call__(self, io) -> np.ndarray:
         distance = float(io.robot_pose()[2]) - self.task.surface_z_nominal
         assumed = None if distance > self.task.oct_range_mm - self.task.oct_standoff_mm else distance
-        if assumed is not None and assumed <= -(self.task.target_depth_mm - 0.03):
-            self.holding = True
-        speed = 0.0 if self.holding else descent_speed(assumed, self.task)
-        return chunk_from_speed(speed, self.horizon, self.dt)
+        return chunk_from_speed(descent_speed(assumed, self.task), self.horizon, self.dt)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,11 +185,16 @@ GROUP_VISION_ONLY = "Sensor_task_vision_only"
 
 
 def record_episode(ep: Episode, synth_cfg, horizon: int = 8, dt: float = 0.1):
-    """Run the reactive demonstrator on a simulated rig for one episode; returns the rig (all streams recorded)."""
+    """Run the reactive demonstrator on a simulated rig for one episode (its gain drawn from `demo_gain_range`, its
+    commands with `demo_noise_mm_s` of noise); returns the rig (all streams recorded)."""
     from vla_lib.sim.rig import SimRig, run_controller
 
+    task = synth_cfg.task
+    rng = np.random.default_rng([23, ep.seed])
+    demo = ReactiveDemonstrator(task, horizon, dt, gain=float(rng.uniform(*task.demo_gain_range)),
+                                noise_mm_s=task.demo_noise_mm_s, rng=rng)
     rig = SimRig(ep, synth_cfg, views=None)
-    run_controller(ReactiveDemonstrator(synth_cfg.task, horizon, dt), rig, synth_cfg.task.episode_s, dt)
+    run_controller(demo, rig, task.episode_s, dt)
     rig.finish()
     return rig
 
@@ -296,6 +302,6 @@ def sample_phases(index, task) -> np.ndarray:
             continue
         rows = np.nonzero(sids == sid)[0]
         z = np.interp(t[rows], s.robot_times, s.pose[:, 2])
-        ahead = np.interp(t[rows] + 0.5, s.robot_times, s.pose[:, 2])  # still within 0.01 mm half a second later
-        out[rows] = phase_of(load_episode(s.path), task, z, np.abs(ahead - z) < 0.01)
+        ahead = np.interp(t[rows] + 0.5, s.robot_times, s.pose[:, 2])  # within 0.05 mm half a second later
+        out[rows] = phase_of(load_episode(s.path), task, z, np.abs(ahead - z) < 0.05)
     return out

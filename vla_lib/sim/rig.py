@@ -59,7 +59,7 @@ class CameraModel:
 
     def __init__(self, ep: Episode, synth_cfg, keys: list[tuple[int, str]], end: float, rng):
         self.ep, self.w, self.h = ep, synth_cfg.image_width, synth_cfg.image_height
-        triggers = np.arange(0.05, end, 1.0 / synth_cfg.camera_hz)
+        triggers = np.arange(0.0, end, 1.0 / synth_cfg.camera_hz)  # every view has a frame before the first sample
         self.capture_times = {}
         for key in keys:
             skew = rng.uniform(0.0, 0.06)
