@@ -39,6 +39,9 @@ def run_notebooks(params_file: str, only: list[str] | None = None, log=print) ->
         src = root / "notebooks" / f"{name}.ipynb"
         if not src.exists():
             continue
+        if name == "05_compare_runs" and not cfg.sweep.grid:
+            log(f"[demo] {name} skipped: {params_file} has no sweep grid")
+            continue
         start = time.time()
         log(f"[demo] {name} ...")
         pm.execute_notebook(str(src), str(out / f"{name}.ipynb"), parameters={"params_file": params_file, **params},
