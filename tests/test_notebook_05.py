@@ -48,3 +48,6 @@ def test_notebook_05_compares_done_members(tmp_path):
     assert v["members"] == 3 and v["episodes"] == 2 and v["success_rate_mean"] == 1.0 and v["target_ablation_met"]
     assert not v["target_seeds_met"]  # 2 episodes < 20
     assert "skipped (done)" in json.dumps(nb)
+    summary = json.loads((tmp_path / "demo" / "metrics.json").read_text())["closed_loop"]
+    assert summary["policy"]["episodes"] == 6 and summary["policy"]["success_rate"] == 1.0
+    assert {"success_rate", "depth_error_mm", "peak_force_n", "episodes"} <= set(summary["scripted"])

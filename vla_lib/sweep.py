@@ -313,3 +313,18 @@ def verdict(collected: dict, cfg: RunConfig) -> dict:
     out["target_ablation_met"] = bool(out["ablation_error_ratio_mean"] >= 2.0)
     out["target_seeds_met"] = bool(out["members"] >= 3 and out["episodes"] >= 20)
     return out
+
+
+def closed_loop_summary(collected: dict) -> dict:
+    """Per predictor over every done member: mean ± std over members of success rate, depth error, peak force, and
+    the episodes counted (for outputs/<run>/metrics.json["closed_loop"] of the run that owns the sweep)."""
+    table = collected["table"]
+    out = {}
+    for col in [c for c in table.columns if c.endswith("/success_rate")]:
+        pred = col.split("/")[0]
+        out[pred] = {"members": int(len(table)), "episodes": int(table[f"{pred}/episodes"].sum())}
+        for metric in ("success_rate", "depth_error_mm", "peak_force_n"):
+            values = table[f"{pred}/{metric}"].astype(float)
+            out[pred][metric] = float(values.mean())
+            out[pred][f"{metric}_std_over_members"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
