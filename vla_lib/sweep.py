@@ -90,7 +90,8 @@ def member_dir(cfg: RunConfig, member: str) -> Path:
 
 
 def frame_cache_path(cfg: RunConfig) -> Path:
-    return Path(cfg.output_root) / sweep_name(cfg) / "sim_vl_features.pt"
+    """The closed-loop frame cache shared by a sweep's members (a member's output_root is the sweep's folder)."""
+    return Path(cfg.output_root) / "sim_vl_features.pt"
 
 
 def run_sweep(params_file: str, log=print) -> list[dict]:
