@@ -24,7 +24,7 @@ def test_grid_expands_into_members_sharing_data_and_cache(tmp_path):
     cfgs = [RunConfig.from_dict(v) for _, v in members]
     assert {c.cache.dir for c in cfgs} == {"one_cache"} and {c.data.root for c in cfgs} == {"sessions_here"}
     assert len({c.train.output_dir for c in cfgs}) == 6 and len({str(c.run_dir) for c in cfgs}) == 6
-    assert all(c.train.epochs == 3 and c.sweep.grid == {} for c in cfgs)
+    assert all(c.train.epochs == 3 and c.sweep.grid == {} and c.cache.allow_inline_encoding for c in cfgs)
     assert [c.data.sensor_enabled for c in cfgs] == [True] * 3 + [False] * 3
     assert [c.train.seed for c in cfgs] == [0, 1, 2] * 2
     assert cfgs[4].run_dir == Path(tmp_path / "outputs" / "s" / "sensor_off-seed1")

@@ -64,6 +64,9 @@ def expand(base: dict) -> list[tuple[str, dict]]:
         values["output_root"] = str(Path(cfg.output_root) / name)
         values["run_name"] = member
         _set(values, "train.output_dir", str(Path(cfg.output_root) / name / member / "train"))
+        # the shared cache may lack a member's samples (without the sensor, anchors start before the first sensor
+        # window): the member encodes those few into the same store instead of failing
+        _set(values, "cache.allow_inline_encoding", True)
         values["sweep"] = {"name": name, "torch_threads": cfg.sweep.torch_threads}
         RunConfig.from_dict(values)  # fail early on a bad key or value
         members.append((member, values))
