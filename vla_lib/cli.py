@@ -2,9 +2,11 @@
 and `torchrun -m vla_lib`.
 
 Modes: synth (write synthetic sessions), audit, cache (build the VL feature store), verify (check the store),
-train (Stage 1), eval (offline metrics, real-time replay, latency -> outputs/<run>/metrics.json), demo (the notebooks
-via papermill), live (the real-time loop on the rig's endpoints from `live:` in params, dry run unless --send-actions;
---simulate-senders replays a recorded session over loopback -> outputs/<run>/live/report.json).
+train (Stage 1), eval (offline metrics, real-time replay, latency -> outputs/<run>/metrics.json), closed_loop (the
+checkpoint on held-out episodes of the simulated rig -> metrics.json["closed_loop"]), sweep (the `sweep:` grid through
+papermill, resumable), demo (the notebooks via papermill), live (the real-time loop on the rig's endpoints from
+`live:` in params, dry run unless --send-actions; --simulate-senders replays a recorded session over loopback ->
+outputs/<run>/live/report.json).
 The seed's flags are accepted as written in the guide; each maps onto one field of the same dataclass config the
 notebooks use (flags override the YAML). Unknown flags and bad values are errors.
 """
@@ -15,7 +17,7 @@ import sys
 
 from vla_lib.config import ConfigError, RunConfig
 
-MODES = ("synth", "audit", "cache", "verify", "train", "eval", "demo", "live")
+MODES = ("synth", "audit", "cache", "verify", "train", "eval", "closed_loop", "sweep", "demo", "live")
 
 # flag -> (config fields it sets, type). A store_true flag has type None.
 FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
@@ -172,6 +174,17 @@ def run_mode(args, cfg) -> int:
         print(run.run_realtime_replay(cfg, policy, held=held).summary)
         print(run.run_latency(cfg, policy)["table"].to_string())
         print(f"metrics: {cfg.run_dir / 'metrics.json'}")
+    elif args.mode == "closed_loop":
+        from vla_lib.evaluation.closed_loop import run_closed_loop
+
+        run_closed_loop(cfg)
+        print(f"metrics: {cfg.run_dir / 'metrics.json'} (closed_loop)")
+    elif args.mode == "sweep":
+        from vla_lib.sweep import run_sweep
+
+        if not args.params:
+            raise ConfigError("--mode sweep needs --params (the file with the sweep: section)")
+        run_sweep(args.params)
     elif args.mode == "live":
         from vla_lib.rig.run import run_live
 

@@ -31,6 +31,40 @@ def _choice(where: str, value, choices) -> None:
 # Sections
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
+class SensorTaskConfig:
+    """The sensor-dependent insertion scenario (`synthetic.scenario: sensor_task`, vla_lib/data/scenarios.py).
+
+    Per episode the tissue surface height and stiffness are drawn; a reactive demonstrator descends until the OCT shows
+    the surface, slows down, inserts to `target_depth_mm` below the surface measured from the sensor, and holds.
+    Lengths in mm, speeds in mm/s, forces in N (contact force = force above its free-air baseline)."""
+
+    surface_z_nominal: float = 100.0
+    surface_range_mm: float = 4.0  # surface height = nominal + U(-range, +range)
+    stiffness_range: list[float] = field(default_factory=lambda: [0.3, 0.7])  # N/mm, U(lo, hi) per episode
+    start_height_mm: float = 8.0  # tip start above the *nominal* surface (so 4-12 mm above the real one)
+    target_depth_mm: float = 1.5  # insertion depth below the surface
+    tolerance_mm: float = 0.5  # success: |final depth - target| <= tolerance ...
+    force_limit_n: float = 1.5  # ... and the contact force never above this
+    oct_standoff_mm: float = 2.5  # the OCT fibre face sits this far behind the tip: it sees the surface from
+    oct_range_mm: float = 6.0  # tip-to-surface distances in (-standoff, range - standoff)
+    v_fast: float = 5.0  # descent speed while the OCT shows nothing
+    v_slow: float = 1.0  # speed at contact
+    v_insert: float = 0.8  # top speed inside the tissue
+    slow_zone_mm: float = 3.0  # start slowing down this far above the surface
+    insert_gain: float = 3.0  # 1/s: inside, speed = clip(gain x remaining depth, -v_retract, v_insert)
+    v_retract: float = 0.5  # past the target depth the demonstrator backs off to it
+    # the recorded demonstrations vary (DART-style), so that the data holds states off the nominal path and the way
+    # back: per episode an insertion gain drawn from this range (high gains overshoot, then back off) ...
+    demo_gain_range: list[float] = field(default_factory=lambda: [3.0, 15.0])
+    demo_noise_mm_s: float = 0.5  # ... and per-tick command noise (std, mm/s)
+    episode_s: float = 6.0  # controller time per episode (after a 0.2 s pre-roll at rest)
+    # the simulated robot (also used to record the demonstrations)
+    tracking_tau_s: float = 0.05  # first-order lag of the arm behind its set point
+    action_latency_s: float = 0.03  # from send_action to the arm starting to move
+    vl_latency_s: float = 0.15  # closed loop: a camera frame's features are usable this long after capture is read
+
+
+@dataclass
 class SyntheticConfig:
     """The synthetic recorder (the embedded default dataset)."""
 
@@ -44,6 +78,12 @@ class SyntheticConfig:
     sensor_hz: float = 650.0
     robot_hz: float = 100.0
     seed: int = 0
+    scenario: str = "scripted"  # "scripted" (the fixed-timing insertion) or "sensor_task" (reactive, see `task`)
+    task: SensorTaskConfig = field(default_factory=SensorTaskConfig)
+
+    def validate(self) -> None:
+        if self.scenario not in ("scripted", "sensor_task"):
+            raise ConfigError(f"synthetic.scenario must be 'scripted' or 'sensor_task', got {self.scenario!r}")
 
 
 @dataclass
@@ -294,6 +334,31 @@ class LiveConfig:
 
 
 @dataclass
+class ClosedLoopConfig:
+    """Closed-loop evaluation on the simulated rig (vla_lib/evaluation/closed_loop.py), on held-out episodes drawn
+    from `seed` (never a training seed: the recorder's episodes come from synthetic.seed)."""
+
+    episodes: int = 20
+    seed: int = 1000
+    predictors: list[str] = field(default_factory=lambda: ["policy", "policy_no_sensor", "scripted"])
+    plot_episodes: int = 3
+    # torch intra-op threads during the loop (0 = leave as is): a batch-1 loop gains nothing from more, and on a busy
+    # CPU extra threads spin against each other (one act() measured 50 ms on 1 thread, 550-880 ms on 2, load 8)
+    torch_threads: int = 1
+
+
+@dataclass
+class SweepConfig:
+    """A grid of runs (vla_lib/sweep.py): every combination of `grid` values (dotted config keys) becomes a params
+    file and one papermill run of notebooks/sweep_member.ipynb; finished runs are skipped on a rerun."""
+
+    name: str = "sweep"
+    grid: dict[str, list] = field(default_factory=dict)  # e.g. {"data.sensor_enabled": [true, false], "train.seed": [0, 1, 2]}
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys applied to every member (e.g. train.epochs)
+    torch_threads: int = 1  # per member (0 = torch's default); one member at a time, small heads: 1 is fastest on a busy CPU
+
+
+@dataclass
 class RunConfig:
     run_name: str = "demo"
     output_root: str = "outputs"
@@ -305,6 +370,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    closed_loop: ClosedLoopConfig = field(default_factory=ClosedLoopConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         self.derive()
@@ -483,7 +550,7 @@ def _coerce(tp: Any, value: Any, where: str):
 RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "cache.dir", "cache.batch_size",
                "cache.num_workers", "cache.shard_size", "cache.allow_inline_encoding", "backbone.device",
                "backbone.tiny_model_dir", "backbone.fast_", "backbone.compile_cache_dir", "train.num_workers", "train.log_every_steps",
-               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_", "live.")
+               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_", "live.", "closed_loop.", "sweep.")
 
 
 def settings_changed(stored: dict, current: dict, free_only: bool = False) -> list[str]:

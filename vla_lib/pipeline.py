@@ -10,7 +10,7 @@ from vla_lib.config import RunConfig
 from vla_lib.data.synthetic import generate_dataset
 from vla_lib.notebook import repo_root
 
-NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "06_live_rig"]
+NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "05_compare_runs", "06_live_rig"]
 
 
 def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
@@ -41,6 +41,9 @@ def run_notebooks(params_file: str, only: list[str] | None = None, log=print) ->
             continue
         src = root / "notebooks" / f"{name}.ipynb"
         if not src.exists():
+            continue
+        if name == "05_compare_runs" and not cfg.sweep.grid:
+            log(f"[demo] {name} skipped: {params_file} has no sweep grid")
             continue
         start = time.time()
         log(f"[demo] {name} ...")

@@ -311,7 +311,12 @@ def write_new_dataset_episode(root: Path, spec: TrajectorySpec, cfg, rng, window
 
 def generate_dataset(cfg) -> list[Path]:
     """Write `cfg.num_sensor_sessions` recv_all sessions (two priority groups) and `cfg.num_nosensor_sessions`
-    legacy sessions (OCT_insertion/Captures*, part1/ZED_Captures_*th) under `cfg.out_dir`. Deterministic by seed."""
+    legacy sessions (OCT_insertion/Captures*, part1/ZED_Captures_*th) under `cfg.out_dir`. Deterministic by seed.
+    `cfg.scenario: sensor_task` writes the sensor-dependent scenario instead (vla_lib/data/scenarios.py)."""
+    if getattr(cfg, "scenario", "scripted") == "sensor_task":
+        from vla_lib.data.scenarios import write_sensor_task_dataset
+
+        return write_sensor_task_dataset(cfg)
     root = Path(cfg.out_dir)
     rng = np.random.default_rng(cfg.seed)
     base = 1761580000.0 + 1000 * cfg.seed  # a fixed date (late Oct 2025) so names are reproducible

@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader
 
 from vla_lib.data.batches import FeatureJoinedDataset, collate
 from vla_lib.data.samples import SampleDataset
-from vla_lib.data.synthetic import phase_labels
 from vla_lib.evaluation.baselines import last_delta_baseline, train_mean_baseline, zero_baseline
 from vla_lib.evaluation.metrics import chunk_metrics
 from vla_lib.models.inputs import inputs_from_batch
@@ -44,8 +43,10 @@ class OfflineResult:
     table: object  # the samples' table (session_id, t, has_sensor, ...)
 
 
-def evaluate_offline(heads, index, data_cfg, features, stats, device="cpu", batch_size: int = 256) -> OfflineResult:
-    """`index`: the held-out SampleIndex; `features`: a FeatureTable over its rows; `stats`: the training NormStats."""
+def evaluate_offline(heads, index, data_cfg, features, stats, device="cpu", batch_size: int = 256,
+                     phases: np.ndarray | None = None) -> OfflineResult:
+    """`index`: the held-out SampleIndex; `features`: a FeatureTable over its rows; `stats`: the training NormStats;
+    `phases`: each sample's phase where the data knows it (None entries elsewhere), for the per-phase ablation."""
     dataset = FeatureJoinedDataset(SampleDataset(index, data_cfg), features)
     n, h = len(index), data_cfg.horizon
     preds = {
@@ -68,7 +69,7 @@ def evaluate_offline(heads, index, data_cfg, features, stats, device="cpu", batc
     metrics["best_baseline"] = best
     metrics["policy_mse_over_best_baseline"] = policy_mse / max(metrics["predictors"][best]["mse"], 1e-12)
     metrics["sensor_ablation"] = sensor_ablation(preds["policy"], preds["policy_no_sensor"], index.targets, mask,
-                                                 with_sensor, phase_labels(index))
+                                                 with_sensor, phases)
     metrics["sensor_ablation_mse_ratio"] = metrics["sensor_ablation"]["mse_ratio"]
     return OfflineResult(metrics, preds, index.targets, mask, index.table)
 
@@ -85,8 +86,8 @@ def sensor_ablation(with_s: np.ndarray, without: np.ndarray, targets: np.ndarray
     if not has_sensor.any():
         return {"samples": 0, "mse_ratio": None, "per_phase": {}}
     out = ratio(has_sensor)
-    out["per_phase"] = {str(p): ratio(has_sensor & (phases == p)) for p in dict.fromkeys(phases[has_sensor])} \
-        if phases is not None else {}
+    known = [p for p in dict.fromkeys(phases[has_sensor]) if p is not None] if phases is not None else []
+    out["per_phase"] = {str(p): ratio(has_sensor & (phases == p)) for p in known}
     return out
 
 

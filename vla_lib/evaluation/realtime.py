@@ -6,6 +6,11 @@ as if live (its clock runs with the wall clock from a chosen start) and also kno
 replay measures accuracy as well as timing: action-step latency p50/p95/p99, deadline misses at the action rate,
 VL refresh rate, feature staleness, and the chunk error with the features the loop really had (stale) against
 features encoded from the frames current at each tick (fresh).
+
+The same loop also runs on a simulated clock (`run_realtime(..., clock=rig.clock)`, vla_lib/sim/rig.py): one thread,
+deterministic, no wall-clock sleeps. The action step is the same code (`_action_tick`); only the VL refresh differs:
+instead of a thread, a new frame set is encoded when seen and its features become usable `vl_latency_s` of simulated
+time later (one encode in flight at a time, as the thread).
 """
 from __future__ import annotations
 
@@ -112,9 +117,14 @@ class RealtimeReport:
 
 
 def run_realtime(policy, io: RobotIO, instruction: str, duration_s: float, action_rate_hz: float = 10.0,
-                 vl_rate_hz: float = 0.0, end: float | None = None) -> RealtimeReport:
-    """Run the loop for `duration_s` wall seconds (or until the robot clock passes `end`)."""
+                 vl_rate_hz: float = 0.0, end: float | None = None, clock=None,
+                 vl_latency_s: float = 0.0) -> RealtimeReport:
+    """Run the loop for `duration_s` wall seconds (or until the robot clock passes `end`). With `clock` (an object
+    with `now()` and `sleep_until(t)`, e.g. `SimRig.clock`) the loop runs on that clock instead: `duration_s` of
+    its time, single-threaded, VL features usable `vl_latency_s` after their frames were read."""
     period = 1.0 / action_rate_hz
+    if clock is not None:
+        return _run_on_clock(policy, io, instruction, duration_s, period, clock, vl_latency_s, end)
     latest, lock, stop = _Latest(), threading.Lock(), threading.Event()
     report = RealtimeReport()
     errors: list[BaseException] = []
@@ -148,20 +158,13 @@ def run_realtime(policy, io: RobotIO, instruction: str, duration_s: float, actio
     while not stop.is_set() and time.perf_counter() < wall_end and (end is None or io.now() < end):
         time.sleep(max(0.0, next_tick - time.perf_counter()))
         started = time.perf_counter()
-        t = io.now()
         with lock:
-            feats, mask, ident, captured, ready = (latest.features, latest.mask, latest.ident, latest.captured,
-                                                   latest.ready)
-        window = io.sensor_window()
-        history = io.pose_history(policy.history_steps) if policy.history_steps else None
-        chunk = policy.act(feats, mask, None if window is None else window[None],
-                           None if history is None else history[None])[0]
-        io.send_action(t, chunk)
-        latency = time.perf_counter() - started
-        report.ticks.append({"t": t, "latency_ms": latency * 1e3, "late_start_ms": (started - next_tick) * 1e3,
-                             "missed": latency > period or started - next_tick > period,
-                             "staleness_s": t - captured, "feature_age_s": t - ready, "ident": ident,
-                             "window": window, "history": history, "chunk": chunk})
+            snapshot = _Latest(latest.features, latest.mask, latest.ident, latest.captured, latest.ready)
+        tick = _action_tick(policy, io, snapshot)
+        latency = tick["latency_ms"] / 1e3
+        tick.update({"late_start_ms": (started - next_tick) * 1e3,
+                     "missed": latency > period or started - next_tick > period})
+        report.ticks.append(tick)
         next_tick += period
         if next_tick < time.perf_counter():  # fell behind: skip the ticks we cannot make, count them
             skipped = int((time.perf_counter() - next_tick) // period) + 1
@@ -172,6 +175,58 @@ def run_realtime(policy, io: RobotIO, instruction: str, duration_s: float, actio
     if errors:
         raise errors[0]
     report.summary = _summarise(report, period)
+    return report
+
+
+def _action_tick(policy, io: RobotIO, latest: _Latest) -> dict:
+    """One action step on the latest features: read the sensor window and the pose history, act, send."""
+    started = time.perf_counter()
+    t = io.now()
+    window = io.sensor_window()
+    history = io.pose_history(policy.history_steps) if policy.history_steps else None
+    chunk = policy.act(latest.features, latest.mask, None if window is None else window[None],
+                       None if history is None else history[None])[0]
+    io.send_action(t, chunk)
+    return {"t": t, "latency_ms": (time.perf_counter() - started) * 1e3, "staleness_s": t - latest.captured,
+            "feature_age_s": t - latest.ready, "ident": latest.ident, "window": window, "history": history,
+            "chunk": chunk}
+
+
+def _run_on_clock(policy, io: RobotIO, instruction: str, duration_s: float, period: float, clock,
+                  vl_latency_s: float, end: float | None) -> RealtimeReport:
+    """The loop on a simulated clock: ticks at exact multiples of the period from the start, deterministic."""
+    report = RealtimeReport()
+    latest, pending = _Latest(), None  # pending: features being "encoded", usable from pending.ready
+
+    def encode(t: float) -> _Latest:
+        images, ident, captured = io.views()
+        t0 = time.perf_counter()
+        feats, mask = policy.encode([instruction], [images])
+        report.refreshes.append({"t": t, "encode_ms": (time.perf_counter() - t0) * 1e3})
+        return _Latest(feats, mask, ident, captured, t + vl_latency_s)
+
+    io.begin()
+    start = clock.now()
+    latest = encode(start)  # the loop starts once the first features are ready, as the wall-clock loop waits
+    latest.ready = start
+    n_ticks = int(round(duration_s / period))
+    for i in range(n_ticks):
+        clock.sleep_until(start + i * period)
+        t = clock.now()
+        if end is not None and t >= end:
+            break
+        if pending is not None and pending.ready <= t + 1e-9:
+            latest, pending = pending, None
+        if pending is None and io.views()[1] != latest.ident:  # a new frame set: start encoding it
+            pending = encode(t)
+            if vl_latency_s <= 0:
+                latest, pending = pending, None
+        tick = _action_tick(policy, io, latest)
+        tick.update({"late_start_ms": 0.0, "missed": False})
+        report.ticks.append(tick)
+    clock.sleep_until(start + n_ticks * period)
+    report.summary = _summarise(report, period)
+    report.summary["clock"] = "simulated"
     return report
 
 

@@ -13,7 +13,9 @@ import torch
 from vla_lib.atomic import atomic_write_text
 from vla_lib.commands import command_for
 from vla_lib.data.recorder_formats import DataError
+from vla_lib.data import scenarios
 from vla_lib.data.samples import build_index
+from vla_lib.data.synthetic import phase_labels
 from vla_lib.errors import ConfigError
 from vla_lib.evaluation.latency import latency_sweep, time_action_step
 from vla_lib.evaluation.offline import evaluate_offline
@@ -83,10 +85,19 @@ def run_offline(cfg, device: str = "cpu", held=None):
     """Offline metrics of the configured checkpoint on the held-out sessions -> outputs/<run>/metrics.json."""
     ckpt = load_checkpoint(checkpoint_path(cfg))
     val, features = held_out(cfg, ckpt, held)
-    result = evaluate_offline(ckpt.heads, val, cfg.data, features, ckpt.stats, device=device)
+    result = evaluate_offline(ckpt.heads, val, cfg.data, features, ckpt.stats, device=device,
+                              phases=sample_phases(cfg, val))
     result.metrics["checkpoint"] = str(checkpoint_path(cfg))
     write_json(Path(cfg.run_dir) / "metrics.json", {"offline": result.metrics})
     return result
+
+
+def sample_phases(cfg, index):
+    """Each sample's phase where the synthetic truth knows it: the sensor task's (descent, approach, insert, hold) or
+    the scripted scenario's (home, approach, pause, insert, hold); None for recorded data."""
+    if cfg.synthetic.scenario == "sensor_task":
+        return scenarios.sample_phases(index, cfg.synthetic.task)
+    return phase_labels(index)
 
 
 def write_json(path: Path, values: dict) -> Path:

@@ -1,0 +1,307 @@
+"""The sensor-dependent insertion scenario (`synthetic.scenario: sensor_task`): what only the sensor can tell.
+
+Per episode (all drawn from the episode's seed):
+- the tissue surface height: nominal ± `surface_range_mm` (4 mm by default). At the demo resolution the cameras
+  see about 1 px per mm after the VLM's resize, so they cannot place the surface to better than ~2 mm;
+- the tissue stiffness (N/mm): the contact force is `stiffness × depth` above the free-air baseline (-3 N);
+- which of the four pad targets is used (the cameras show it; the needle starts above it).
+
+The OCT fibre face sits `oct_standoff_mm` behind the needle tip: the A-line's surface-reflection peak tracks the
+fibre-to-surface distance within its 0–6 mm range, i.e. tip-to-surface distances from +3.5 mm (surface coming into
+view) to -2.5 mm (2.5 mm deep); outside that range there is no peak. So the sensor measures both the approach and
+the depth below the surface; the force says "in contact" but not how deep (the stiffness varies).
+
+The demonstrator (`ReactiveDemonstrator`) is a controller on the sensor alone: fast descent while the OCT shows
+nothing, slowing down as the surface approaches, inserting at `v_insert` with a proportional stop at
+`target_depth_mm` below the surface (backing off at up to `v_retract` if past it), then holding. The recorded
+demonstrations vary per episode (gain from `demo_gain_range`, command noise `demo_noise_mm_s`), so the data also
+shows states off the nominal path and the way back (without it, policies that stopped a little late drifted on). The recorder runs it on the simulated rig (vla_lib/sim/rig.py),
+the same rig the closed-loop evaluation drives, and writes the rig's streams in the recorder formats.
+`ScriptedBaseline` does the same moves but ignores the sensor: it assumes the nominal surface height.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vla_lib.dims import ALINE_POINTS
+from vla_lib.data.synthetic import TARGETS_XY
+
+FORCE_BASELINE = -3.0
+ALINE_PEAK0, ALINE_PER_MM = 60.0, 150.0  # peak index = 60 + 150 x fibre-to-surface distance (mm)
+PEAK_THRESHOLD = 300.0  # an A-line maximum above this is a surface reflection (peak 800, background <= 40 + noise)
+START_ANGLES = [90.0, 0.0, 175.0]
+_BACKGROUND = (40.0 * np.exp(-np.arange(ALINE_POINTS) / 300.0)).astype(np.float32)
+_NOISE_ROWS = 4096
+_NOISE: list = []
+PREROLL_S = 0.2  # the rig streams this long with the arm at rest before the controller starts
+
+
+@dataclass
+class Episode:
+    """The hidden truth of one sensor-task episode."""
+
+    seed: int
+    target_index: int
+    surface_z: float
+    stiffness: float
+    start: list[float]  # x, y, z, a, b, r
+    camera_clock_offset: float
+    sensor_clock_offset: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+
+def sample_episode(task, seed: int) -> Episode:
+    rng = np.random.default_rng([7, seed])
+    target = int(rng.integers(len(TARGETS_XY)))
+    tx, ty = TARGETS_XY[target]
+    surface = task.surface_z_nominal + rng.uniform(-task.surface_range_mm, task.surface_range_mm)
+    lo, hi = task.stiffness_range
+    start = [tx + rng.uniform(-0.5, 0.5), ty + rng.uniform(-0.5, 0.5),
+             task.surface_z_nominal + task.start_height_mm + rng.uniform(-0.3, 0.3), *START_ANGLES]
+    return Episode(seed, target, float(surface), float(rng.uniform(lo, hi)), [float(v) for v in start],
+                   float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.015, 0.015)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sensor model (what the rig streams) and its inverse (what the demonstrator reads)
+# ---------------------------------------------------------------------------------------------------------------
+def contact_force(ep: Episode, tip_z) -> np.ndarray:
+    """Noise-free contact force (N above the baseline) at tip heights `tip_z`."""
+    return ep.stiffness * np.clip(ep.surface_z - np.asarray(tip_z, np.float64), 0, None)
+
+
+def sensor_values(ep: Episode, task, tip_z: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(forces (N,), A-lines (N, 1025)) float32 for sensor samples taken at tip heights `tip_z`."""
+    tip_z = np.asarray(tip_z, np.float64)
+    force = FORCE_BASELINE + contact_force(ep, tip_z) + rng.normal(0, 0.01, len(tip_z))
+    fibre = tip_z - ep.surface_z + task.oct_standoff_mm  # fibre-to-surface distance
+    visible = (fibre >= 0) & (fibre <= task.oct_range_mm)
+    peak = ALINE_PEAK0 + ALINE_PER_MM * np.clip(fibre, 0, task.oct_range_mm)
+    alines = _noise_bank()[rng.integers(0, _NOISE_ROWS, len(tip_z))]  # N(0, 5) rows drawn from a fixed bank (fast)
+    alines += _BACKGROUND
+    # the reflection (sigma 6 samples), drawn only where it is not negligible: +-36 samples around the peak
+    rows = np.nonzero(visible)[0]
+    if len(rows):
+        cols = np.round(peak[rows]).astype(np.int64)[:, None] + np.arange(-36, 37)[None, :]
+        ok = (cols >= 0) & (cols < ALINE_POINTS)
+        bump = (800.0 * np.exp(-0.5 * ((cols - peak[rows, None]) / 6.0) ** 2)).astype(np.float32)
+        r = np.broadcast_to(rows[:, None], cols.shape)
+        alines[r[ok], cols[ok]] += bump[ok]
+    return force.astype(np.float32), alines
+
+
+def _noise_bank() -> np.ndarray:
+    if not _NOISE:
+        _NOISE.append(5.0 * np.random.default_rng(2024).standard_normal((_NOISE_ROWS, ALINE_POINTS), dtype=np.float32))
+    return _NOISE[0]
+
+
+def read_sensor(window: np.ndarray | None, task) -> tuple[float | None, float | None]:
+    """(tip-to-surface distance in mm or None when the OCT shows no surface, contact force in N or None) from a raw
+    (T, 1026) window (NaN rows = no sample): the demonstrator's whole view of the tissue."""
+    if window is None:
+        return None, None
+    rows = window[np.isfinite(window).all(1)]
+    if len(rows) == 0:
+        return None, None
+    recent = rows[-5:]  # the last ~8 ms: the peak moves up to 75 indices over a 100 ms window at full speed
+    aline = recent[:, 1:].mean(0)
+    force = float(recent[:, 0].mean()) - FORCE_BASELINE
+    k = int(aline.argmax())
+    if aline[k] < PEAK_THRESHOLD:
+        return None, force
+    lo, hi = max(0, k - 8), min(len(aline), k + 9)  # sub-sample peak: centroid around the maximum
+    w = np.clip(aline[lo:hi] - 100.0, 0, None)
+    centre = float((np.arange(lo, hi) * w).sum() / max(w.sum(), 1e-6))
+    return (centre - ALINE_PEAK0) / ALINE_PER_MM - task.oct_standoff_mm, force
+
+
+def descent_speed(distance: float | None, task, gain: float | None = None) -> float:
+    """The demonstrator's speed (mm/s, downwards; negative = backing off) at a tip-to-surface distance (None = surface
+    not in view)."""
+    if distance is None:
+        return task.v_fast
+    if distance > 0:
+        frac = np.clip((distance - 0.5) / max(task.slow_zone_mm - 0.5, 1e-6), 0, 1)
+        return float(task.v_slow + (task.v_fast - task.v_slow) * frac)
+    remaining = task.target_depth_mm + distance  # depth still to go (negative: past the target)
+    return float(np.clip((gain or task.insert_gain) * remaining, -task.v_retract, task.v_insert))
+
+
+def chunk_from_speed(speed: float, horizon: int, dt: float, gripper: float = 1.0) -> np.ndarray:
+    """(H, 7): the same downward step `speed x dt` for every step of the chunk (the rig executes the first)."""
+    out = np.zeros((horizon, 7), np.float32)
+    out[:, 2] = -speed * dt
+    out[:, 6] = gripper
+    return out
+
+
+class ReactiveDemonstrator:
+    """Descend until the OCT shows the surface, slow down, insert to the target depth measured by the OCT (backing off
+    if past it), hold. Uses the sensor window only. `gain` / `noise_mm_s` / `rng`: the recorder's per-episode
+    variation (default: the nominal controller, no noise)."""
+
+    name = "demonstrator"
+
+    def __init__(self, task, horizon: int = 8, dt: float = 0.1, gain: float | None = None, noise_mm_s: float = 0.0,
+                 rng: np.random.Generator | None = None):
+        self.task, self.horizon, self.dt = task, horizon, dt
+        self.gain, self.noise, self.rng = gain, noise_mm_s, rng
+
+    def __call__(self, io) -> np.ndarray:
+        distance, _ = read_sensor(io.sensor_window(), self.task)
+        speed = descent_speed(distance, self.task, self.gain)
+        if self.noise and self.rng is not None:
+            speed += float(self.rng.normal(0, self.noise))
+        return chunk_from_speed(speed, self.horizon, self.dt)
+
+
+class ScriptedBaseline:
+    """The same moves, blind to the sensor: the tissue is assumed at its nominal height, the depth taken from the
+    arm's own pose (what a fixed script with a calibrated robot does)."""
+
+    name = "scripted"
+
+    def __init__(self, task, horizon: int = 8, dt: float = 0.1):
+        self.task, self.horizon, self.dt = task, horizon, dt
+
+    def __call__(self, io) -> np.ndarray:
+        distance = float(io.robot_pose()[2]) - self.task.surface_z_nominal
+        assumed = None if distance > self.task.oct_range_mm - self.task.oct_standoff_mm else distance
+        return chunk_from_speed(descent_speed(assumed, self.task), self.horizon, self.dt)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recording: run the demonstrator on the rig, write the rig's streams in the recorder formats
+# ---------------------------------------------------------------------------------------------------------------
+GROUP_SENSOR = "Sensor_task_phantom"
+GROUP_VISION_ONLY = "Sensor_task_vision_only"
+
+
+def record_episode(ep: Episode, synth_cfg, horizon: int = 8, dt: float = 0.1):
+    """Run the reactive demonstrator on a simulated rig for one episode (its gain drawn from `demo_gain_range`, its
+    commands with `demo_noise_mm_s` of noise); returns the rig (all streams recorded)."""
+    from vla_lib.sim.rig import SimRig, run_controller
+
+    task = synth_cfg.task
+    rng = np.random.default_rng([23, ep.seed])
+    demo = ReactiveDemonstrator(task, horizon, dt, gain=float(rng.uniform(*task.demo_gain_range)),
+                                noise_mm_s=task.demo_noise_mm_s, rng=rng)
+    rig = SimRig(ep, synth_cfg, views=None)
+    run_controller(demo, rig, task.episode_s, dt)
+    rig.finish()
+    return rig
+
+
+def _write_common(session: Path, rig, ep: Episode, folders: dict, name_fn) -> None:
+    session.mkdir(parents=True, exist_ok=True)
+    for (view, side), rel in folders.items():
+        folder = session / rel
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, t_cap in enumerate(rig.cameras.capture_times[(view, side)]):
+            im = rig.cameras.render(view, side, k, rig.tip_at(t_cap))
+            im.save(folder / name_fn(view, side, t_cap + ep.camera_clock_offset), quality=70)
+    (session / "sensor_task_truth.json").write_text(ep.to_json())
+    rng = np.random.default_rng([11, ep.seed])  # what the receiver measured: the offsets plus a little error
+    (session / "clock_offsets.json").write_text(json.dumps({
+        "camera_s": -ep.camera_clock_offset + float(rng.normal(0, 2e-4)),
+        "sensor_s": -ep.sensor_clock_offset + float(rng.normal(0, 2e-4))}, indent=1))
+
+
+def write_sensor_task_dataset(cfg) -> list[Path]:
+    """`cfg.num_sensor_sessions` recv_all sessions under `<out_dir>/Sensor_task_phantom/` and
+    `cfg.num_nosensor_sessions` vision-only Captures sessions (same task, no sensor file) under
+    `<out_dir>/Sensor_task_vision_only/`. Episode i uses seed `cfg.seed * 100000 + i`: the closed-loop evaluation
+    draws its episodes from another range (closed_loop.seed), so they are never training episodes."""
+    import time as _time
+
+    import pandas as pd
+
+    from vla_lib.data.synthetic import ZED_SERIALS, _joints
+
+    root = Path(cfg.out_dir)
+    base = 1764000000.0 + 1000 * cfg.seed
+    made = []
+    for i in range(cfg.num_sensor_sessions + cfg.num_nosensor_sessions):
+        ep = sample_episode(cfg.task, cfg.seed * 100000 + i)
+        rig = record_episode(ep, cfg)
+        t0 = base + 60 * i
+        t, pose = rig.robot_log()
+        t = np.round(t + t0, 3)
+        stamp = _time.strftime("%Y%m%d_%H%M%S", _time.gmtime(t0))
+        rng = np.random.default_rng([13, ep.seed])
+        if i < cfg.num_sensor_sessions:
+            session = root / GROUP_SENSOR / f"recv_all_{stamp}"
+            folders = {(v, s): f"View{v}/{s}" for v in range(1, 5) for s in ("left", "right")} | {(5, "oak"): "View5"}
+            _write_common(session, rig, ep, folders, lambda v, s, ts: f"oak_CAM_A_{ts + t0:.3f}.jpg" if v == 5
+                          else f"zed_{ZED_SERIALS[v]}_{s}_{ts + t0:.3f}.jpg")
+            send = t + 0.0002
+            df = pd.DataFrame({"recv_timestamp": send + 0.0015 + rng.uniform(0, 0.001, len(t)),
+                               "origin_timestamp": t, "send_timestamp": send, "force_placeholder": 0.0})
+            for j, col in enumerate(_joints(pose).T, 1):
+                df[f"joint_{j}"] = col
+            for j, name in enumerate("xyzabr"):
+                df[f"pose_{name}"] = pose[:, j]
+            df.to_csv(session / f"robot_state_{stamp}.csv", index=False, float_format="%.6f")
+            st, forces, alines = rig.sensor_log()
+            ts = st + t0 + ep.sensor_clock_offset
+            np.savez(session / f"sensor_data_{stamp}_{int(ts[0])}.npz", timestamps=ts,
+                     send_timestamps=ts + rng.uniform(1e-4, 5e-4, len(ts)), forces=forces, alines=alines)
+        else:
+            session = root / GROUP_VISION_ONLY / f"Captures{i - cfg.num_sensor_sessions + 1}"
+            folders = {(v, s): f"view{v}/{s}" for v in range(1, 5) for s in ("left", "right")} | {(5, "oak"): "view5_oak"}
+            _write_common(session, rig, ep, folders, lambda v, s, ts: f"oak_{ts + t0:.3f}.jpg" if v == 5
+                          else f"zed_{ZED_SERIALS[v]}_{s}_{ts + t0:.3f}.jpg")
+            df = pd.DataFrame({"epoch_s": t})
+            for j, col in enumerate(_joints(pose).T, 1):
+                df[f"joint_angle_{j}"] = col
+            for j, name in enumerate("xyzabr"):
+                df[f"EE_{name}"] = pose[:, j]
+            df.to_csv(session / f"robot_rt_{int(t[0])}.csv", index=False, float_format="%.6f")
+        made.append(session)
+    return made
+
+
+def load_episode(session: Path) -> Episode:
+    return Episode(**json.loads((Path(session) / "sensor_task_truth.json").read_text()))
+
+
+def sensor_task_groups() -> list[dict]:
+    """The data.groups of a sensor-task run (what params/demo.yaml lists)."""
+    instruction = "Insert the needle 1.5 mm below the tissue surface and hold"
+    return [{"name": GROUP_SENSOR, "glob": f"{GROUP_SENSOR}/recv_all_*", "instruction": instruction, "weight": 1.0},
+            {"name": GROUP_VISION_ONLY, "glob": f"{GROUP_VISION_ONLY}/Captures*", "instruction": instruction,
+             "weight": 1.0}]
+
+
+PHASES = ("descent", "approach", "insert", "hold")
+
+
+def phase_of(ep: Episode, task, tip_z: np.ndarray, settled: np.ndarray) -> np.ndarray:
+    """Phase labels of sensor-task samples from the truth: `descent` (the OCT cannot see the surface yet),
+    `approach` (it can, the tip is above), `insert` (in the tissue, still moving), `hold` (`settled`: at rest)."""
+    d = np.asarray(tip_z, np.float64) - ep.surface_z
+    out = np.where(d > task.oct_range_mm - task.oct_standoff_mm, "descent", np.where(d > 0, "approach", "insert"))
+    return np.where(np.asarray(settled, bool) & (d <= 0), "hold", out).astype(object)
+
+
+def sample_phases(index, task) -> np.ndarray:
+    """One phase per row of a SampleIndex of sensor-task sessions (None where a session has no sensor-task truth),
+    for per-phase reports of the offline evaluation."""
+    out = np.full(len(index), None, dtype=object)
+    sids, t = index.table["session_id"].to_numpy(), index.table["t"].to_numpy(np.float64)
+    for sid in np.unique(sids):
+        s = index.sessions[sid]
+        if not (Path(s.path) / "sensor_task_truth.json").exists():
+            continue
+        rows = np.nonzero(sids == sid)[0]
+        z = np.interp(t[rows], s.robot_times, s.pose[:, 2])
+        ahead = np.interp(t[rows] + 0.5, s.robot_times, s.pose[:, 2])  # within 0.05 mm half a second later
+        out[rows] = phase_of(load_episode(s.path), task, z, np.abs(ahead - z) < 0.05)
+    return out

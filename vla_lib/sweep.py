@@ -1,0 +1,329 @@
+"""Seeds and sweeps with papermill: a grid of parameter values expands into parameter files, one papermill run of
+`notebooks/sweep_member.ipynb` each (training, offline and closed-loop evaluation), resumably.
+
+    sweep:
+      name: demo_sweep
+      grid: {data.sensor_enabled: [true, false], train.seed: [0, 1, 2]}
+      overrides: {train.epochs: 8}
+
+Each combination is a member `outputs/<sweep.name>/<member>/` (its params file in `outputs/<sweep.name>/params/`).
+Every member shares the base run's sessions and VL feature cache (`data.root`, `cache.dir` unchanged: the VL features
+do not depend on the heads' seed or sensor flag), and a frame-level VL cache for the closed-loop rig. A member is done
+when its `sweep_done.json` exists; a rerun skips done members, and a member killed mid-training resumes from its own
+`resume_state.pt`. `collect` gathers loss curves and metrics for notebook 05.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from vla_lib.config import RunConfig
+from vla_lib.notebook import repo_root
+
+MEMBER_NOTEBOOK = "notebooks/sweep_member.ipynb"
+DONE = "sweep_done.json"
+
+
+def _set(values: dict, dotted: str, value) -> None:
+    node = values
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def _label(key: str, value) -> str:
+    leaf = key.split(".")[-1]
+    if isinstance(value, bool):
+        return f"{leaf.replace('_enabled', '')}_{'on' if value else 'off'}"
+    return f"{leaf}{value}"
+
+
+def sweep_name(cfg: RunConfig) -> str:
+    return cfg.sweep.name if cfg.sweep.name != "sweep" else f"{cfg.run_name}_sweep"
+
+
+def expand(base: dict) -> list[tuple[str, dict]]:
+    """(member name, full parameter dict) for every combination of the grid (validated as RunConfigs)."""
+    cfg = RunConfig.from_dict(base)
+    name = sweep_name(cfg)
+    keys = list(cfg.sweep.grid)
+    members = []
+    for combo in itertools.product(*(cfg.sweep.grid[k] for k in keys)):
+        values = copy.deepcopy(base)
+        for k, v in cfg.sweep.overrides.items():
+            _set(values, k, v)
+        for k, v in zip(keys, combo):
+            _set(values, k, v)
+        member = "-".join(_label(k, v) for k, v in zip(keys, combo)) or "base"
+        values["output_root"] = str(Path(cfg.output_root) / name)
+        values["run_name"] = member
+        _set(values, "train.output_dir", str(Path(cfg.output_root) / name / member / "train"))
+        # the shared cache may lack a member's samples (without the sensor, anchors start before the first sensor
+        # window): the member encodes those few into the same store instead of failing
+        _set(values, "cache.allow_inline_encoding", True)
+        values["sweep"] = {"name": name, "torch_threads": cfg.sweep.torch_threads}
+        RunConfig.from_dict(values)  # fail early on a bad key or value
+        members.append((member, values))
+    return members
+
+
+def write_params(base_file: str | Path, root: Path | None = None) -> list[tuple[str, Path]]:
+    """Write one params file per member under outputs/<sweep>/params/; returns (member, path relative to root)."""
+    root = root or repo_root()
+    base = yaml.safe_load((root / base_file).read_text()) or {}
+    cfg = RunConfig.from_dict(base)
+    out = Path(cfg.output_root) / sweep_name(cfg) / "params"
+    (root / out).mkdir(parents=True, exist_ok=True)
+    written = []
+    for member, values in expand(base):
+        path = out / f"{member}.yaml"
+        (root / path).write_text(yaml.safe_dump(values, sort_keys=False))
+        written.append((member, path))
+    return written
+
+
+def member_dir(cfg: RunConfig, member: str) -> Path:
+    return Path(cfg.output_root) / sweep_name(cfg) / member
+
+
+def frame_cache_path(cfg: RunConfig) -> Path:
+    """The closed-loop frame cache shared by a sweep's members (a member's output_root is the sweep's folder)."""
+    return Path(cfg.output_root) / "sim_vl_features.pt"
+
+
+def run_sweep(params_file: str, log=print) -> list[dict]:
+    """Run every member not done yet through papermill (notebooks/sweep_member.ipynb); returns one status row each."""
+    import papermill as pm
+
+    root = repo_root()
+    cfg = RunConfig.from_yaml(root / params_file)
+    rows = []
+    for member, path in write_params(params_file, root):
+        out = root / member_dir(cfg, member)
+        if (out / DONE).exists():
+            log(f"[sweep] {member}: done already, skipped")
+            rows.append({"member": member, "status": "skipped (done)", "seconds": 0.0})
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        log(f"[sweep] {member} ...")
+        pm.execute_notebook(str(root / MEMBER_NOTEBOOK), str(out / "sweep_member.ipynb"),
+                            parameters={"params_file": str(path)}, cwd=str(root), kernel_name="python3",
+                            progress_bar=False)
+        log(f"[sweep] {member} done in {time.time() - start:.0f} s")
+        rows.append({"member": member, "status": "ran", "seconds": time.time() - start})
+    return rows
+
+
+def run_member(cfg: RunConfig, log=print) -> dict:
+    """One member: train (resumes if a previous attempt was killed), offline and closed-loop evaluation, done marker."""
+    from vla_lib import train
+    from vla_lib.evaluation.closed_loop import run_closed_loop
+    from vla_lib.evaluation.run import run_offline
+
+    if cfg.sweep.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.sweep.torch_threads)
+    start = time.time()
+    summary = train.train(cfg, log=log)
+    trained = time.time()
+    result = run_offline(cfg)
+    offline = result.metrics
+    log("offline MSE on sensor samples per phase (policy / sensor removed): " + ", ".join(
+        f"{p} {v['mse_with_sensor']:.4f} / {v['mse_without_sensor']:.4f}"
+        for p, v in offline["sensor_ablation"]["per_phase"].items()))
+    closed = run_closed_loop(cfg, log=log, feature_cache=frame_cache_path(cfg))
+    done = {"train_s": trained - start, "eval_s": time.time() - trained, "best_val": summary["best_val"],
+            "offline_policy_mse": offline["predictors"]["policy"]["mse"]}
+    import pickle
+
+    with open(Path(cfg.run_dir) / "closed_loop_results.pkl", "wb") as f:
+        pickle.dump(closed, f)
+    (Path(cfg.run_dir) / DONE).write_text(json.dumps(done, indent=1))
+    return {"closed_loop": closed, **done}
+
+
+def collect(params_file: str) -> dict:
+    """Loss curves (one DataFrame, a `member` column), a per-member metrics table, and its mean ± std over the
+    members that differ only in `train.seed`."""
+    import numpy as np
+    import pandas as pd
+
+    root = repo_root()
+    base = yaml.safe_load((root / params_file).read_text()) or {}
+    cfg = RunConfig.from_dict(base)
+    curves, rows = [], []
+    grid = list(cfg.sweep.grid)
+    for member, values in expand(base):
+        out = root / member_dir(cfg, member)
+        if not (out / DONE).exists():
+            continue
+        log = [json.loads(line) for line in open(out / "train" / "metrics.jsonl")]
+        epochs = pd.DataFrame([r for r in log if "train/loss_epoch" in r]).assign(member=member)
+        curves.append(epochs)
+        metrics = json.loads((out / "metrics.json").read_text())
+        row = {"member": member}
+        for k in grid:
+            node = values
+            for p in k.split("."):
+                node = node[p]
+            row[k] = node
+        row["best_val"] = json.loads((out / DONE).read_text())["best_val"]
+        off = metrics["offline"]
+        row["offline_mse"] = off["predictors"]["policy"]["mse"]
+        row["offline_mse_no_sensor"] = off["predictors"]["policy_no_sensor"]["mse"]
+        for pred, m in metrics.get("closed_loop", {}).items():
+            row[f"{pred}/success_rate"] = m["success_rate"]
+            row[f"{pred}/depth_error_mm"] = m["depth_error_mm"]
+            row[f"{pred}/peak_force_n"] = m["peak_force_n"]
+            row[f"{pred}/episodes"] = m["episodes"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    group_keys = [k for k in grid if k != "train.seed"]
+    numeric = [c for c in table.columns if c not in ("member", *grid) and table[c].dtype != object]
+    if len(table):
+        grouped = table.groupby(group_keys) if group_keys else table.assign(_all="all").groupby("_all")
+        agg = grouped[numeric].agg(["mean", "std", "count"])
+    else:
+        agg = pd.DataFrame()
+    return {"curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), "table": table,
+            "mean_std": agg, "grid": grid, "np": np}
+
+
+def mean_std_table(collected: dict, columns: list[str]):
+    """'mean ± std (n)' strings for the chosen metrics, one row per grid group."""
+    import pandas as pd
+
+    agg = collected["mean_std"]
+    if agg.empty:
+        return pd.DataFrame()
+    out = pd.DataFrame(index=agg.index)
+    for c in columns:
+        if (c, "mean") in agg.columns:
+            out[c] = [f"{m:.3f} ± {s:.3f} (n={int(n)})" for m, s, n in
+                      zip(agg[(c, "mean")], agg[(c, "std")].fillna(0.0), agg[(c, "count")])]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Notebook 05: figures and the verdict
+# ---------------------------------------------------------------------------------------------------------------
+def show(fig, out_dir, name: str):
+    """Save the figure and display the PNG (embeds in the executed notebook whatever the matplotlib backend)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    from vla_lib.notebook import save_fig
+
+    path = save_fig(fig, out_dir, name)
+    plt.close(fig)
+    display(Image(filename=str(path)))
+    return path
+
+
+def group_label(row, grid: list[str]) -> str:
+    keys = [k for k in grid if k != "train.seed"]
+    return ", ".join(_label(k, row[k]) for k in keys) or "all"
+
+
+def plot_loss_curves(collected: dict):
+    """Train and validation loss per epoch, every member overlaid (colour = grid group, one line per seed)."""
+    import matplotlib.pyplot as plt
+
+    curves, table, grid = collected["curves"], collected["table"], collected["grid"]
+    groups = {m: group_label(r, grid) for m, r in table.set_index("member").iterrows()}
+    colours = {g: f"C{i}" for i, g in enumerate(sorted(set(groups.values())))}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
+    for member, part in curves.groupby("member"):
+        c = colours[groups[member]]
+        axes[0].plot(part["epoch"], part["train/loss_epoch"], color=c, alpha=0.7)
+        axes[1].plot(part["epoch"], part["val/loss_epoch"], color=c, alpha=0.7)
+    for g, c in colours.items():
+        axes[1].plot([], [], color=c, label=g)
+    axes[0].set(title="train loss per epoch (every seed)", xlabel="epoch", ylabel="weighted MSE (normalised)",
+                yscale="log")
+    axes[1].set(title="validation loss per epoch", xlabel="epoch", yscale="log")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_closed_loop_summary(collected: dict, predictors=("policy", "policy_no_sensor", "scripted")):
+    """Closed-loop success rate and depth error, mean ± std over seeds, per grid group and predictor."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    table, grid = collected["table"], collected["grid"]
+    table = table.assign(group=[group_label(r, grid) for _, r in table.iterrows()])
+    groups = sorted(table.group.unique())
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    width = 0.8 / len(predictors)
+    for k, pred in enumerate(predictors):
+        for ax, metric in zip(axes, ("success_rate", "depth_error_mm")):
+            col = f"{pred}/{metric}"
+            if col not in table:
+                continue
+            stats = table.groupby("group")[col].agg(["mean", "std"]).reindex(groups)
+            ax.bar(np.arange(len(groups)) + k * width, stats["mean"], width, yerr=stats["std"].fillna(0),
+                   capsize=3, label=pred)
+    for ax, title in zip(axes, ("closed-loop success rate", "final depth error (mm)")):
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
+        ax.set(title=f"{title}, mean ± std over seeds")
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.tight_layout()
+    return fig
+
+
+def verdict(collected: dict, cfg: RunConfig) -> dict:
+    """The issue's targets, checked on the sensor-on members (policy trained with the sensor): success >= 0.9 and the
+    depth error with the sensor removed >= 2x the error with it, as mean ± std over the seeds."""
+    import numpy as np
+
+    table = collected["table"]
+    on = table[table["data.sensor_enabled"].astype(bool)] if "data.sensor_enabled" in table else table
+    if not len(on) or "policy/success_rate" not in on:
+        return {"members": 0}
+    success = on["policy/success_rate"].to_numpy(float)
+    err, err_off = on["policy/depth_error_mm"].to_numpy(float), on["policy_no_sensor/depth_error_mm"].to_numpy(float)
+    ratio = err_off / np.maximum(err, 1e-9)
+    out = {"members": int(len(on)), "seeds": sorted(int(s) for s in on.get("train.seed", [])),
+           "episodes": int(on["policy/episodes"].min()),
+           "success_rate_mean": float(success.mean()), "success_rate_std": float(success.std(ddof=1)) if len(on) > 1 else 0.0,
+           "depth_error_mm_mean": float(err.mean()), "depth_error_mm_std": float(err.std(ddof=1)) if len(on) > 1 else 0.0,
+           "no_sensor_depth_error_mm_mean": float(err_off.mean()),
+           "no_sensor_depth_error_mm_std": float(err_off.std(ddof=1)) if len(on) > 1 else 0.0,
+           "ablation_error_ratio_mean": float(ratio.mean()), "ablation_error_ratio_min": float(ratio.min())}
+    if "scripted/success_rate" in on:
+        out["scripted_success_rate"] = float(on["scripted/success_rate"].mean())
+        out["scripted_depth_error_mm"] = float(on["scripted/depth_error_mm"].mean())
+    off = table[~table["data.sensor_enabled"].astype(bool)] if "data.sensor_enabled" in table else table.iloc[:0]
+    if len(off):
+        out["trained_without_sensor_success_rate_mean"] = float(off["policy/success_rate"].mean())
+        out["trained_without_sensor_depth_error_mm_mean"] = float(off["policy/depth_error_mm"].mean())
+    out["target_success_met"] = bool(out["success_rate_mean"] >= 0.9)
+    out["target_ablation_met"] = bool(out["ablation_error_ratio_mean"] >= 2.0)
+    out["target_seeds_met"] = bool(out["members"] >= 3 and out["episodes"] >= 20)
+    return out
+
+
+def closed_loop_summary(collected: dict) -> dict:
+    """Per predictor over every done member: mean ± std over members of success rate, depth error, peak force, and
+    the episodes counted (for outputs/<run>/metrics.json["closed_loop"] of the run that owns the sweep)."""
+    table = collected["table"]
+    out = {}
+    for col in [c for c in table.columns if c.endswith("/success_rate")]:
+        pred = col.split("/")[0]
+        out[pred] = {"members": int(len(table)), "episodes": int(table[f"{pred}/episodes"].sum())}
+        for metric in ("success_rate", "depth_error_mm", "peak_force_n"):
+            values = table[f"{pred}/{metric}"].astype(float)
+            out[pred][metric] = float(values.mean())
+            out[pred][f"{metric}_std_over_members"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
