@@ -550,7 +550,8 @@ def _coerce(tp: Any, value: Any, where: str):
 RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "cache.dir", "cache.batch_size",
                "cache.num_workers", "cache.shard_size", "cache.allow_inline_encoding", "backbone.device",
                "backbone.tiny_model_dir", "backbone.fast_", "backbone.compile_cache_dir", "train.num_workers", "train.log_every_steps",
-               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_", "live.", "closed_loop.", "sweep.")
+               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_", "live.", "closed_loop.",
+               "sweep.")
 
 
 def settings_changed(stored: dict, current: dict, free_only: bool = False) -> list[str]:
