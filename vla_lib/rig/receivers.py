@@ -114,6 +114,19 @@ class _Receiver(threading.Thread):
     def _drop(self, reason: str, n: int = 1) -> None:
         self.stats.dropped[reason] += n
 
+    def _accept(self, message) -> None:
+        """Count one received message and hand it to the stream's parser; a malformed one is counted by reason and
+        dropped, and nothing a message does stops the stream."""
+        recv = time.time()
+        self.stats.messages += 1
+        self.stats.last_recv = recv
+        try:
+            self._handle(message, recv)
+        except wire.WireError as e:
+            self._drop(e.reason)
+        except Exception as e:  # never let one message stop the stream
+            self._drop(f"error:{type(e).__name__}")
+
 
 class _ZmqReceiver(_Receiver):
     def _loop(self, sock):
@@ -129,15 +142,7 @@ class _ZmqReceiver(_Receiver):
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                recv = time.time()
-                self.stats.messages += 1
-                self.stats.last_recv = recv
-                try:
-                    self._handle(frames, recv)
-                except wire.WireError as e:
-                    self._drop(e.reason)
-                except Exception as e:  # never let one message stop the stream
-                    self._drop(f"error:{type(e).__name__}")
+                self._accept(frames)
 
 
 class RobotReceiver(_ZmqReceiver):
@@ -259,15 +264,7 @@ class SensorReceiver(_Receiver):
                 if self._halt.is_set():
                     break
                 raise
-            recv = time.time()
-            self.stats.messages += 1
-            self.stats.last_recv = recv
-            try:
-                self._handle(data, recv)
-            except wire.WireError as e:
-                self._drop(e.reason)
-            except Exception as e:
-                self._drop(f"error:{type(e).__name__}")
+            self._accept(data)
 
     def _handle(self, data, recv):
         rec, bad = wire.unpack_sensor(data)
