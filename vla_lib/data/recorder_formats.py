@@ -1,4 +1,4 @@
-"""Readers for the real recorder's on-disk layouts (original_system.md §1.2, §1.3, §1.4).
+"""Readers for the real recorder's on-disk layouts (recv_all, Captures / ZED_Captures, New_dataset episodes).
 
 Family A, sensor sessions `recv_all_YYYYMMDD_HHMMSS/`:
     View1..View4/{left,right}/<cam>_<ts>.jpg, View5/<oak>_<ts>.jpg, robot_state_*.csv,

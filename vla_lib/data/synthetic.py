@@ -271,7 +271,7 @@ def write_captures_session(root: Path, name: str, spec: TrajectorySpec, cfg, rng
 
 def write_new_dataset_episode(root: Path, spec: TrajectorySpec, cfg, rng, window: int = 650,
                               every_s: float = 0.2) -> Path:
-    """A Family C episode (original_system.md §1.4): images/View1..5/<ts:.6f>.jpg (left + OAK), robot_states.csv,
+    """A Family C episode (the original's New_dataset layout): images/View1..5/<ts:.6f>.jpg (left + OAK), robot_states.csv,
     sensor_data.npz of trailing `window`-sample windows saved every `every_s` (once `window` samples exist), and
     metadata.json. The raw sensor stream is kept beside it as `synthetic_sensor_truth.npz` (tests only)."""
     stamp = _time.strftime("%Y%m%d_%H%M%S", _time.gmtime(spec.t0))

@@ -1,7 +1,7 @@
 """Configuration of the Stage-1 heads (SensorEncoder + Action Expert), with named presets.
 
 `original` reproduces the original system's shapes exactly (SensorEncoder 47,238,656 parameters, concat expert
-72,448,007; original_system.md §4; no proprioception token) with our fixes that add no parameters left on; `original_exact` also turns the
+72,448,007; no proprioception token) with our fixes that add no parameters left on; `original_exact` also turns the
 fixes off (no sensor positional encoding, raw force/A-line) for like-for-like comparisons. `small` is the CPU demo.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Record mode: what the receivers accept, written as a `recv_all_YYYYMMDD_HHMMSS` session (original_system.md §1.2)
+"""Record mode: what the receivers accept, written as a `recv_all_YYYYMMDD_HHMMSS` session (the original recorder's layout)
 that `vla_lib.data.recorder_formats.read_session` reads back.
 
 - frames: `View{n}/{left,right}/<camera>_<ts:.3f>.jpg` and `View5/<camera>_<ts:.3f>.jpg`, the JPEG bytes as

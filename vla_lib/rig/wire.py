@@ -1,4 +1,4 @@
-"""The original rig's wire formats, packed and unpacked in one place (original_system.md §1.1).
+"""The original rig's wire formats, packed and unpacked in one place (as the original rig sends them).
 
 - Robot state, ZMQ PUB/SUB, topic `robot_state`, payload `<ddf12f` (68 B): origin_ts f64, send_ts f64, force f32,
   6 joints f32 (deg), 6 pose f32 (x, y, z mm; a, b, r deg). Sent as a two-frame message [topic, payload]; a single
@@ -169,7 +169,7 @@ def unpack_action(frames: list[bytes]) -> tuple[float, float, np.ndarray, np.nda
 # ---------------------------------------------------------------------------------------------------------------
 # Camera names <-> view keys
 # ---------------------------------------------------------------------------------------------------------------
-ZED_SERIAL_VIEW = {41182735: 1, 49429257: 2, 44377151: 3, 49045152: 4}  # original_system.md §1.2
+ZED_SERIAL_VIEW = {41182735: 1, 49429257: 2, 44377151: 3, 49045152: 4}  # the original rig's ZED serials
 
 
 def default_camera_views() -> dict[str, str]:
