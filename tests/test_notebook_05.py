@@ -1,7 +1,6 @@
 """Notebook 05 runs headless under papermill: with every member of the sweep already done it runs nothing, collects
 the members, draws the figures (embedded in the executed notebook) and writes the verdict."""
 import json
-import pickle
 from pathlib import Path
 
 import papermill as pm
@@ -11,7 +10,7 @@ import yaml
 from tests.evaluation.test_closed_loop import SensorReadingPolicy
 from vla_lib import sweep
 from vla_lib.config import RunConfig
-from vla_lib.evaluation.closed_loop import evaluate_closed_loop
+from vla_lib.evaluation.closed_loop import evaluate_closed_loop, load_results, save_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,8 +32,11 @@ def test_notebook_05_compares_done_members(tmp_path):
             {"epoch": e, "train/loss_epoch": 1.0 / e, "val/loss_epoch": 1.1 / e}) for e in (1, 2)))
         offline = {"predictors": {"policy": {"mse": 0.01}, "policy_no_sensor": {"mse": 0.02}}}
         Path(cfg.run_dir, "metrics.json").write_text(json.dumps({"offline": offline, "closed_loop": closed.metrics}))
-        with open(Path(cfg.run_dir) / "closed_loop_results.pkl", "wb") as f:
-            pickle.dump(closed, f)
+        save_results(closed, Path(cfg.run_dir) / "closed_loop_results.json")
+        back = load_results(Path(cfg.run_dir) / "closed_loop_results.json")  # JSON, not pickle: the same results
+        assert back.metrics == json.loads(json.dumps(closed.metrics)) and len(back.results) == len(closed.results)
+        first = next(iter(closed.results))
+        assert back.results[first][0].depth_error_mm == closed.results[first][0].depth_error_mm
         Path(cfg.run_dir, sweep.DONE).write_text(json.dumps({"best_val": 0.5}))
     out = tmp_path / "05.ipynb"
     pm.execute_notebook(str(REPO / "notebooks/05_compare_runs.ipynb"), str(out),

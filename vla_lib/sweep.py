@@ -124,7 +124,7 @@ def run_sweep(params_file: str, log=print) -> list[dict]:
 def run_member(cfg: RunConfig, log=print) -> dict:
     """One member: train (resumes if a previous attempt was killed), offline and closed-loop evaluation, done marker."""
     from vla_lib import train
-    from vla_lib.evaluation.closed_loop import run_closed_loop
+    from vla_lib.evaluation.closed_loop import run_closed_loop, save_results
     from vla_lib.evaluation.run import run_offline
 
     if cfg.sweep.torch_threads:
@@ -142,10 +142,7 @@ def run_member(cfg: RunConfig, log=print) -> dict:
     closed = run_closed_loop(cfg, log=log, feature_cache=frame_cache_path(cfg))
     done = {"train_s": trained - start, "eval_s": time.time() - trained, "best_val": summary["best_val"],
             "offline_policy_mse": offline["predictors"]["policy"]["mse"]}
-    import pickle
-
-    with open(Path(cfg.run_dir) / "closed_loop_results.pkl", "wb") as f:
-        pickle.dump(closed, f)
+    save_results(closed, Path(cfg.run_dir) / "closed_loop_results.json")
     (Path(cfg.run_dir) / DONE).write_text(json.dumps(done, indent=1))
     return {"closed_loop": closed, **done}
 

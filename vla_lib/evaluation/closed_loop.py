@@ -15,10 +15,13 @@ contact force never above the limit). Aggregated to `metrics.json` under `closed
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from vla_lib.atomic import atomic_write_text
 
 from vla_lib.data.scenarios import PREROLL_S, ReactiveDemonstrator, ScriptedBaseline, contact_force, sample_episode
 from vla_lib.sim.rig import SimRig, run_controller
@@ -94,6 +97,30 @@ class EpisodeResult:
     time_to_finish_s: float | None
     success: bool
     trace: dict = field(default_factory=dict, repr=False)  # t, depth_mm, force_n at 10 ms (for plots)
+
+
+def save_results(result: "ClosedLoopResult", path: str | Path) -> Path:
+    """A closed-loop result as JSON (metrics, every episode, its traces as lists): data, never pickle."""
+    def plain(x):
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+        if isinstance(x, (np.floating, np.integer, np.bool_)):
+            return x.item()
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    payload = {"metrics": result.metrics,
+               "results": {name: [plain(asdict(e)) for e in eps] for name, eps in result.results.items()}}
+    return atomic_write_text(path, json.dumps(payload))
+
+
+def load_results(path: str | Path) -> "ClosedLoopResult":
+    payload = json.loads(Path(path).read_text())
+    results = {name: [EpisodeResult(**{**e, "trace": {k: np.asarray(v) for k, v in e["trace"].items()}})
+                      for e in eps] for name, eps in payload["results"].items()}
+    return ClosedLoopResult(payload["metrics"], results)
 
 
 def episode_metrics(rig: SimRig, predictor: str, task, start: float = PREROLL_S) -> EpisodeResult:
