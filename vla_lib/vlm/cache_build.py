@@ -104,6 +104,18 @@ def _by_layout(index, rows: list[int]) -> list[int]:
     return sorted(rows, key=layout)
 
 
+def _healthy_store(cfg, backbone, state, say) -> FeatureStore:
+    """The store for this backbone, its damaged shards (checksum, truncation) moved aside by rank 0 so that their keys
+    are encoded again; every rank then sees the same entries."""
+    store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.parts()))
+    if state.is_main_process:
+        for moved in store.quarantine_bad_shards():
+            say(f"  damaged shard moved aside, its entries will be rebuilt: {moved}")
+    state.wait_for_everyone()
+    store.refresh()
+    return store
+
+
 def build_cache(cfg, log=print) -> dict:
     from accelerate import PartialState
     from tqdm.auto import tqdm
@@ -121,17 +133,10 @@ def build_cache(cfg, log=print) -> dict:
     weighted = index.table["weight"].sum()
     say(f"Integrated dataset: {len(index)} samples ({weighted:.0f} with priority datasets counted "
         f"{index.table['weight'].max():g}x), {index.table['cache_key'].nunique()} distinct VL inputs")
-    for s in index.skipped:
-        say(f"  skipped {s['session']}: {s['file']}: {s['reason']}")
 
     cfg.backbone.device = str(state.device) if cfg.backbone.device == "auto" else cfg.backbone.device
     backbone = load_backbone(cfg.backbone)
-    store = FeatureStore(cfg.cache.dir, store_parts(cfg, backbone.parts()))
-    if main:  # damaged shards (checksum, truncation) are moved aside and their keys encoded again
-        for moved in store.quarantine_bad_shards():
-            say(f"  damaged shard moved aside, its entries will be rebuilt: {moved}")
-    state.wait_for_everyone()
-    store.refresh()
+    store = _healthy_store(cfg, backbone, state, say)
     say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view, "
         f"{backbone.describe()}); store {store.dir}")
     unique = index.unique_cache_keys()
