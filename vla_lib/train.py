@@ -132,8 +132,18 @@ def settings_changed(stored: dict, current: dict) -> list[str]:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "clock_offsets" else {prefix + k: v})
         return out
     a, b = flat(stored), flat(current)
+    # A setting added after the stored run was saved, at its default value, is the behaviour that run had (e.g. the
+    # Stage-2 fields for a Stage-1 run): not a change.
+    defaults = flat(_default_settings())
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE)]
+            if a.get(k) != b.get(k) and not k.startswith(RESUME_FREE)
+            and not (k not in a and k in defaults and b.get(k) == defaults[k])]
+
+
+def _default_settings() -> dict:
+    from vla_lib.config import RunConfig
+
+    return RunConfig().to_dict()
 
 
 class RunStateError(RuntimeError):
