@@ -67,8 +67,12 @@ class VLAPolicy:
                 raise CheckpointMismatchError(
                     f"{path}: the heads expect {heads.config.vl_dim}-d VL features but backbone "
                     f"{cfg.backbone.name_or_path!r} gives {vl.hidden_size}-d")
-            differs = feature_mismatch(ckpt.features.get("parts", {}), store_parts(cfg, vl.processor)) \
-                if ckpt.features else []
+            live = store_parts(cfg, vl.processor)
+            from vla_lib.stage2.policy import apply_adapter, is_stage2
+
+            if is_stage2(ckpt.features):  # Stage 2: the LoRA adapter beside the heads, on the named backbone
+                live.update(apply_adapter(vl, path))
+            differs = feature_mismatch(ckpt.features.get("parts", {}), live) if ckpt.features else []
             if differs and not allow_backbone_mismatch:
                 raise CheckpointMismatchError(
                     f"{path}: the heads were trained on other VL features than this backbone gives: "

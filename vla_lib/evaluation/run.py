@@ -54,6 +54,12 @@ def held_out(cfg, ckpt=None):
     from vla_lib.vlm.feature_store import FeatureTable
 
     ckpt = ckpt or load_checkpoint(checkpoint_path(cfg))
+    from vla_lib.stage2.policy import is_stage2
+
+    if is_stage2(ckpt.features):  # never a feature store: the adapter changes every feature
+        raise CheckpointMismatchError(
+            f"{checkpoint_path(cfg)} is a Stage-2 checkpoint (LoRA adapter {ckpt.features['parts']['adapter']}): "
+            "its heads need the adapted backbone's features, not the Stage-1 feature store; run_offline encodes them")
     index, val_ids = split(cfg, ckpt)
     val = index.subset(val_ids)
     store = open_store(cfg, create=False)
@@ -70,8 +76,15 @@ def run_offline(cfg, device: str = "cpu"):
     from vla_lib.evaluation.offline import evaluate_offline
     from vla_lib.models.checkpoint import load_checkpoint
 
+    from vla_lib.stage2.policy import EncodedFeatures, is_stage2
+
     ckpt = load_checkpoint(checkpoint_path(cfg))
-    val, features = held_out(cfg, ckpt)
+    if is_stage2(ckpt.features):  # Stage 2: held-out features from the adapted backbone, no store
+        index, val_ids = split(cfg, ckpt)
+        val = index.subset(val_ids)
+        features = EncodedFeatures(load_policy(cfg, device=device), val, cfg.cache.batch_size)
+    else:
+        val, features = held_out(cfg, ckpt)
     result = evaluate_offline(ckpt.heads, val, cfg.data, features, ckpt.stats, device=device)
     result.metrics["checkpoint"] = str(checkpoint_path(cfg))
     write_json(Path(cfg.run_dir) / "metrics.json", {"offline": result.metrics})

@@ -96,9 +96,12 @@ def vision_tokens(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> 
     return torch.cat(out.pooler_output, 0)
 
 
-def lm_features(model, plan: LMPlan, image_tokens: torch.Tensor, gradient_checkpointing: bool = False
-                ) -> torch.Tensor:
-    """(B, T, D) float32 pooled features with gradients through the LM (LoRA). `plan` on the model's device."""
+def lm_features(model, plan: LMPlan, image_tokens: torch.Tensor, gradient_checkpointing: bool = False,
+                layer_fn=None) -> torch.Tensor:
+    """(B, T, D) float32 pooled features with gradients through the LM (LoRA). `plan` on the model's device.
+    `layer_fn`: how a decoder layer is called (default: directly; e.g. a `torch.compile`d `_lm_layer`, which
+    identical layers share: regional compilation)."""
+    layer_fn = layer_fn or _lm_layer
     lm = inner_model(model).language_model
     ids = plan.input_ids
     b, length = ids.shape
@@ -111,8 +114,8 @@ def lm_features(model, plan: LMPlan, image_tokens: torch.Tensor, gradient_checkp
     mask = _causal_mask(plan.valid, x.dtype) if plan.padded or not sdpa else None  # None: SDPA's causal flag
     for layer in lm.layers:
         if gradient_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(_lm_layer, layer, x, mask, position_embeddings, use_reentrant=False)
+            x = checkpoint(layer_fn, layer, x, mask, position_embeddings, use_reentrant=False)
         else:
-            x = _lm_layer(layer, x, mask, position_embeddings)
+            x = layer_fn(layer, x, mask, position_embeddings)
     x = lm.norm(x)
     return torch.bmm(plan.pool_weights, x.float())

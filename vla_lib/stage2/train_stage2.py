@@ -383,7 +383,10 @@ def train(cfg, log=print) -> dict:
     # -- epochs (the loop of vla_lib.train, with the VL encode inside the step) --------------------------------
     history, stop = [], False
     loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
-                        collate_fn=collate_frames, drop_last=True, persistent_workers=tc.num_workers > 0)
+                        collate_fn=collate_frames, drop_last=True, persistent_workers=tc.num_workers > 0,
+                        # its own generator: iter() on a loader without one draws from the global RNG, which a
+                        # resumed run would then draw at another point than the uninterrupted one (LoRA dropout)
+                        generator=torch.Generator().manual_seed(tc.seed))
     while progress["epoch"] < tc.epochs and not stop:
         epoch = progress["epoch"]
         model.train()
@@ -486,7 +489,8 @@ def evaluate_loss(model, val_set, build_inputs, cfg, acc, mean_weight: float) ->
     model.eval()
     mine = list(range(acc.process_index, len(val_set), acc.num_processes))
     loader = DataLoader(torch.utils.data.Subset(val_set, mine), batch_size=cfg.train.batch_size,
-                        collate_fn=collate_frames, num_workers=cfg.train.num_workers)
+                        collate_fn=collate_frames, num_workers=cfg.train.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
     totals = torch.zeros(2, device=acc.device)
     for batch in loader:
         inputs = build_inputs(batch)
