@@ -92,6 +92,11 @@ def test_stage2_policy_gives_the_training_models_outputs(stage2_trained):
         feats = model.features(inputs["plan"], inputs["image_tokens"])
         want = model.heads.predict(feats, inputs["plan"].token_mask, batch["sensor"], batch["sensor_mask"],
                                    batch["has_sensor"].bool(), batch["history"]).numpy()
+    # the policy's features (the adapter merged into the named backbone, Stage 1's encoder path) are the training
+    # model's (LoRA unmerged, cached vision tokens, our LM path)
+    f_policy, m_policy = policy.encode(batch["instruction"], [index.view_paths(i) for i in rows])
+    torch.testing.assert_close(f_policy, feats, rtol=1e-4, atol=1e-5)
+    assert torch.equal(m_policy, inputs["plan"].token_mask)
     sensor = np.stack([s if h else np.full_like(s, np.nan) for s, h in zip(batch["sensor"].numpy(),
                                                                           batch["has_sensor"].numpy())])
     got = policy.predict_batch(batch["instruction"], [index.view_paths(i) for i in rows], sensor,
@@ -100,9 +105,8 @@ def test_stage2_policy_gives_the_training_models_outputs(stage2_trained):
     # the adapter changed the features: the Stage-1 encoder would give other outputs
     stage1 = VLAPolicy.from_checkpoint(cfg.train.stage1_checkpoint, device="cpu",
                                        tiny_model_dir=cfg.backbone.tiny_model_dir)
-    f2, _ = policy.encode(batch["instruction"], [index.view_paths(i) for i in rows])
     f1, _ = stage1.encode(batch["instruction"], [index.view_paths(i) for i in rows])
-    assert (f2 - f1).abs().max() > 1e-3
+    assert (f_policy - f1).abs().max() > 1e-3
 
 
 def test_stage2_checkpoint_refuses_the_stage1_feature_store(stage2_trained, tmp_path):

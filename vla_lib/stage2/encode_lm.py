@@ -91,9 +91,9 @@ def plan_from_grids(model, processor, samples: list[tuple[str, list[bool], list]
 def vision_tokens(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
     """The frozen vision tower's merged tokens of every image, concatenated in order: (N_image_tokens, D)."""
     inner = inner_model(model)
-    out = inner.get_image_features(pixel_values.to(inner.visual.device), grid_thw.to(inner.visual.device),
-                                   return_dict=True)
-    return torch.cat(out.pooler_output, 0)
+    out = inner.get_image_features(pixel_values.to(inner.visual.device), grid_thw.to(inner.visual.device))
+    # transformers >= 5.2x: an output whose pooler_output is the per-image split; earlier 5.x: the split itself
+    return torch.cat(tuple(getattr(out, "pooler_output", out)), 0)
 
 
 def lm_features(model, plan: LMPlan, image_tokens: torch.Tensor, gradient_checkpointing: bool = False,
