@@ -73,7 +73,8 @@ def main():
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--views", type=int, default=5)
-    ap.add_argument("--batches", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64])
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 8, 16, 32, 64])
+    ap.add_argument("--stock-batches", type=int, nargs="*", default=[1, 4, 8], help="batches of the stock variant")
     ap.add_argument("--variants", nargs="*", default=["stock", "pixels", "cached", "cached+compiled"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
@@ -104,7 +105,8 @@ def main():
                 else:
                     bb.model.gradient_checkpointing_disable()
             best = None
-            for batch in args.batches:
+            batches = args.stock_batches if variant == "stock" else args.batches
+            for batch in batches:
                 try:
                     if cuda:
                         torch.cuda.empty_cache(), torch.cuda.reset_peak_memory_stats()
@@ -115,17 +117,21 @@ def main():
                     opt.zero_grad(set_to_none=True)
                     print(f"  {variant} gc={gc} batch {batch}: out of memory", flush=True)
                     break
+                except Exception as e:  # one variant failing must not lose the others' figures
+                    opt.zero_grad(set_to_none=True)
+                    print(f"  {variant} gc={gc} batch {batch}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    break
                 peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                 row = {"variant": variant, "grad ckpt": gc, "batch": batch, "ms/step": ms,
                        "samples/s": batch * 1e3 / ms, "peak GiB": peak}
                 print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in row.items()), flush=True)
-                if batch == args.batches[0]:
+                if batch == batches[0]:
                     rows.append(row)
                 if best is None or row["samples/s"] > best["samples/s"]:
                     best = row
                 del data
-            if best is not None and best["batch"] != args.batches[0]:
+            if best is not None and best["batch"] != batches[0]:
                 rows.append(best)
     bb.model.gradient_checkpointing_disable()
     import pandas as pd
