@@ -139,3 +139,15 @@ def test_stage2_checkpoint_refuses_the_stage1_feature_store(stage2_trained, tmp_
     save_file(tensors, str(f))
     with pytest.raises(CheckpointMismatchError, match="adapter"):
         VLAPolicy.from_checkpoint(other, device="cpu", tiny_model_dir=cfg.backbone.tiny_model_dir)
+
+
+def test_offline_evaluation_of_a_stage2_checkpoint_encodes_through_the_adapter(stage2_trained):
+    from vla_lib.evaluation.run import run_offline
+
+    cfg, ckpt = stage2_trained
+    ecfg = copy.deepcopy(cfg)
+    ecfg.eval.checkpoint = str(ckpt)
+    result = run_offline(ecfg)  # no feature store: held-out features from the adapted backbone
+    m = result.metrics
+    assert m["checkpoint"] == str(ckpt) and np.isfinite(m["predictors"]["policy"]["mse"])
+    assert m["sessions"] == sorted(torch.load(ckpt, weights_only=True)["split"]["val"])

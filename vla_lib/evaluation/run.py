@@ -82,7 +82,7 @@ def run_offline(cfg, device: str = "cpu"):
     if is_stage2(ckpt.features):  # Stage 2: held-out features from the adapted backbone, no store
         index, val_ids = split(cfg, ckpt)
         val = index.subset(val_ids)
-        features = EncodedFeatures(load_policy(cfg, device=device), val, cfg.cache.batch_size)
+        features = EncodedFeatures(load_policy(cfg, device=device), val, max(cfg.cache.batch_size, 16))
     else:
         val, features = held_out(cfg, ckpt)
     result = evaluate_offline(ckpt.heads, val, cfg.data, features, ckpt.stats, device=device)
