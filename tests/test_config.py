@@ -22,7 +22,7 @@ def test_unknown_flags_and_bad_values_are_errors(capsys):
         build_parser().parse_args(SEED_TRAIN + ["--bogus"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--mode", "train", "--lr", "fast"])
-    with pytest.raises(ConfigError, match="Stage 1 only"):
+    with pytest.raises(ConfigError, match="lora with stage2"):
         config_from_args(build_parser().parse_args(["--mode", "train", "--finetune-vl", "lora"]))
     with pytest.raises(ConfigError, match="unknown parameter"):
         config_from_args(build_parser().parse_args(["--mode", "train", "--set", "train.nope=1"]))

@@ -2,7 +2,7 @@
 and `torchrun -m vla_lib`.
 
 Modes: synth (write synthetic sessions), audit, cache (build the VL feature store), verify (check the store),
-train (Stage 1), eval (offline metrics, real-time replay, latency -> outputs/<run>/metrics.json), closed_loop (the
+train (Stage 1, or Stage 2 with --training-stage stage2 --finetune-vl lora), eval (offline metrics, real-time replay, latency -> outputs/<run>/metrics.json), closed_loop (the
 checkpoint on held-out episodes of the simulated rig -> metrics.json["closed_loop"]), sweep (the `sweep:` grid through
 papermill, resumable), demo (the notebooks via papermill), live (the real-time loop on the rig's endpoints from
 `live:` in params, dry run unless --send-actions; --simulate-senders replays a recorded session over loopback ->
@@ -52,6 +52,8 @@ FLAGS: dict[str, tuple[tuple[str, ...], type | None]] = {
     "--run-name": (("run_name",), str),
     "--wandb-mode": (("train.wandb_mode",), str),
     "--checkpoint": (("eval.checkpoint",), str),
+    "--stage1-checkpoint": (("train.stage1_checkpoint",), str),
+    "--vl-lr": (("train.vl_lr",), float),
     "--allow-inline-encoding": (("cache.allow_inline_encoding",), None),
     "--allow-backbone-mismatch": (("eval.allow_backbone_mismatch",), None),
     "--send-actions": (("live.send_actions",), None),
@@ -99,11 +101,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if not sep:
             raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
-    cfg = cfg.with_overrides(overrides)
-    if cfg.train.finetune_vl != "none" or cfg.train.training_stage != "stage1":
-        raise ConfigError("this workbench trains Stage 1 only: --finetune-vl none --training-stage stage1 "
-                          f"(got {cfg.train.finetune_vl!r}, {cfg.train.training_stage!r})")
-    return cfg
+    # finetune_vl and training_stage are checked together by the config (none + stage1, or lora + stage2)
+    return cfg.with_overrides(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +161,7 @@ def run_mode(args, cfg) -> int:
     elif args.mode == "train":
         from vla_lib import train
 
-        train.train(cfg)
+        train.train(cfg)  # Stage 1 or Stage 2, as train.training_stage says
     elif args.mode == "eval":
         from vla_lib.evaluation import run
         from vla_lib.evaluation.offline import summary_table

@@ -1,7 +1,7 @@
 """One configuration system for the CLI, the notebooks and papermill.
 
 A run is described by `RunConfig`, a tree of dataclasses. A YAML parameter file has one mapping per section
-(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `live:`) plus a few top-level keys; papermill's
+(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `live:`, `closed_loop:`, `sweep:`, `lora:`) plus a few top-level keys; papermill's
 `-f params/x.yaml` injects the same sections as notebook variables, and `RunConfig.from_dict` turns them back into
 dataclasses. CLI flags (including the seed's) are dotted overrides applied on top (see `cli.py`).
 Unknown keys are errors, never silently ignored.
@@ -242,8 +242,10 @@ class TrainConfig:
     compile_mode: str = "reduce-overhead"
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "vla-stage1"
-    finetune_vl: str = "none"  # Stage 1 only: the backbone stays frozen
-    training_stage: str = "stage1"
+    finetune_vl: str = "none"  # none (Stage 1: the backbone frozen, features cached) | lora (Stage 2)
+    training_stage: str = "stage1"  # stage1 | stage2 (LoRA on the VL backbone + the heads, see the lora section)
+    stage1_checkpoint: str = ""  # Stage 2: the Stage-1 heads to start from (their stats, split and features)
+    vl_lr: float = 1e-5  # Stage 2: learning rate of the LoRA parameters (heads: lr, sensor: sensor_lr)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -255,6 +257,38 @@ class TrainConfig:
         _choice("train.wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1 or self.log_every_steps < 1:
             raise ConfigError("train: epochs, batch_size, grad_accum_steps and log_every_steps must be >= 1")
+        _choice("train.finetune_vl", self.finetune_vl, ("none", "lora"))
+        _choice("train.training_stage", self.training_stage, ("stage1", "stage2"))
+        if (self.finetune_vl == "lora") != (self.training_stage == "stage2"):
+            raise ConfigError("train.finetune_vl and train.training_stage go together: none with stage1 (heads on "
+                              "cached features), lora with stage2 (LoRA on the backbone + heads); got "
+                              f"{self.finetune_vl!r} with {self.training_stage!r}")
+        if self.vl_lr < 0:
+            raise ConfigError(f"train.vl_lr must be >= 0, got {self.vl_lr}")
+
+
+@dataclass
+class LoraConfig:
+    """Stage 2: LoRA on the VL backbone (peft). Defaults are the original's (r 16, alpha 32, dropout 0.05 on the
+    language model's q/k/v/o projections: 7,372,800 parameters on the 3B model; the vision blocks name their
+    projections qkv/proj, so these targets leave the vision tower frozen)."""
+
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Frame-level vision cache: the frozen vision tower's merged tokens per frame, so Stage 2 runs only the language
+    # model. auto = on when the targets leave the vision tower untouched; on = required (refused when they do not).
+    vision_cache: str = "auto"
+    gradient_checkpointing: bool = True  # recompute each LM layer in the backward pass (memory for batch size)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("lora.vision_cache", self.vision_cache, ("auto", "on", "off"))
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.targets:
+            raise ConfigError("lora: r >= 1, alpha > 0, 0 <= dropout < 1 and at least one target module")
 
 
 @dataclass
@@ -372,6 +406,7 @@ class RunConfig:
     live: LiveConfig = field(default_factory=LiveConfig)
     closed_loop: ClosedLoopConfig = field(default_factory=ClosedLoopConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # Stage 2 only
 
     def __post_init__(self) -> None:
         self.derive()
@@ -418,14 +453,7 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError as e:
-            raise ConfigError(f"parameter file not found: {path}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        values = load_params(path)
         try:
             return cls.from_dict(values)
         except ConfigError as e:
@@ -443,7 +471,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Every section's checks and the derived values, again (a config may have been changed after it was built)."""
-        for section in (self.data, self.backbone, self.cache, self.model, self.train):
+        for section in (self.data, self.backbone, self.cache, self.model, self.train, self.lora):
             section.validate()
         for target, source in self.DERIVED.items():
             if self._get(target) != self._get(source):
@@ -554,6 +582,35 @@ RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "c
                "sweep.")
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_params(path: str | Path, _seen: tuple = ()) -> dict:
+    """A parameter file's values. `extends: other.yaml` (relative to this file) takes that file's values first and
+    this file's on top, section by section: a variant run (Stage 2, a sweep member) names only what differs, so each
+    value has one source."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"parameter file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"{path}: extends {base} extends itself in a circle")
+    return deep_merge(load_params(base_path, (*_seen, path.resolve())), values)
+
+
 def settings_changed(stored: dict, current: dict, free_only: bool = False) -> list[str]:
     """The settings that differ between a stored run config and the current one: those a resume cannot honour, or
     (`free_only`) the RESUME_FREE ones it can."""
@@ -563,5 +620,8 @@ def settings_changed(stored: dict, current: dict, free_only: bool = False) -> li
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "clock_offsets" else {prefix + k: v})
         return out
     a, b = flat(stored), flat(current)
+    # A setting added after the stored run was saved, at its default, is the behaviour that run had: not a change.
+    defaults = flat(RunConfig().to_dict())
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k.startswith(RESUME_FREE) == free_only]
+            if a.get(k) != b.get(k) and k.startswith(RESUME_FREE) == free_only
+            and not (k not in a and k in defaults and b.get(k) == defaults[k])]

@@ -23,6 +23,7 @@ from vla_lib.config import RunConfig
 from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
 from vla_lib.models.action_graph import ActionStep
 from vla_lib.models.inputs import inputs_from_observation
+from vla_lib.stage2.policy import apply_adapter, is_stage2
 from vla_lib.vlm.cache_build import store_parts
 from vla_lib.vlm.interface import load_backbone as _load_backbone
 from vla_lib.vlm.interface import resolve_device
@@ -74,8 +75,10 @@ class VLAPolicy:
             if not ckpt.features:
                 warnings.warn(f"{path} records no feature-store parts (written by an earlier version): whether "
                               "this backbone gives the features its heads were trained on cannot be checked")
-            differs = feature_mismatch(ckpt.features.get("parts", {}), store_parts(cfg, vl.parts())) \
-                if ckpt.features else []
+            live = store_parts(cfg, vl.parts())
+            if is_stage2(ckpt.features):  # Stage 2: the LoRA adapter beside the heads, on the named backbone
+                live.update(apply_adapter(vl, path))
+            differs = feature_mismatch(ckpt.features.get("parts", {}), live) if ckpt.features else []
             if differs and not allow_backbone_mismatch:
                 raise CheckpointMismatchError(
                     f"{path}: the heads were trained on other VL features than this backbone gives: "

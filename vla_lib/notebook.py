@@ -5,9 +5,8 @@ import json
 import os
 from pathlib import Path
 
-import yaml
+from vla_lib.config import RunConfig, deep_merge, load_params
 
-from vla_lib.config import RunConfig
 
 def repo_root(start: Path | None = None) -> Path:
     """The folder holding params/ (notebooks run from notebooks/ interactively, from the root under papermill)."""
@@ -18,13 +17,6 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def notebook_config(params_file: str | None, **injected) -> RunConfig:
     """The run config of a notebook: the parameter file, then whatever papermill injected on top of it.
 
@@ -33,7 +25,7 @@ def notebook_config(params_file: str | None, **injected) -> RunConfig:
     """
     os.chdir(repo_root())
     _inline_figures()
-    values = yaml.safe_load(Path(params_file).read_text()) if params_file else {}
+    values = load_params(params_file) if params_file else {}
     extra = {k: v for k, v in injected.items() if v not in (None, {}, "")}
     return RunConfig.from_dict(deep_merge(values or {}, extra))
 

@@ -8,6 +8,7 @@ with the same command ends with the same weights as an uninterrupted one (CPU, d
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -137,8 +138,9 @@ def load_data(cfg, say, is_main: bool, resume: dict | None = None):
         train_ids, val_ids = resume["split"]["train"], resume["split"]["val"]
         lost = sorted(set(train_ids + val_ids) - set(index.sessions))
         if lost:
-            raise RunStateError(f"sessions of the run being resumed are not usable now: {lost} (see the skipped "
-                                "sessions above); restore them, or start a new run with --run-name NAME")
+            raise RunStateError(f"sessions of the recorded split (of the run being resumed, or of the Stage-1 checkpoint) "
+                                f"are not usable now: {lost} (see the skipped sessions above); restore them, or start "
+                                "a new run with --run-name NAME")
         stats = NormStats.from_dict(resume["stats"])
     train_index, val_index = index.subset(train_ids), index.subset(val_ids)
     say(f"Train: {len(train_index)} samples / Val: {len(val_index)} samples (split by episode: "
@@ -219,12 +221,13 @@ def trim_metrics(path: Path, progress: dict) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
-def loss_fn(model, batch: dict, cfg, mean_weight: float, device) -> tuple[torch.Tensor, ...]:
+def loss_fn(model, batch: dict, cfg, mean_weight: float, device, **model_inputs) -> tuple[torch.Tensor, ...]:
     """(loss, per-sample MSE, per-sample weight, has-sensor) of a collated batch: the one loss of training and
-    validation."""
+    validation, of both stages (`model_inputs`: what Stage 2's model needs besides the heads' inputs)."""
     x = inputs_from_batch(batch, device)
     target = _unwrap(model).normalize_actions(batch["target"].to(device, non_blocking=True))
-    per_sample = masked_mse(model(x).float(), target, batch["target_mask"].to(device, non_blocking=True))
+    per_sample = masked_mse(model(x, **model_inputs).float(), target,
+                            batch["target_mask"].to(device, non_blocking=True))
     w = sample_weights(x.has_sensor, cfg.train)
     return (per_sample * w).mean() / mean_weight, per_sample, w, x.has_sensor
 
@@ -238,19 +241,34 @@ def _unwrap(model):
 def train(cfg, log=print) -> dict:
     """A Stage-1 run, top to bottom: the run folder, data, model and optimiser, resume, then epochs of (train,
     validate, checkpoint). Returns the run's summary (also written to `train_summary.json`)."""
-    run = Trainer(cfg, log)
+    run = trainer_for(cfg)(cfg, log)
     if run.finished_already():
         return run.existing_summary()
     run.setup()
     run.resume_or_start()
     while run.progress["epoch"] < cfg.train.epochs and not run.stopped:
         if run.train_epoch():  # False: train.max_steps stopped it mid-epoch (the resume state is saved)
-            run.end_epoch(evaluate_loss(run.model, run.val_set, cfg, run.acc, run.mean_weight))
+            run.end_epoch(run.validate())
     return run.finish()
 
 
+# The trainer of each train.training_stage, as "module:class": Stage 2 builds on this module (it subclasses
+# Trainer), so it is named here and imported only when asked for, like the backbone kinds of vlm.interface.
+TRAINERS = {"stage1": "vla_lib.train:Trainer", "stage2": "vla_lib.stage2.train_stage2:Stage2Trainer"}
+
+
+def trainer_for(cfg) -> type:
+    """Stage 1 (`Trainer`: heads on cached features) or Stage 2 (`Stage2Trainer`: LoRA on the backbone + heads)."""
+    module, name = TRAINERS[cfg.train.training_stage].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class Trainer:
-    """The state of one training run and its steps; `train` above is the readable sequence of them."""
+    """The state of one training run and its steps; `train` above is the readable sequence of them. Stage 2
+    (`stage2.train_stage2.Stage2Trainer`) replaces `build`, `loss`, `model_state` and `save_heads`."""
+
+    collate = staticmethod(collate)  # a batch of the datasets `build` returns
+    val_batch_min = 32  # validation batches of at least this many samples (the heads alone are small)
 
     def __init__(self, cfg, log=print):
         cfg.validate()  # also catches a config changed in code after it was built
@@ -291,6 +309,36 @@ class Trainer:
 
     # -- data, model, optimiser ------------------------------------------------------------------------------
     def setup(self) -> None:
+        """The stage's model, datasets and parameter groups (`build`), then what both stages share: optimiser,
+        sampler, schedule, accelerate and the loader."""
+        cfg, tc, acc = self.cfg, self.cfg.train, self.acc
+        model, groups, train_set, self.val_set, train_index = self.build()
+        # fused AdamW on CUDA: one kernel for all parameters (the step is a visible share of a 28 ms batch-64 step)
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=self.on_cuda or None)
+        self.sampler = DistributedWeightedSampler(train_index.table["weight"], num_replicas=acc.num_processes,
+                                                  rank=acc.process_index, seed=tc.seed)
+        self.micro_per_epoch = (self.sampler.per_rank // tc.batch_size) // tc.grad_accum_steps * tc.grad_accum_steps
+        self.steps_per_epoch = self.micro_per_epoch // tc.grad_accum_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.sampler.per_rank} samples per rank are fewer than one optimiser step "
+                             f"(batch {tc.batch_size} x accum {tc.grad_accum_steps})")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.steps_per_epoch * tc.epochs, tc))
+        self.model, self.optimizer = acc.prepare(model, optimizer)  # one prepare; our sampler already splits ranks
+        self.mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight,
+                                                  tc.nonsensor_confidence)))
+        # One loader for the whole run, its workers kept between epochs (starting them costs ~1 s an epoch). The
+        # sampler is set before each epoch's iter(): it runs in this process, so position and epoch are what we set.
+        # Its own generator: iter() on a loader without one draws from the global RNG, which a resumed run would
+        # then draw at another point than the uninterrupted one. Workers hold no randomness (sample loading is
+        # deterministic): their seeds do not affect a resumed run.
+        self.loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=self.sampler,
+                                 num_workers=tc.num_workers, collate_fn=self.collate, drop_last=True,
+                                 pin_memory=self.on_cuda, persistent_workers=tc.num_workers > 0,
+                                 generator=torch.Generator().manual_seed(tc.seed))
+        self.history: list[dict] = []
+
+    def build(self):
+        """Stage 1: (heads, parameter groups, train dataset, val dataset, train index) on the cached features."""
         cfg, tc, acc = self.cfg, self.cfg.train, self.acc
         train_index, val_index, self.split, self.stats = load_data(cfg, self.say, acc.is_main_process, self.resume)
         train_features, val_features, store = load_features(cfg, train_index, val_index, self.say)
@@ -300,34 +348,20 @@ class Trainer:
         self.say(f"Trainable: Action Expert {self.counts['action_expert']:,}, Sensor Encoder "
                  f"{self.counts['sensor_encoder']:,} (+{self.counts['null_sensor']:,} null embedding), total "
                  f"{self.counts['total_trainable']:,}; frozen (VL backbone, cached): not loaded")
-        # fused AdamW on CUDA: one kernel for all parameters (the step is a visible share of a 28 ms batch-64 step)
-        optimizer = torch.optim.AdamW(param_groups(model, tc), betas=(0.9, 0.999), eps=1e-8,
-                                      fused=self.on_cuda or None)
-        self.val_set = FeatureJoinedDataset(SampleDataset(val_index, cfg.data), val_features)
-        self.sampler = DistributedWeightedSampler(train_index.table["weight"], num_replicas=acc.num_processes,
-                                                  rank=acc.process_index, seed=tc.seed)
-        self.micro_per_epoch = (self.sampler.per_rank // tc.batch_size) // tc.grad_accum_steps * tc.grad_accum_steps
-        self.steps_per_epoch = self.micro_per_epoch // tc.grad_accum_steps
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{self.sampler.per_rank} samples per rank are fewer than one optimiser step "
-                             f"(batch {tc.batch_size} x accum {tc.grad_accum_steps})")
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.steps_per_epoch * tc.epochs, tc))
         if tc.compile:  # in place: fewer kernel launches per step, same parameter names in checkpoints
             model.compile(mode=tc.compile_mode)
             self.say(f"Heads compiled in place (torch.compile, mode {tc.compile_mode}); the first steps include "
                      "compilation")
-        self.model, self.optimizer = acc.prepare(model, optimizer)  # one prepare; our sampler already splits ranks
-        self.mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight,
-                                                  tc.nonsensor_confidence)))
-        # One loader for the whole run, its workers kept between epochs (starting them costs ~1 s an epoch). The
-        # sampler is set before each epoch's iter(): it runs in this process, so position and epoch are what we set.
-        # Workers hold no randomness (sample loading is deterministic): their seeds do not affect a resumed run.
-        self.loader = DataLoader(FeatureJoinedDataset(SampleDataset(train_index, cfg.data), train_features),
-                                 batch_size=tc.batch_size, sampler=self.sampler, num_workers=tc.num_workers,
-                                 collate_fn=collate, drop_last=True, pin_memory=self.on_cuda,
-                                 persistent_workers=tc.num_workers > 0,
-                                 generator=torch.Generator().manual_seed(tc.seed))
-        self.history: list[dict] = []
+        return (model, param_groups(model, tc), FeatureJoinedDataset(SampleDataset(train_index, cfg.data), train_features),
+                FeatureJoinedDataset(SampleDataset(val_index, cfg.data), val_features), train_index)
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        """(loss, per-sample MSE, per-sample weight, has-sensor) of a collated batch."""
+        return loss_fn(self.model, batch, self.cfg, self.mean_weight, self.acc.device)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """What the resume state holds of the model (loaded back by its `load_state_dict`)."""
+        return self.acc.unwrap_model(self.model).state_dict()
 
     # -- resume ----------------------------------------------------------------------------------------------
     def resume_or_start(self) -> None:
@@ -362,7 +396,7 @@ class Trainer:
             if progress["micro"] >= self.micro_per_epoch:
                 break
             with acc.accumulate(self.model):
-                loss, per_sample, w, has = loss_fn(self.model, batch, self.cfg, self.mean_weight, acc.device)
+                loss, per_sample, w, has = self.loss(batch)
                 acc.backward(loss)
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm) \
                     if acc.sync_gradients else None
@@ -401,6 +435,25 @@ class Trainer:
         return True  # (a limit on the epoch's last step still validates and checkpoints it)
 
     # -- validation, checkpoints -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Weighted validation loss in eval mode (the training loss), each rank a disjoint part, reduced across
+        processes."""
+        if len(self.val_set) == 0:
+            return float("nan")
+        self.model.eval()
+        acc = self.acc
+        mine = list(range(acc.process_index, len(self.val_set), acc.num_processes))
+        loader = DataLoader(torch.utils.data.Subset(self.val_set, mine), batch_size=max(self.cfg.train.batch_size, self.val_batch_min),
+                            collate_fn=self.collate, num_workers=self.cfg.train.num_workers)
+        totals = torch.zeros(2, device=acc.device)
+        for batch in loader:
+            _, per_sample, w, _ = self.loss(batch)
+            totals += torch.stack([(per_sample * w).sum(), w.sum()])
+        totals = acc.reduce(totals, reduction="sum")
+        self.model.train()
+        return float(totals[0] / totals[1].clamp(min=1e-9))
+
     def end_epoch(self, val_loss: float) -> None:
         tc, progress = self.cfg.train, self.progress
         seen = self.acc.reduce(self.totals, reduction="sum")
@@ -431,7 +484,7 @@ class Trainer:
         ranks = acc.gather_for_metrics([mine], use_gather_object=True) if acc.num_processes > 1 else [mine]
         if acc.is_main_process:
             state = {k: v for k, v in self.progress.items() if k != "totals"}
-            atomic_save({"model": acc.unwrap_model(self.model).state_dict(),
+            atomic_save({"model": self.model_state(),
                          "optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                          "progress": state, "ranks": ranks, "run_config": self.cfg.to_dict(), "split": self.split,
                          "stats": asdict(self.stats), "processes": acc.num_processes}, self.resume_file)
@@ -462,7 +515,8 @@ class Trainer:
                    "best_val": progress["best_val"], "global_step": progress["global_step"],
                    "epochs_done": progress["epoch"], "finished": progress["epoch"] >= self.cfg.train.epochs,
                    "parameter_counts": self.counts, "weights_equal_across_ranks": equal,
-                   "processes": acc.num_processes, "checkpoint_dir": str(self.ckpt_dir), "split": self.split}
+                   "processes": acc.num_processes, "checkpoint_dir": str(self.ckpt_dir), "split": self.split,
+                   "training_stage": self.cfg.train.training_stage}
         if acc.is_main_process:
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
         return summary
@@ -475,26 +529,9 @@ def _epoch_rows(metrics_file: Path) -> list[dict]:
     return [r for r in map(json.loads, metrics_file.read_text().splitlines()) if "train/loss_epoch" in r]
 
 
-@torch.no_grad()
-def evaluate_loss(model, val_set, cfg, acc, mean_weight: float) -> float:
-    """Weighted validation loss in eval mode, each rank a disjoint part, reduced across processes."""
-    if len(val_set) == 0:
-        return float("nan")
-    model.eval()
-    mine = list(range(acc.process_index, len(val_set), acc.num_processes))
-    loader = DataLoader(torch.utils.data.Subset(val_set, mine), batch_size=max(cfg.train.batch_size, 32),
-                        collate_fn=collate, num_workers=cfg.train.num_workers)
-    totals = torch.zeros(2, device=acc.device)
-    for batch in loader:
-        _, per_sample, w, _ = loss_fn(model, batch, cfg, mean_weight, acc.device)
-        totals += torch.stack([(per_sample * w).sum(), w.sum()])
-    totals = acc.reduce(totals, reduction="sum")
-    model.train()
-    return float(totals[0] / totals[1].clamp(min=1e-9))
-
-
 def _weights_equal_across_ranks(model, acc) -> bool:
-    flat = torch.cat([p.detach().float().flatten() for p in acc.unwrap_model(model).parameters()])
+    """The trained weights (those with gradients: never a frozen backbone's billions) agree across ranks."""
+    flat = torch.cat([p.detach().float().flatten() for p in acc.unwrap_model(model).parameters() if p.requires_grad])
     digest = torch.stack([flat.sum(), (flat * flat).sum(), flat[::97].sum()]).to(acc.device)
     gathered = acc.gather(digest.unsqueeze(0))
     return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=0, atol=0))

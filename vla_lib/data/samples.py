@@ -147,8 +147,8 @@ def _session_samples(session: Session, group, cfg, root: Path):
             fidx[:, v] = latest_frame_index(ft, anchors)
             ok = fidx[:, v] >= 0
             staleness[ok, v] = anchors[ok] - ft[fidx[ok, v]]
-    frame_ids = {view: _frame_ids(session.frames[view].paths, root) for view in cfg.views}
-    keys = [_cache_key(group.instruction, [frame_ids[view][j] if j >= 0 else None for view, j in zip(cfg.views, row)])
+    ids = {view: frame_ids(session.frames[view].paths, root) for view in cfg.views}
+    keys = [_cache_key(group.instruction, [ids[view][j] if j >= 0 else None for view, j in zip(cfg.views, row)])
             for row in fidx]
     if has_sensor:
         st = session.sensor.times + session.sensor_offset()
@@ -166,7 +166,7 @@ def _session_samples(session: Session, group, cfg, root: Path):
     return table, tgt, tmask, fidx, pose_history(rt, session.pose, anchors, cfg.history_steps, cfg.action_dt_s)
 
 
-def _frame_ids(paths: list[Path], root: Path) -> list[str]:
+def frame_ids(paths: list[Path], root: Path) -> list[str]:
     """A frame's identity: its path under the data root plus its size and modification time, so that a JPEG written
     again under the same name is encoded again (a content hash would read every JPEG on each index build)."""
     out = []

@@ -21,6 +21,7 @@ from vla_lib.evaluation.latency import latency_sweep, time_action_step
 from vla_lib.evaluation.offline import evaluate_offline
 from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
 from vla_lib.inference import VLAPolicy
+from vla_lib.stage2.policy import EncodedFeatures, is_stage2
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, CheckpointMismatchError, feature_mismatch, load_checkpoint
 from vla_lib.vlm.cache_build import open_store
 from vla_lib.vlm.feature_store import FeatureTable
@@ -67,6 +68,10 @@ def held_out(cfg, ckpt=None, held=None):
     """(held-out SampleIndex, its FeatureTable), from the feature store the heads were trained on. `held`: the
     (index, held-out ids) of `split`, when the caller has it already (building the index reads every session)."""
     ckpt = ckpt or load_checkpoint(checkpoint_path(cfg))
+    if is_stage2(ckpt.features):  # never a feature store: the adapter changes every feature
+        raise CheckpointMismatchError(
+            f"{checkpoint_path(cfg)} is a Stage-2 checkpoint (LoRA adapter {ckpt.features['parts']['adapter']}): "
+            "its heads need the adapted backbone's features, not the Stage-1 feature store; run_offline encodes them")
     index, val_ids = held or split(cfg, ckpt)
     val = index.subset(val_ids)
     store = open_store(cfg, create=False)
@@ -84,7 +89,12 @@ def held_out(cfg, ckpt=None, held=None):
 def run_offline(cfg, device: str = "cpu", held=None):
     """Offline metrics of the configured checkpoint on the held-out sessions -> outputs/<run>/metrics.json."""
     ckpt = load_checkpoint(checkpoint_path(cfg))
-    val, features = held_out(cfg, ckpt, held)
+    if is_stage2(ckpt.features):  # Stage 2: held-out features from the adapted backbone, no store
+        index, val_ids = held or split(cfg, ckpt)
+        val = index.subset(val_ids)
+        features = EncodedFeatures(load_policy(cfg, device=device), val, max(cfg.cache.batch_size, 16))
+    else:
+        val, features = held_out(cfg, ckpt, held)
     result = evaluate_offline(ckpt.heads, val, cfg.data, features, ckpt.stats, device=device,
                               phases=sample_phases(cfg, val))
     result.metrics["checkpoint"] = str(checkpoint_path(cfg))

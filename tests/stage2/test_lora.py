@@ -1,0 +1,40 @@
+"""LoRA injection (peft): the original's parameter count on the 3B config, targets that leave the vision frozen."""
+import pytest
+
+from vla_lib.config import ConfigError, LoraConfig
+from vla_lib.stage2.lora import count_for_config, touches_vision
+
+
+@pytest.fixture(scope="module")
+def processor_tokenizer(tmp_path_factory):
+    from vla_lib.vlm.qwen.tiny_model import build_tokenizer
+
+    return build_tokenizer()
+
+
+def test_lora_count_on_the_3b_config_is_the_originals(processor_tokenizer):
+    from vla_lib.vlm.qwen.tiny_model import qwen25_vl_3b_config
+
+    config = qwen25_vl_3b_config(processor_tokenizer)  # meta device inside: no weights allocated
+    assert count_for_config(config, LoraConfig()) == 7_372_800
+    # 36 layers x r x ((2048 + 2048) q + (2048 + 256) k + (2048 + 256) v + (2048 + 2048) o)
+    assert count_for_config(config, LoraConfig(r=8)) == 36 * 8 * (4096 + 2304 + 2304 + 4096)
+
+
+def test_default_targets_leave_the_vision_tower_frozen(processor_tokenizer):
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vla_lib.vlm.qwen.tiny_model import qwen25_vl_3b_config
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(qwen25_vl_3b_config(processor_tokenizer))
+    assert touches_vision(model, LoraConfig()) == []
+    assert touches_vision(model, LoraConfig(targets=["qkv", "q_proj"]))  # the vision blocks' fused projection
+
+
+def test_lora_section_validates_its_choices():
+    with pytest.raises(ConfigError, match="vision_cache"):
+        LoraConfig(vision_cache="sometimes")
+    with pytest.raises(ConfigError, match="r >= 1"):
+        LoraConfig(r=0)

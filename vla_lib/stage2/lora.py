@@ -1,0 +1,124 @@
+"""LoRA on the VL backbone with peft: configuration, injection, the parameter count, the adapter's identity.
+
+The defaults are the original's (original_system.md §6): r 16, alpha 32, dropout 0.05 on `q_proj, k_proj, v_proj,
+o_proj`. peft matches target names as module-name suffixes; Qwen2.5-VL's vision blocks call their projections `qkv`
+and `proj`, so these targets touch only the language model and the vision tower stays frozen (which is what lets
+Stage 2 cache its output per frame, see `vision_cache`).
+
+Only the adapter is ever saved (peft's `save_pretrained`: `adapter_config.json` + `adapter_model.safetensors`), never
+the base weights; its SHA-1 over the saved tensors is its identity in the checkpoint's feature parts.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+ADAPTER_SUFFIX = ".adapter"  # qwen_vla_sensor_best.pt -> qwen_vla_sensor_best.adapter/
+
+
+def peft_config(lcfg):
+    """A peft LoraConfig from the run's `lora` section (vla_lib.config.LoraConfig)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(lcfg.r), lora_alpha=float(lcfg.alpha), lora_dropout=float(lcfg.dropout),
+                      target_modules=list(lcfg.targets), bias="none")
+
+
+def matched_modules(model, lcfg) -> list[str]:
+    """Names of the modules peft would adapt (its own matching rule), without injecting anything."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = peft_config(lcfg)
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and check_target_module_exists(config, name)]
+
+
+def touches_vision(model, lcfg) -> list[str]:
+    """The targeted modules inside the vision tower (empty: the vision tower stays frozen)."""
+    return [n for n in matched_modules(model, lcfg) if ".visual." in f".{n}"]
+
+
+def inject_lora(model, lcfg):
+    """Inject LoRA into `model` in place (a Qwen2_5_VLForConditionalGeneration) and return the peft model that
+    wraps it. Only the LoRA matrices require gradients; every base weight stays frozen."""
+    from peft import get_peft_model
+
+    if not matched_modules(model, lcfg):
+        from vla_lib.errors import ConfigError
+
+        raise ConfigError(f"lora.targets {list(lcfg.targets)} match no linear module of the backbone")
+    model.requires_grad_(False)
+    peft_model = get_peft_model(model, peft_config(lcfg))
+    for name, p in peft_model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return peft_model
+
+
+def lora_parameter_count(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+def count_for_config(config, lcfg) -> int:
+    """LoRA parameters for a model config, on the meta device (no weights allocated): e.g. the 3B architecture."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config)
+        return lora_parameter_count(inject_lora(model, lcfg))
+
+
+def adapter_state(peft_model) -> dict[str, torch.Tensor]:
+    """The adapter's tensors as peft saves them (names without the adapter name)."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(peft_model)
+
+
+def adapter_sha(state: dict[str, torch.Tensor]) -> str:
+    """Identity of an adapter: SHA-1 over its tensors' names, shapes, dtypes and bytes."""
+    h = hashlib.sha1()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def saved_adapter_sha(folder: str | Path) -> str:
+    """The identity of an adapter folder written by `save_adapter` (the same tensors as `adapter_sha`)."""
+    from safetensors.torch import load_file
+
+    return adapter_sha(load_file(str(Path(folder) / "adapter_model.safetensors")))
+
+
+def adapter_dir_for(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    return path.with_name(path.stem + ADAPTER_SUFFIX)
+
+
+def save_adapter(peft_model, folder: str | Path) -> str:
+    """peft's `save_pretrained` into a temporary folder, then swapped into place; returns the adapter's sha."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+    peft_model.save_pretrained(str(tmp), safe_serialization=True)
+    old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return saved_adapter_sha(folder)
+
+
+def load_adapter(model, folder: str | Path, merge: bool = False):
+    """Apply a saved adapter to a base model (in place). `merge=True` folds it into the base weights and returns the
+    plain model (inference: no extra LoRA matmuls, the fast encoder and CUDA graphs apply as for Stage 1); else the
+    peft model."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    return peft_model.merge_and_unload() if merge else peft_model

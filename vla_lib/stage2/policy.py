@@ -1,0 +1,59 @@
+"""Stage-2 checkpoints at inference and evaluation: the heads file (Stage 1's format) + the peft adapter folder
+beside it (`<name>.adapter/`), applied to the named backbone; and the held-out features they need.
+
+A Stage-2 checkpoint's feature parts carry the adapter's identity (`adapter`: SHA-1 of its tensors, `lora`: r,
+alpha, targets). The live parts of a backbone with that adapter loaded carry the same, so they match; a Stage-1
+feature store has none, so its fingerprint never matches and it is never used for a Stage-2 policy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def is_stage2(features: dict) -> bool:
+    return bool(features.get("parts", {}).get("adapter"))
+
+
+def apply_adapter(backbone, checkpoint: str | Path, merge: bool = True) -> dict:
+    """Load `<checkpoint>.adapter/` onto `backbone.model` (merged into the weights by default: same outputs up to
+    rounding, no LoRA matmuls at inference); returns the adapter's live parts ({"adapter", "lora"})."""
+    import json
+
+    from vla_lib.models.checkpoint import CheckpointMismatchError
+    from vla_lib.stage2.lora import adapter_dir_for, load_adapter, saved_adapter_sha
+
+    folder = adapter_dir_for(checkpoint)
+    if not (folder / "adapter_model.safetensors").exists():
+        raise CheckpointMismatchError(f"{checkpoint}: a Stage-2 checkpoint without its adapter folder {folder}")
+    conf = json.loads((folder / "adapter_config.json").read_text())
+    parts = {"adapter": saved_adapter_sha(folder), "lora": {"r": int(conf["r"]), "alpha": float(conf["lora_alpha"]),
+                                                            "targets": sorted(conf["target_modules"])}}
+    backbone.model = load_adapter(backbone.model, folder, merge=merge)
+    backbone.model.eval().requires_grad_(False)
+    if backbone.fast is not None:  # the fast encoder holds the model: rebuild it around the adapted one
+        from vla_lib.vlm.qwen.fast_vision import FastEncoder
+
+        fast = backbone.fast
+        backbone.fast = FastEncoder(backbone.model, fast.backend, compile=fast.compiled, cuda_graphs=fast.cuda_graphs)
+    return parts
+
+
+class EncodedFeatures:
+    """Features of a fixed list of samples computed by a policy's (adapted) backbone, in memory: the FeatureTable
+    interface (`[i]` -> (features, mask)), for evaluating a Stage-2 checkpoint without any feature store."""
+
+    def __init__(self, policy, index, batch_size: int = 8):
+        feats, masks = [], []
+        for start in range(0, len(index), batch_size):
+            rows = range(start, min(start + batch_size, len(index)))
+            f, m = policy.encode([index.table.at[i, "instruction"] for i in rows], [index.view_paths(i) for i in rows])
+            feats.append(f.cpu()), masks.append(m.cpu())
+        self.features = torch.cat(feats) if feats else torch.zeros(0)
+        self.mask = torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i):
+        return self.features[i], self.mask[i]
