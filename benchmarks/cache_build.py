@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from vla_lib.config import RunConfig
-from vla_lib.data.synthetic import generate_dataset
+from vla_lib.sim.demonstrations import write_dataset
 from vla_lib.vlm.cache_build import build_cache
 
 
@@ -51,7 +51,7 @@ def main():
             "backbone": {"random_weights": args.random_weights, "tiny_model_dir": str(out / "tiny")},
             "cache": {"batch_size": args.batch_size, "num_workers": args.workers, "shard_size": 512}}
     if not (sessions.exists() and any(sessions.iterdir())):
-        generate_dataset(RunConfig.from_dict(base).synthetic)
+        write_dataset(RunConfig.from_dict(base).synthetic)
     t_process = time.time()
     runs = ([tuple(r.split(":")) for r in args.runs] if args.runs else
             [(m, p) for p in args.image_preps for m in args.modes])

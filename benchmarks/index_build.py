@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vla_lib.config import RunConfig, SyntheticConfig
 from vla_lib.data.samples import SampleDataset, build_index
-from vla_lib.data.synthetic import generate_dataset
+from vla_lib.sim.demonstrations import write_dataset
 
 p = argparse.ArgumentParser()
 p.add_argument("--sessions", type=int, default=40)
@@ -20,8 +20,8 @@ args = p.parse_args()
 root = Path(args.out)
 if not root.exists():
     t = time.time()
-    generate_dataset(SyntheticConfig(out_dir=str(root), num_sensor_sessions=args.sessions, num_nosensor_sessions=0,
-                                     duration_s=args.duration, image_width=64, image_height=36))
+    write_dataset(SyntheticConfig(out_dir=str(root), num_sensor_sessions=args.sessions, num_nosensor_sessions=0,
+                                  duration_s=args.duration, image_width=64, image_height=36))
     print(f"generated {args.sessions} sessions x {args.duration:.0f} s in {time.time() - t:.1f} s")
 cfg = RunConfig().data
 cfg.root = str(root)

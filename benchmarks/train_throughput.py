@@ -18,7 +18,7 @@ import torch
 
 from vla_lib.config import RunConfig
 from vla_lib.data.samples import build_index
-from vla_lib.data.synthetic import generate_dataset
+from vla_lib.sim.demonstrations import write_dataset
 from vla_lib.train import train
 from vla_lib.vlm.cache_build import open_store
 
@@ -49,7 +49,7 @@ def main():
                   "log_every_steps": args.log_every, "compile": args.compile, "compile_mode": args.compile_mode},
     })
     t = time.time()
-    generate_dataset(cfg.synthetic)
+    write_dataset(cfg.synthetic)
     index = build_index(cfg.data)
     store = open_store(cfg)
     writer = store.writer(0, 4096)

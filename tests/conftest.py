@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from vla_lib.config import RunConfig, SyntheticConfig  # noqa: E402
-from vla_lib.data.synthetic import generate_dataset  # noqa: E402
+from vla_lib.sim.demonstrations import write_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def small_synthetic(out_dir: Path, **kw) -> SyntheticConfig:
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sessions")
-    generate_dataset(small_synthetic(root))
+    write_dataset(small_synthetic(root))
     return root
 
 

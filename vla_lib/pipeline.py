@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 
 from vla_lib.config import RunConfig
-from vla_lib.data.synthetic import generate_dataset
 from vla_lib.notebook import repo_root
+from vla_lib.sim.demonstrations import write_dataset
 
 NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "05_compare_runs", "06_live_rig"]
 
@@ -21,7 +21,7 @@ def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
     if Path(cfg.synthetic.out_dir).resolve() != root.resolve():
         raise ValueError(f"data.root ({root}) is empty and is not synthetic.out_dir ({cfg.synthetic.out_dir}): "
                          "point data.root at your recordings, or at the synthetic output")
-    return generate_dataset(cfg.synthetic)
+    return write_dataset(cfg.synthetic)
 
 
 class NotebookError(RuntimeError):

@@ -119,10 +119,10 @@ def test_index_of_many_sessions_is_the_union_of_its_sessions(tmp_path):
     `anchor_stride_s` from its first usable time to the last anchor whose chunk fits."""
     from tests.conftest import small_synthetic
     from vla_lib.config import RunConfig
-    from vla_lib.data.synthetic import generate_dataset
+    from vla_lib.sim.demonstrations import write_dataset
 
-    generate_dataset(small_synthetic(tmp_path, num_sensor_sessions=3, num_nosensor_sessions=0, duration_s=8,
-                                     image_width=64, image_height=36))
+    write_dataset(small_synthetic(tmp_path, num_sensor_sessions=3, num_nosensor_sessions=0, duration_s=8,
+                                  image_width=64, image_height=36))
     cfg = RunConfig().data
     cfg.root = str(tmp_path)
     index = build_index(cfg)

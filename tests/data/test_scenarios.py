@@ -75,13 +75,13 @@ def test_episodes_vary_surface_and_stiffness_and_are_seeded():
 
 def test_recorded_sessions_read_back_with_demonstrated_depth(tmp_path):
     from vla_lib.data.samples import build_index
-    from vla_lib.data.synthetic import generate_dataset
+    from vla_lib.sim.demonstrations import write_dataset
 
     cfg = RunConfig.from_dict({"synthetic": {"scenario": "sensor_task", "out_dir": str(tmp_path),
                                              "num_sensor_sessions": 2, "num_nosensor_sessions": 1,
                                              "image_width": 64, "image_height": 36, "seed": 4},
                                "data": {"root": str(tmp_path), "groups": sensor_task_groups()}})
-    made = generate_dataset(cfg.synthetic)
+    made = write_dataset(cfg.synthetic)
     assert len(made) == 3
     index = build_index(cfg.data)
     assert index.skipped == [] and index.table.has_sensor.sum() > 0 and (~index.table.has_sensor).sum() > 0
@@ -104,13 +104,13 @@ def test_recorded_sessions_read_back_with_demonstrated_depth(tmp_path):
 def test_sample_phases_follow_the_demonstration(tmp_path):
     from vla_lib.data.samples import build_index
     from vla_lib.data.scenarios import sample_phases
-    from vla_lib.data.synthetic import generate_dataset
+    from vla_lib.sim.demonstrations import write_dataset
 
     cfg = RunConfig.from_dict({"synthetic": {"scenario": "sensor_task", "out_dir": str(tmp_path),
                                              "num_sensor_sessions": 1, "num_nosensor_sessions": 1,
                                              "image_width": 64, "image_height": 36, "seed": 5},
                                "data": {"root": str(tmp_path), "groups": sensor_task_groups()}})
-    generate_dataset(cfg.synthetic)
+    write_dataset(cfg.synthetic)
     index = build_index(cfg.data)
     phases = list(sample_phases(index, cfg.synthetic.task)[index.table.has_sensor.to_numpy()])
     # in time order: descent, approach, insert, hold (first occurrences), ending in hold

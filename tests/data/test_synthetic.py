@@ -4,7 +4,8 @@ import numpy as np
 
 from tests.conftest import small_synthetic
 from vla_lib.data.recorder_formats import read_session
-from vla_lib.data.synthetic import SURFACE_Z, generate_dataset, load_truth, true_pose
+from vla_lib.data.synthetic import SURFACE_Z, load_truth, true_pose
+from vla_lib.sim.demonstrations import write_dataset
 
 
 def _digest(root):
@@ -19,9 +20,9 @@ def _digest(root):
 def test_deterministic_by_seed(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     kw = dict(num_sensor_sessions=1, num_nosensor_sessions=1, duration_s=3, image_width=64, image_height=36)
-    generate_dataset(small_synthetic(a, **kw))
-    generate_dataset(small_synthetic(b, **kw))
-    generate_dataset(small_synthetic(c, seed=4, **kw))
+    write_dataset(small_synthetic(a, **kw))
+    write_dataset(small_synthetic(b, **kw))
+    write_dataset(small_synthetic(c, seed=4, **kw))
     assert _digest(a) == _digest(b) != _digest(c)
 
 

@@ -4,7 +4,7 @@ import socket
 import pytest
 
 from vla_lib.data.recorder_formats import read_session
-from vla_lib.data.synthetic import generate_dataset
+from vla_lib.sim.demonstrations import write_dataset
 from tests.conftest import small_synthetic
 
 
@@ -28,8 +28,8 @@ def live_cfg():
 @pytest.fixture(scope="session")
 def rig_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("rig_sessions")
-    generate_dataset(small_synthetic(root, num_sensor_sessions=2, num_nosensor_sessions=1, duration_s=2.5,
-                                     image_width=160, image_height=90, seed=5))
+    write_dataset(small_synthetic(root, num_sensor_sessions=2, num_nosensor_sessions=1, duration_s=2.5,
+                                  image_width=160, image_height=90, seed=5))
     return root
 
 

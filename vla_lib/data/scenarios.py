@@ -15,8 +15,10 @@ The demonstrator (`ReactiveDemonstrator`) is a controller on the sensor alone: f
 nothing, slowing down as the surface approaches, inserting at `v_insert` with a proportional stop at
 `target_depth_mm` below the surface (backing off at up to `v_retract` if past it), then holding. The recorded
 demonstrations vary per episode (gain from `demo_gain_range`, command noise `demo_noise_mm_s`), so the data also
-shows states off the nominal path and the way back (without it, policies that stopped a little late drifted on). The recorder runs it on the simulated rig (vla_lib/sim/rig.py),
-the same rig the closed-loop evaluation drives, and writes the rig's streams in the recorder formats.
+shows states off the nominal path and the way back (without it, policies that stopped a little late drifted on).
+The recorder (vla_lib/sim/demonstrations.py) runs it on the simulated rig (vla_lib/sim/rig.py), the same rig the
+closed-loop evaluation drives, and writes the rig's streams in the recorder formats. This module is the scenario's
+model only and imports nothing from vla_lib.sim (the data layer sits below the simulation).
 `ScriptedBaseline` does the same moves but ignores the sensor: it assumes the nominal surface height.
 """
 from __future__ import annotations
@@ -178,94 +180,10 @@ class ScriptedBaseline:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Recording: run the demonstrator on the rig, write the rig's streams in the recorder formats
+# Sessions of the scenario: their groups and truth (vla_lib/sim/demonstrations.py records and writes them)
 # ---------------------------------------------------------------------------------------------------------------
 GROUP_SENSOR = "Sensor_task_phantom"
 GROUP_VISION_ONLY = "Sensor_task_vision_only"
-
-
-def record_episode(ep: Episode, synth_cfg, horizon: int = 8, dt: float = 0.1):
-    """Run the reactive demonstrator on a simulated rig for one episode (its gain drawn from `demo_gain_range`, its
-    commands with `demo_noise_mm_s` of noise); returns the rig (all streams recorded)."""
-    from vla_lib.sim.rig import SimRig, run_controller
-
-    task = synth_cfg.task
-    rng = np.random.default_rng([23, ep.seed])
-    demo = ReactiveDemonstrator(task, horizon, dt, gain=float(rng.uniform(*task.demo_gain_range)),
-                                noise_mm_s=task.demo_noise_mm_s, rng=rng)
-    rig = SimRig(ep, synth_cfg, views=None)
-    run_controller(demo, rig, task.episode_s, dt)
-    rig.finish()
-    return rig
-
-
-def _write_common(session: Path, rig, ep: Episode, folders: dict, name_fn) -> None:
-    session.mkdir(parents=True, exist_ok=True)
-    for (view, side), rel in folders.items():
-        folder = session / rel
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, t_cap in enumerate(rig.cameras.capture_times[(view, side)]):
-            im = rig.cameras.render(view, side, k, rig.tip_at(t_cap))
-            im.save(folder / name_fn(view, side, t_cap + ep.camera_clock_offset), quality=70)
-    (session / "sensor_task_truth.json").write_text(ep.to_json())
-    rng = np.random.default_rng([11, ep.seed])  # what the receiver measured: the offsets plus a little error
-    (session / "clock_offsets.json").write_text(json.dumps({
-        "camera_s": -ep.camera_clock_offset + float(rng.normal(0, 2e-4)),
-        "sensor_s": -ep.sensor_clock_offset + float(rng.normal(0, 2e-4))}, indent=1))
-
-
-def write_sensor_task_dataset(cfg) -> list[Path]:
-    """`cfg.num_sensor_sessions` recv_all sessions under `<out_dir>/Sensor_task_phantom/` and
-    `cfg.num_nosensor_sessions` vision-only Captures sessions (same task, no sensor file) under
-    `<out_dir>/Sensor_task_vision_only/`. Episode i uses seed `cfg.seed * 100000 + i`: the closed-loop evaluation
-    draws its episodes from another range (closed_loop.seed), so they are never training episodes."""
-    import time as _time
-
-    import pandas as pd
-
-    from vla_lib.data.synthetic import ZED_SERIALS, _joints
-
-    root = Path(cfg.out_dir)
-    base = 1764000000.0 + 1000 * cfg.seed
-    made = []
-    for i in range(cfg.num_sensor_sessions + cfg.num_nosensor_sessions):
-        ep = sample_episode(cfg.task, cfg.seed * 100000 + i)
-        rig = record_episode(ep, cfg)
-        t0 = base + 60 * i
-        t, pose = rig.robot_log()
-        t = np.round(t + t0, 3)
-        stamp = _time.strftime("%Y%m%d_%H%M%S", _time.gmtime(t0))
-        rng = np.random.default_rng([13, ep.seed])
-        if i < cfg.num_sensor_sessions:
-            session = root / GROUP_SENSOR / f"recv_all_{stamp}"
-            folders = {(v, s): f"View{v}/{s}" for v in range(1, 5) for s in ("left", "right")} | {(5, "oak"): "View5"}
-            _write_common(session, rig, ep, folders, lambda v, s, ts: f"oak_CAM_A_{ts + t0:.3f}.jpg" if v == 5
-                          else f"zed_{ZED_SERIALS[v]}_{s}_{ts + t0:.3f}.jpg")
-            send = t + 0.0002
-            df = pd.DataFrame({"recv_timestamp": send + 0.0015 + rng.uniform(0, 0.001, len(t)),
-                               "origin_timestamp": t, "send_timestamp": send, "force_placeholder": 0.0})
-            for j, col in enumerate(_joints(pose).T, 1):
-                df[f"joint_{j}"] = col
-            for j, name in enumerate("xyzabr"):
-                df[f"pose_{name}"] = pose[:, j]
-            df.to_csv(session / f"robot_state_{stamp}.csv", index=False, float_format="%.6f")
-            st, forces, alines = rig.sensor_log()
-            ts = st + t0 + ep.sensor_clock_offset
-            np.savez(session / f"sensor_data_{stamp}_{int(ts[0])}.npz", timestamps=ts,
-                     send_timestamps=ts + rng.uniform(1e-4, 5e-4, len(ts)), forces=forces, alines=alines)
-        else:
-            session = root / GROUP_VISION_ONLY / f"Captures{i - cfg.num_sensor_sessions + 1}"
-            folders = {(v, s): f"view{v}/{s}" for v in range(1, 5) for s in ("left", "right")} | {(5, "oak"): "view5_oak"}
-            _write_common(session, rig, ep, folders, lambda v, s, ts: f"oak_{ts + t0:.3f}.jpg" if v == 5
-                          else f"zed_{ZED_SERIALS[v]}_{s}_{ts + t0:.3f}.jpg")
-            df = pd.DataFrame({"epoch_s": t})
-            for j, col in enumerate(_joints(pose).T, 1):
-                df[f"joint_angle_{j}"] = col
-            for j, name in enumerate("xyzabr"):
-                df[f"EE_{name}"] = pose[:, j]
-            df.to_csv(session / f"robot_rt_{int(t[0])}.csv", index=False, float_format="%.6f")
-        made.append(session)
-    return made
 
 
 def load_episode(session: Path) -> Episode:

@@ -11,6 +11,9 @@ Streams, each stamped by its own machine's clock (three clocks with small offset
 - the OCT/force sensor at ~650 Hz with jitter and dropped packets: force ≈ -3 rising on contact, and an A-line
   whose surface-reflection peak depth follows the tip-to-surface distance.
 The receiver's clock-offset estimates go to `clock_offsets.json`, the truth to `synthetic_truth.json` (tests only).
+The scene drawing (`view_projection`, `project`, `draw_pad`, `draw_needle`), the targets and the stand-in joint
+columns are shared with the simulated rig (vla_lib/sim/), which records the sensor-task scenario; write both
+scenarios through `vla_lib.sim.demonstrations.write_dataset` (it reads `synthetic.scenario`).
 """
 from __future__ import annotations
 
@@ -103,7 +106,7 @@ def phase_labels(index) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------------------------
-def _view_projection(view: int, side: str) -> np.ndarray:
+def view_projection(view: int, side: str) -> np.ndarray:
     """2x3 matrix mapping (x, y, z) mm around the workspace centre to normalised image offsets."""
     angle = np.deg2rad(25 + 70 * (view - 1))
     elev = 0.45 + 0.08 * view
@@ -114,35 +117,37 @@ def _view_projection(view: int, side: str) -> np.ndarray:
     return m
 
 
-def _project(m: np.ndarray, xyz: np.ndarray, w: int, h: int) -> tuple[float, float]:
+def project(m: np.ndarray, xyz: np.ndarray, w: int, h: int) -> tuple[float, float]:
     centre = np.array([250.0, 0.0, SURFACE_Z])
     uv = m @ (np.asarray(xyz) - centre)
     return w * (0.5 + uv[0]), h * (0.55 + uv[1] * w / h)
 
 
-def _background(view: int, side: str, spec: TrajectorySpec, w: int, h: int) -> Image.Image:
+def draw_pad(view: int, side: str, target_index: int, surface_z: float, w: int, h: int) -> Image.Image:
+    """The scene without the needle: the pad at height `surface_z`, its four targets, the used one ringed (shared with
+    the simulated rig, whose pad height varies per episode)."""
     im = Image.new("RGB", (w, h), (60 + 20 * view, 70, 80 + 10 * view))
     d = ImageDraw.Draw(im)
-    m = _view_projection(view, side)
+    m = view_projection(view, side)
     r = max(2, w // 90)
     corners = [(170, -90), (330, -90), (330, 90), (170, 90)]
-    d.polygon([_project(m, [x, y, SURFACE_Z], w, h) for x, y in corners], fill=(215, 215, 205))
+    d.polygon([project(m, [x, y, surface_z], w, h) for x, y in corners], fill=(215, 215, 205))
     colours = [(250, 250, 250), (230, 200, 40), (40, 90, 220), (40, 170, 60)]
     for k, (x, y) in enumerate(TARGETS_XY):
-        u, v = _project(m, [x, y, SURFACE_Z], w, h)
-        rr = r * (2 if k == spec.target_index else 1)
-        d.ellipse([u - rr, v - rr, u + rr, v + rr], fill=colours[k], outline=(200, 30, 30) if k == spec.target_index else None,
+        u, v = project(m, [x, y, surface_z], w, h)
+        rr = r * (2 if k == target_index else 1)
+        d.ellipse([u - rr, v - rr, u + rr, v + rr], fill=colours[k], outline=(200, 30, 30) if k == target_index else None,
                   width=max(1, r // 2))
     return im
 
 
-def _render(bg: Image.Image, view: int, side: str, tip: np.ndarray, w: int, h: int) -> Image.Image:
+def draw_needle(bg: Image.Image, view: int, side: str, tip: np.ndarray, w: int, h: int) -> Image.Image:
     im = bg.copy()
     d = ImageDraw.Draw(im)
-    m = _view_projection(view, side)
+    m = view_projection(view, side)
     shaft_end = tip + np.array([-20.0, 0.0, 70.0])
-    d.line([_project(m, shaft_end, w, h), _project(m, tip, w, h)], fill=(20, 20, 20), width=max(2, w // 200))
-    u, v = _project(m, tip, w, h)
+    d.line([project(m, shaft_end, w, h), project(m, tip, w, h)], fill=(20, 20, 20), width=max(2, w // 200))
+    u, v = project(m, tip, w, h)
     r = max(2, w // 160)
     d.ellipse([u - r, v - r, u + r, v + r], fill=(255, 40, 40))
     return im
@@ -172,12 +177,12 @@ def _write_frames(root: Path, folders: dict[tuple[int, str], str], spec: Traject
     for (view, side), rel in folders.items():
         folder = root / rel
         folder.mkdir(parents=True, exist_ok=True)
-        bg = _background(view, side, spec, w, h)
+        bg = draw_pad(view, side, spec.target_index, SURFACE_Z, w, h)
         skew = rng.uniform(0.0, 0.06)  # each view fires a little after the trigger
         for trig in triggers:
             t_robot = trig + skew + rng.uniform(0, 0.01)
             tip = true_pose(spec, np.array([t_robot]))[0, :3]
-            im = _render(bg, view, side, tip, w, h)
+            im = draw_needle(bg, view, side, tip, w, h)
             stamp = t_robot + spec.camera_clock_offset  # the sender stamps with its own clock
             im.save(folder / name_fn(view, side, stamp), quality=70)
 
@@ -205,7 +210,7 @@ def _sensor_stream(spec: TrajectorySpec, cfg, rng) -> dict[str, np.ndarray]:
             "forces": force.astype(np.float32), "alines": alines}
 
 
-def _joints(pose: np.ndarray) -> np.ndarray:
+def stand_in_joints(pose: np.ndarray) -> np.ndarray:
     # Not a real Meca500 inverse kinematics: smooth stand-ins so the column is plausible. Nothing trains on it.
     x, y, z = pose[:, 0], pose[:, 1], pose[:, 2]
     return np.stack([np.degrees(np.arctan2(y, x)), 0.1 * (z - 150), 0.1 * (x - 250), pose[:, 3] - 90, pose[:, 4],
@@ -235,7 +240,7 @@ def write_recv_all_session(root: Path, spec: TrajectorySpec, cfg, rng) -> Path:
     send = t + 0.0002
     df = pd.DataFrame({"recv_timestamp": send + 0.0015 + rng.uniform(0, 0.001, len(t)), "origin_timestamp": t,
                        "send_timestamp": send, "force_placeholder": 0.0})
-    for i, col in enumerate(_joints(pose).T, 1):
+    for i, col in enumerate(stand_in_joints(pose).T, 1):
         df[f"joint_{i}"] = col
     for i, name in enumerate("xyzabr"):
         df[f"pose_{name}"] = pose[:, i]
@@ -260,7 +265,7 @@ def write_captures_session(root: Path, name: str, spec: TrajectorySpec, cfg, rng
     import pandas as pd
 
     df = pd.DataFrame({time_col: t})
-    for i, col in enumerate(_joints(pose).T, 1):
+    for i, col in enumerate(stand_in_joints(pose).T, 1):
         df[f"joint_angle_{i}"] = col
     for i, name in enumerate("xyzabr"):
         df[f"EE_{name}"] = pose[:, i]
@@ -285,7 +290,7 @@ def write_new_dataset_episode(root: Path, spec: TrajectorySpec, cfg, rng, window
 
     send = t + 0.0002
     df = pd.DataFrame({"recv_timestamp": send + 0.0015, "origin_timestamp": t, "send_timestamp": send, "force": 0.0})
-    for i, col in enumerate(_joints(pose).T, 1):
+    for i, col in enumerate(stand_in_joints(pose).T, 1):
         df[f"joint_{i}"] = col
     for i, name in enumerate("xyzabr"):
         df[f"pose_{name}"] = pose[:, i]
@@ -309,14 +314,12 @@ def write_new_dataset_episode(root: Path, spec: TrajectorySpec, cfg, rng, window
     return episode
 
 
-def generate_dataset(cfg) -> list[Path]:
-    """Write `cfg.num_sensor_sessions` recv_all sessions (two priority groups) and `cfg.num_nosensor_sessions`
-    legacy sessions (OCT_insertion/Captures*, part1/ZED_Captures_*th) under `cfg.out_dir`. Deterministic by seed.
-    `cfg.scenario: sensor_task` writes the sensor-dependent scenario instead (vla_lib/data/scenarios.py)."""
-    if getattr(cfg, "scenario", "scripted") == "sensor_task":
-        from vla_lib.data.scenarios import write_sensor_task_dataset
-
-        return write_sensor_task_dataset(cfg)
+def write_scripted_dataset(cfg) -> list[Path]:
+    """The scripted scenario: `cfg.num_sensor_sessions` recv_all sessions (two priority groups) and
+    `cfg.num_nosensor_sessions` legacy sessions (OCT_insertion/Captures*, part1/ZED_Captures_*th) under `cfg.out_dir`.
+    Deterministic by seed. `vla_lib.sim.demonstrations.write_dataset` picks the scenario from `cfg.scenario`."""
+    if getattr(cfg, "scenario", "scripted") != "scripted":  # fail loudly rather than write the wrong scenario
+        raise ValueError(f"synthetic.scenario is {cfg.scenario!r}: use vla_lib.sim.demonstrations.write_dataset")
     root = Path(cfg.out_dir)
     rng = np.random.default_rng(cfg.seed)
     base = 1761580000.0 + 1000 * cfg.seed  # a fixed date (late Oct 2025) so names are reproducible

@@ -6,23 +6,24 @@ what the rig serves at time t is only what exists by then:
   set point by the chunk's first delta over one action period (10 Hz; a later command supersedes it, a missing one
   leaves the arm at rest after one period); the pose follows the set point with a first-order lag
   (`tracking_tau_s`), integrated every 2 ms and logged at the robot's 100 Hz;
-- cameras at `camera_hz` (2 Hz) with a per-view skew, each frame rendered by the synthetic recorder's renderer from
-  the tip pose at its capture time, served once captured (latest frame <= now);
+- cameras at `camera_hz` (2 Hz) with a per-view skew, each frame drawn by the synthetic recorder's `draw_pad` (the
+  pad at the episode's surface height) and `draw_needle` from the tip pose at its capture time, served once captured
+  (latest frame <= now);
 - the sensor at `sensor_hz` (650 Hz) with clock jitter, 2 % dropped packets and a few 10-25 ms bursts lost; each
   sample's value comes from the tip height at its own time (vla_lib.data.scenarios.sensor_values);
 - proprioception: `pose_history` from the arm's logged samples up to now (vla_lib.data.samples.pose_history).
-The recorder (vla_lib.data.scenarios) records demonstrations on this rig; the closed-loop evaluation drives it.
+The recorder (vla_lib.sim.demonstrations) records demonstrations on this rig; the closed-loop evaluation drives it.
 """
 from __future__ import annotations
 
 from collections import deque
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from vla_lib.data.samples import pose_history
 from vla_lib.data.scenarios import PREROLL_S, Episode, sensor_values
-from vla_lib.data.synthetic import TARGETS_XY, _project, _render, _view_projection
+from vla_lib.data.synthetic import draw_needle, draw_pad
 from vla_lib.data.timeline import resample_sensor_window, wrap_deg
 
 INTERNAL_DT = 0.002
@@ -69,24 +70,11 @@ class CameraModel:
 
     def background(self, view: int, side: str) -> Image.Image:
         if (view, side) not in self._bg:
-            w, h, z = self.w, self.h, self.ep.surface_z
-            im = Image.new("RGB", (w, h), (60 + 20 * view, 70, 80 + 10 * view))
-            d = ImageDraw.Draw(im)
-            m = _view_projection(view, side)
-            r = max(2, w // 90)
-            corners = [(170, -90), (330, -90), (330, 90), (170, 90)]
-            d.polygon([_project(m, [x, y, z], w, h) for x, y in corners], fill=(215, 215, 205))
-            colours = [(250, 250, 250), (230, 200, 40), (40, 90, 220), (40, 170, 60)]
-            for k, (x, y) in enumerate(TARGETS_XY):
-                u, v = _project(m, [x, y, z], w, h)
-                rr = r * (2 if k == self.ep.target_index else 1)
-                d.ellipse([u - rr, v - rr, u + rr, v + rr], fill=colours[k],
-                          outline=(200, 30, 30) if k == self.ep.target_index else None, width=max(1, r // 2))
-            self._bg[(view, side)] = im
+            self._bg[(view, side)] = draw_pad(view, side, self.ep.target_index, self.ep.surface_z, self.w, self.h)
         return self._bg[(view, side)]
 
     def render(self, view: int, side: str, k: int, tip: np.ndarray) -> Image.Image:
-        return _render(self.background(view, side), view, side, np.asarray(tip, np.float64), self.w, self.h)
+        return draw_needle(self.background(view, side), view, side, np.asarray(tip, np.float64), self.w, self.h)
 
     def latest(self, key: tuple[int, str], t: float) -> int:
         return int(np.searchsorted(self.capture_times[key], t, side="right")) - 1
