@@ -29,8 +29,8 @@ from vla_lib.evaluation.latency import random_frames, timed_ms
 from vla_lib.stage2.lora import inject_lora, lora_parameter_count
 from vla_lib.vlm.interface import load_backbone
 from vla_lib.vlm.qwen.encode import prepare_inputs
-from vla_lib.vlm.qwen.encode_lm import lm_features, plan_from_grids, plan_from_processor, vision_tokens
-from vla_lib.vlm.qwen.fast_vision import _lm_layer
+from vla_lib.vlm.qwen.encode_lm import (compiled_layer, lm_features, plan_from_grids, plan_from_processor,
+                                        vision_tokens)
 
 
 def make_inputs(bb, peft_model, views, batch, device):
@@ -46,7 +46,7 @@ def make_inputs(bb, peft_model, views, batch, device):
             "grid_plan": grid_plan.to(device), "tokens": tokens.detach()}
 
 
-def step_fn(variant, gc, peft_model, head, opt, data, device, compiled_layer):
+def step_fn(variant, gc, peft_model, head, opt, data, device, layer_fn):
     base = peft_model.get_base_model()
     cuda = device.type == "cuda"
 
@@ -58,7 +58,7 @@ def step_fn(variant, gc, peft_model, head, opt, data, device, compiled_layer):
             tokens = vision_tokens(peft_model, data["batch"]["pixel_values"], data["pix_plan"].grid_thw)
             return lm_features(peft_model, data["pix_plan"], tokens, gc)
         return lm_features(peft_model, data["grid_plan"], data["tokens"], gc,
-                           compiled_layer if variant == "cached+compiled" else None)
+                           layer_fn if variant == "cached+compiled" else None)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
@@ -94,7 +94,7 @@ def main():
     head = torch.nn.Linear(hidden, 56).to(device)
     params = [p for p in peft_model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=1e-5, fused=cuda or None)
-    compiled_layer = torch.compile(_lm_layer, dynamic=True) if cuda else None
+    layer_fn = compiled_layer() if cuda else None
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, backbone "
           f"{args.model}{' (random weights)' if args.random_weights else ''}, {bb.dtype}, "
           f"{sum(p.numel() for p in bb.model.parameters()) / 1e9:.3f} B parameters, LoRA "
@@ -114,7 +114,7 @@ def main():
                     if cuda:
                         torch.cuda.empty_cache(), torch.cuda.reset_peak_memory_stats()
                     data = make_inputs(bb, peft_model, args.views, batch, device)
-                    step = step_fn(variant, gc, peft_model, head, opt, data, device, compiled_layer)
+                    step = step_fn(variant, gc, peft_model, head, opt, data, device, layer_fn)
                     # rounds x (median of repeats): the figure is the median of the rounds, the spread their range
                     rounds = [timed_ms(step, device, args.repeats, args.warmup if r == 0 else 1)[0]
                               for r in range(args.rounds)]

@@ -30,8 +30,8 @@ from vla_lib.vlm.cache_build import store_parts
 from vla_lib.vlm.feature_store import fingerprint_of
 from vla_lib.vlm.interface import load_backbone
 from vla_lib.vlm.qwen.encode import prepare_inputs
-from vla_lib.vlm.qwen.encode_lm import (inner_model, lm_features, plan_from_grids, plan_from_processor,
-                                        vision_tokens)
+from vla_lib.vlm.qwen.encode_lm import (compiled_layer, inner_model, lm_features, plan_from_grids,
+                                        plan_from_processor, vision_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -41,14 +41,15 @@ class Stage2Model(torch.nn.Module):
     """`heads` (Stage1Policy) over features the LoRA-adapted LM computes with gradients. Its trainable state is the
     heads' state dict (`heads.*`) and the adapter's tensors (`lora.*`); the frozen base weights are never saved."""
 
-    def __init__(self, heads, peft_model, gradient_checkpointing: bool = True):
+    def __init__(self, heads, peft_model, gradient_checkpointing: bool = True, layer_fn=None):
         super().__init__()
         self.heads = heads
         self.vl = peft_model
         self.gradient_checkpointing = gradient_checkpointing
+        self.layer_fn = layer_fn  # how each decoder layer is called (None: directly; or `encode_lm.compiled_layer()`)
 
     def features(self, plan, image_tokens) -> torch.Tensor:
-        return lm_features(self.vl, plan, image_tokens, self.gradient_checkpointing and self.training)
+        return lm_features(self.vl, plan, image_tokens, self.gradient_checkpointing and self.training, self.layer_fn)
 
     def forward(self, x: PolicyInputs, plan, image_tokens) -> torch.Tensor:
         """The heads on `x` with its VL features computed here (inside the forward: DDP syncs the LoRA gradients)."""
@@ -229,8 +230,12 @@ def setup(cfg, device, say=print):
     peft_model = inject_lora(backbone.model, cfg.lora)
     say(f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g} dropout={cfg.lora.dropout:g} on {list(cfg.lora.targets)}: "
         f"{lora_parameter_count(peft_model):,} parameters; vision cache "
-        + (f"on ({cache.dir})" if cache else "off (vision tower every step)"))
-    model = Stage2Model(ckpt.heads.train(), peft_model, cfg.lora.gradient_checkpointing).to(device)
+        + (f"on ({cache.dir})" if cache else "off (vision tower every step)")
+        + f"; gradient checkpointing {'on' if cfg.lora.gradient_checkpointing else 'off'}")
+    compiled = cfg.lora.compile_layers == "on" or (cfg.lora.compile_layers == "auto" and
+                                                    torch.device(device).type == "cuda")
+    model = Stage2Model(ckpt.heads.train(), peft_model, cfg.lora.gradient_checkpointing,
+                        compiled_layer() if compiled else None).to(device)
     return model, backbone.processor, ckpt, base_parts, cache
 
 

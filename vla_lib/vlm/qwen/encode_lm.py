@@ -96,6 +96,12 @@ def vision_tokens(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> 
     return torch.cat(tuple(getattr(out, "pooler_output", out)), 0)
 
 
+def compiled_layer():
+    """A decoder-layer call for `lm_features(layer_fn=...)` through one `torch.compile`: the LM's identical layers
+    share it (regional compilation, compiled once); dynamic shapes, since prompt lengths vary between batches."""
+    return torch.compile(_lm_layer, dynamic=True)
+
+
 def lm_features(model, plan: LMPlan, image_tokens: torch.Tensor, gradient_checkpointing: bool = False,
                 layer_fn=None) -> torch.Tensor:
     """(B, T, D) float32 pooled features with gradients through the LM (LoRA). `plan` on the model's device.
