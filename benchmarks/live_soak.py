@@ -8,7 +8,10 @@ A synthetic recv_all session (`--session-s` long, 640x360 JPEGs, cameras at 2 Hz
 own process (on the rig they are other machines), 5 cameras (the policy's views). The receivers, the VL thread and
 the 10 Hz action loop run in this process, dry run, with the tiny VLM and the demo's `small` heads (random weights
 unless `--checkpoint`). Prints deadline misses, action latency p50/p95/p99, packets sent / received / dropped / lost
-per stream, RSS every `--rss-every` s (start / end / max) and writes outputs/soak/live/report.json.
+per stream and the memory verdict: RSS at the end of the warm-up (`--warmup`, 30 s) and at the end, and its slope in
+MB/min over the second half of the run (FLAT within `--flat-mb-per-min`), beside glibc's heap split into bytes in
+use and bytes freed but kept (fragmentation shows there, not in use). Writes outputs/soak/live_soak/live/report.json
+and memory.json (every `--rss-every` s: seconds, RSS, heap in use, heap free, MB).
 """
 import argparse
 import json
@@ -20,7 +23,8 @@ import numpy as np
 from vla_lib.config import RunConfig, SyntheticConfig
 from vla_lib.data.recorder_formats import read_session
 from vla_lib.data.synthetic import _make_spec, write_recv_all_session
-from vla_lib.rig.run import free_loopback_endpoints, rss_mb, run_live, untrained_policy
+from vla_lib.rig.memory import MemoryTrace, memory_verdict
+from vla_lib.rig.run import free_loopback_endpoints, run_live, untrained_policy
 from vla_lib.rig.senders import RigProcess
 
 
@@ -31,13 +35,19 @@ def main():
     p.add_argument("--sensor-hz", type=float, default=1000.0)
     p.add_argument("--out", default="outputs/soak")
     p.add_argument("--checkpoint", default="")
-    p.add_argument("--rss-every", type=float, default=10.0)
+    p.add_argument("--rss-every", type=float, default=1.0, help="memory sampling period, s")
+    p.add_argument("--warmup", type=float, default=30.0, help="s of warm-up (model, buffers) before memory counts")
+    p.add_argument("--flat-mb-per-min", type=float, default=0.5,
+                   help="the verdict's threshold on the RSS slope over the second half")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the policy")
     p.add_argument("--tracemalloc", action="store_true", help="print the Python allocations that grew after 30 s")
     args = p.parse_args()
 
     out = Path(args.out)
-    sessions = out / "sessions" / f"sensor{args.sensor_hz:g}_{args.session_s:g}s" / "White_silicone_white_circle"
+    cfg = RunConfig.from_yaml("params/demo.yaml")
+    # the session's folder is the one the first dataset group's glob matches (the untrained policy's stats read it)
+    group_dir = Path(cfg.data.groups[0].glob).parent
+    sessions = out / "sessions" / f"sensor{args.sensor_hz:g}_{args.session_s:g}s" / group_dir
     if not sessions.exists():
         t = time.time()
         syn = SyntheticConfig(image_width=640, image_height=360, sensor_hz=args.sensor_hz, duration_s=args.session_s)
@@ -47,7 +57,6 @@ def main():
     session_path = sorted(sessions.glob("recv_all_*"))[0]
     session = read_session(session_path)
 
-    cfg = RunConfig.from_yaml("params/demo.yaml")
     cfg.run_name, cfg.output_root = "live_soak", str(out)
     cfg.data.root = str(sessions.parent)
     cfg.data.groups = cfg.data.groups[:1]
@@ -65,10 +74,10 @@ def main():
     else:
         policy = untrained_policy(cfg)
 
-    rss = []
+    trace = MemoryTrace(args.rss_every)
 
-    def monitor(io):
-        start = time.time()
+    def monitor(io):  # started once the receivers run: memory from then on (t = 0)
+        trace.start()
         if args.tracemalloc:
             import tracemalloc
 
@@ -78,9 +87,6 @@ def main():
             time.sleep(max(0.0, args.duration - 40))
             for stat in tracemalloc.take_snapshot().compare_to(first, "traceback")[:8]:
                 print(stat, *stat.traceback.format()[-4:], sep="\n  ")
-        while time.time() - start < args.duration + 60:
-            rss.append((round(time.time() - start, 1), round(rss_mb(), 1)))
-            time.sleep(args.rss_every)
 
     def senders(live, s):
         return RigProcess(s.path, robot_endpoint=live.robot_endpoint, camera_endpoint=live.camera_endpoint,
@@ -106,9 +112,26 @@ def main():
               f"lost {(r.get('lost') or {}).get(k)}; staleness p99 "
               f"{max(v['p99'] for n, v in r['staleness_s'].items() if (n == k) or (k == 'camera' and n.startswith('View'))):.3f} s")
     print(f"  sensor datagrams {sent.get('sensor_datagrams')}; kernel UDP receive-buffer drops {r['udp_rcvbuf_errors']}")
-    print(f"RSS MB: start {r['rss_mb_start']:.0f}, end {r['rss_mb_end']:.0f}, max {max(v for _, v in rss):.0f}; "
-          f"samples (s, MB): {rss[:2]} ... {rss[-2:]}")
-    (out / "live_soak" / "live" / "rss.json").write_text(json.dumps(rss))
+    samples = trace.stop()
+    m = memory_verdict(samples, args.warmup)
+    slope = m["rss_mb_per_min_second_half"]
+    slope = float("nan") if slope is None else slope  # too few samples in the second half
+    heap = (f"; C heap in use {m['heap_in_use_mb_warmup']:.0f} -> {m['heap_in_use_mb_end']:.0f} MB "
+            f"({m['heap_in_use_mb_per_min_second_half']:+.2f} MB/min), freed but kept {m['heap_free_mb_warmup']:.0f} "
+            f"-> {m['heap_free_mb_end']:.0f} MB" if m["heap_in_use_mb_per_min_second_half"] is not None else "")
+    print(f"memory: RSS MB start {r['rss_mb_start']:.0f}, at {args.warmup:g} s {m['rss_mb_warmup']:.0f}, "
+          f"end {m['rss_mb_end']:.0f} (max {max(s[1] for s in samples):.0f}); slope over the second half "
+          f"{slope:+.2f} MB/min{heap}")
+    flat = abs(slope) <= args.flat_mb_per_min
+    verdict = "FLAT" if flat else "GROWING" if slope == slope else "UNKNOWN (run too short)"
+    print(f"memory verdict: {verdict} (|slope| {'<=' if flat else '>'} {args.flat_mb_per_min:g} MB/min over the "
+          f"second half)")
+    print(f"summary: {args.duration:.0f} s, load {load[0] if load else '?'} -> {load_end[0] if load_end else '?'}; "
+          f"misses {r['deadline_misses']} of {r['action_steps']} ({100 * r['deadline_miss_fraction']:.2f} %); "
+          f"latency p50 / p95 / p99 {r['action_latency_ms_p50']:.1f} / {r['action_latency_ms_p95']:.1f} / "
+          f"{r['action_latency_ms_p99']:.1f} ms; lost {r.get('lost')}; RSS {m['rss_mb_warmup']:.0f} -> "
+          f"{m['rss_mb_end']:.0f} MB, {slope:+.2f} MB/min ({verdict})")
+    (out / "live_soak" / "live" / "memory.json").write_text(json.dumps({**m, "samples": samples}))
     print(f"report: {out / 'live_soak' / 'live' / 'report.json'}")
 
 

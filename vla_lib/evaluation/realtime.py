@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -109,22 +110,50 @@ class _Latest:
     ready: float = 0.0
 
 
+class TickColumns:
+    """What the summary needs of every tick, as flat float columns (24 B a tick, no per-tick objects)."""
+
+    def __init__(self):
+        self.t, self.latency_ms, self.staleness_s = array("d"), array("d"), array("d")
+        self.missed = self.skipped = 0
+
+    def add(self, tick: dict) -> None:
+        self.t.append(tick["t"])
+        self.latency_ms.append(tick["latency_ms"])
+        self.staleness_s.append(tick["staleness_s"])
+        self.missed += bool(tick["missed"])
+        self.skipped += tick.get("skipped_ticks", 0)
+
+
 @dataclass
 class RealtimeReport:
-    ticks: list[dict] = field(default_factory=list)  # one per action step
+    ticks: list[dict] = field(default_factory=list)  # one per action step (none when they went to a tick sink)
     refreshes: list[dict] = field(default_factory=list)  # one per VL encode
     summary: dict = field(default_factory=dict)
+    columns: TickColumns = field(default_factory=TickColumns)
+
+    def add_tick(self, tick: dict, sink=None) -> None:
+        self.columns.add(tick)
+        if sink is None:
+            self.ticks.append(tick)
+        else:
+            sink(tick)
 
 
 def run_realtime(policy, io: RobotIO, instruction: str, duration_s: float, action_rate_hz: float = 10.0,
                  vl_rate_hz: float = 0.0, end: float | None = None, clock=None,
-                 vl_latency_s: float = 0.0) -> RealtimeReport:
+                 vl_latency_s: float = 0.0, tick_sink=None) -> RealtimeReport:
     """Run the loop for `duration_s` wall seconds (or until the robot clock passes `end`). With `clock` (an object
     with `now()` and `sleep_until(t)`, e.g. `SimRig.clock`) the loop runs on that clock instead: `duration_s` of
-    its time, single-threaded, VL features usable `vl_latency_s` after their frames were read."""
+    its time, single-threaded, VL features usable `vl_latency_s` after their frames were read.
+
+    With `tick_sink`, each finished tick goes to `tick_sink(tick)` and is not kept (`report.ticks` stays empty; the
+    summary comes from `report.columns` either way): a live run of any length then keeps no per-tick objects. Kept,
+    each tick's small arrays, allocated between the loop's transient buffers, pinned freed heap memory (glibc
+    fragmentation): the live soak's RSS grew several times faster than the records themselves."""
     period = 1.0 / action_rate_hz
     if clock is not None:
-        return _run_on_clock(policy, io, instruction, duration_s, period, clock, vl_latency_s, end)
+        return _run_on_clock(policy, io, instruction, duration_s, period, clock, vl_latency_s, end, tick_sink)
     latest, lock, stop = _Latest(), threading.Lock(), threading.Event()
     report = RealtimeReport()
     errors: list[BaseException] = []
@@ -164,12 +193,12 @@ def run_realtime(policy, io: RobotIO, instruction: str, duration_s: float, actio
         latency = tick["latency_ms"] / 1e3
         tick.update({"late_start_ms": (started - next_tick) * 1e3,
                      "missed": latency > period or started - next_tick > period})
-        report.ticks.append(tick)
         next_tick += period
         if next_tick < time.perf_counter():  # fell behind: skip the ticks we cannot make, count them
             skipped = int((time.perf_counter() - next_tick) // period) + 1
-            report.ticks[-1]["skipped_ticks"] = skipped
+            tick["skipped_ticks"] = skipped
             next_tick += skipped * period
+        report.add_tick(tick, tick_sink)
     stop.set()
     worker.join(timeout=30)
     if errors:
@@ -193,7 +222,7 @@ def _action_tick(policy, io: RobotIO, latest: _Latest) -> dict:
 
 
 def _run_on_clock(policy, io: RobotIO, instruction: str, duration_s: float, period: float, clock,
-                  vl_latency_s: float, end: float | None) -> RealtimeReport:
+                  vl_latency_s: float, end: float | None, tick_sink=None) -> RealtimeReport:
     """The loop on a simulated clock: ticks at exact multiples of the period from the start, deterministic."""
     report = RealtimeReport()
     latest, pending = _Latest(), None  # pending: features being "encoded", usable from pending.ready
@@ -223,7 +252,7 @@ def _run_on_clock(policy, io: RobotIO, instruction: str, duration_s: float, peri
                 latest, pending = pending, None
         tick = _action_tick(policy, io, latest)
         tick.update({"late_start_ms": 0.0, "missed": False})
-        report.ticks.append(tick)
+        report.add_tick(tick, tick_sink)
     clock.sleep_until(start + n_ticks * period)
     report.summary = _summarise(report, period)
     report.summary["clock"] = "simulated"
@@ -231,16 +260,16 @@ def _run_on_clock(policy, io: RobotIO, instruction: str, duration_s: float, peri
 
 
 def _summarise(report: RealtimeReport, period: float) -> dict:
-    lat = np.array([t["latency_ms"] for t in report.ticks])
+    c = report.columns
+    lat, stale = np.asarray(c.latency_ms), np.asarray(c.staleness_s)
     enc = np.array([r["encode_ms"] for r in report.refreshes])
-    stale = np.array([t["staleness_s"] for t in report.ticks])
-    span = (report.ticks[-1]["t"] - report.ticks[0]["t"]) if len(report.ticks) > 1 else 0.0
-    skipped = sum(t.get("skipped_ticks", 0) for t in report.ticks)
+    span = (c.t[-1] - c.t[0]) if len(c.t) > 1 else 0.0
+    skipped = c.skipped
     return {
         "action_steps": len(lat), "action_period_ms": period * 1e3,
         "action_latency_ms_p50": float(np.percentile(lat, 50)), "action_latency_ms_p95": float(np.percentile(lat, 95)),
         "action_latency_ms_p99": float(np.percentile(lat, 99)),
-        "deadline_misses": int(sum(t["missed"] for t in report.ticks)) + skipped, "skipped_ticks": skipped,
+        "deadline_misses": c.missed + skipped, "skipped_ticks": skipped,
         "vl_refreshes": len(enc), "vl_encode_ms_p50": float(np.median(enc)) if len(enc) else None,
         "vl_refresh_hz": float(len(enc) / span) if span > 0 else None,
         "vl_max_rate_hz": 1e3 / float(np.median(enc)) if len(enc) else None,

@@ -9,7 +9,7 @@
 - `pose_history(steps)`: `vla_lib.data.timeline.pose_history` (the training code) on the robot samples stamped at or
   before now only.
 - `send_action(t, chunk)`: `safety.ChunkExecutor` picks the step, applies stops and limits, and publishes (or, dry,
-  logs); the tick's per-stream staleness is recorded with it.
+  logs); the tick's record (with its per-stream staleness) is `last_tick`, nothing kept per tick.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class LiveRobotIO:
         self.executor = ChunkExecutor(SafetyLimits.from_live(live_cfg), data_cfg.action_dt_s, live_cfg.execution,
                                       live_cfg.blend_decay, live_cfg.execution_latency_s, self.publisher)
         self._decoded: dict[str, tuple[int, object]] = {}
-        self.ticks: list[dict] = []
+        self.last_tick: dict | None = None  # the latest tick's record (run_live streams each to ticks.jsonl)
         self._window = None
         self._rows = max(64, int(data_cfg.sensor_window_s * 5000) + 16)  # enough raw rows for up to 5 kHz
 
@@ -169,7 +169,7 @@ class LiveRobotIO:
         rec = self.executor.step(t, chunk, t_send, current, forces, safety_ages)
         rec["ages"] = ages
         rec["chunk0"] = np.asarray(chunk)[0, :6].copy()
-        self.ticks.append(rec)
+        self.last_tick = rec
 
     # -- report ----------------------------------------------------------------------------------------------------
     def stream_stats(self) -> dict:

@@ -13,22 +13,13 @@ from __future__ import annotations
 
 import json
 import time
+from array import array
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-
-def rss_mb() -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from vla_lib.rig.memory import rss_mb
 
 
 def replay_session(cfg):
@@ -107,32 +98,37 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
                                f"sensor {live.sensor_endpoint})")
         log(f"live loop for {live.duration_s:g} s at {live.action_rate_hz:g} Hz, "
             f"{'SENDING actions to ' + live.action_endpoint if live.send_actions else 'dry run (actions logged only)'}")
-        report = run_realtime(policy, io, instruction, live.duration_s, live.action_rate_hz, live.vl_rate_hz)
+        with open(out / "ticks.jsonl", "w") as ticks:  # streamed: a run of any length keeps no per-tick records
+            report = run_realtime(policy, io, instruction, live.duration_s, live.action_rate_hz, live.vl_rate_hz,
+                                  tick_sink=lambda tick: ticks.write(tick_line(tick, io.last_tick)))
     finally:
         senders = rig.stop() if rig is not None else None
         time.sleep(0.1)  # let the last datagrams in flight land before the receivers stop
         io.stop()
         recorded = recorder.close({"camera_s": io.offset("camera"), "sensor_s": io.offset("sensor")}) if recorder else None
-    summary = summarise(report, io, senders, rss_start, rss_mb(), udp_errors_start, udp_rcvbuf_errors(), live)
+    summary = summarise(report, io, out / "ticks.jsonl", senders, rss_start, rss_mb(), udp_errors_start,
+                        udp_rcvbuf_errors(), live)
     summary["recorded_session"] = str(recorded) if recorded else None
     summary["instruction"] = instruction
-    write_ticks(out / "ticks.jsonl", report, io)
     (out / "report.json").write_text(json.dumps(_json_safe(summary), indent=1))
     log(f"report: {out / 'report.json'}")
     return summary
 
 
-def summarise(report, io, senders, rss_start, rss_end, udp0, udp1, live) -> dict:
+def summarise(report, io, ticks_path, senders, rss_start, rss_end, udp0, udp1, live) -> dict:
     s = report.summary
     streams = io.stream_stats()
-    ages = {k: [] for k in io.ticks[0]["ages"]} if io.ticks else {}
-    for tick in io.ticks:
-        for k, v in tick["ages"].items():
-            if v is not None:
-                ages[k].append(v)
+    ages: dict[str, array] = {}
+    with open(ticks_path) as f:  # the per-stream ages read back line by line from the streamed ticks (exact)
+        for line in f:
+            for k, v in json.loads(line)["ages"].items():
+                col = ages.setdefault(k, array("d"))
+                if v is not None:
+                    col.append(v)
     staleness = {k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)), "max": float(max(v))}
                  for k, v in ages.items() if v}
-    span = (report.ticks[-1]["t"] - report.ticks[0]["t"]) if len(report.ticks) > 1 else 0.0
+    t = report.columns.t
+    span = (t[-1] - t[0]) if len(t) > 1 else 0.0
     steps = s["action_steps"]
     out = {
         "action_hz": (steps - 1) / span if span > 0 else None, "action_steps": steps,
@@ -157,15 +153,13 @@ def summarise(report, io, senders, rss_start, rss_end, udp0, udp1, live) -> dict
     return out
 
 
-def write_ticks(path: Path, report, io) -> None:
-    """One line per action tick: timing, per-stream ages, what the policy said and what went out."""
-    with open(path, "w") as f:
-        for timing, ex in zip(report.ticks, io.ticks):
-            f.write(json.dumps(_json_safe({
-                "t": timing["t"], "latency_ms": timing["latency_ms"], "late_start_ms": timing["late_start_ms"],
-                "missed": bool(timing["missed"]), "skipped_ticks": timing.get("skipped_ticks", 0),
-                "frames_age_s": timing["staleness_s"], "ages": ex["ages"], "chunk0": ex["chunk0"],
-                "delta": ex["delta"], "target": ex["target"], "pose": ex["pose"], "reasons": ex["reasons"]})) + "\n")
+def tick_line(timing: dict, ex: dict) -> str:
+    """One line of ticks.jsonl: the tick's timing, per-stream ages, what the policy said and what went out."""
+    return json.dumps(_json_safe({
+        "t": timing["t"], "latency_ms": timing["latency_ms"], "late_start_ms": timing["late_start_ms"],
+        "missed": bool(timing["missed"]), "skipped_ticks": timing.get("skipped_ticks", 0),
+        "frames_age_s": timing["staleness_s"], "ages": ex["ages"], "chunk0": ex["chunk0"],
+        "delta": ex["delta"], "target": ex["target"], "pose": ex["pose"], "reasons": ex["reasons"]})) + "\n"
 
 
 def read_ticks(path) -> list[dict]:

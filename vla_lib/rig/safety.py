@@ -100,7 +100,6 @@ class ChunkExecutor:
         self.stopped: str | None = None
         self.baseline = limits.force_baseline
         self.events: collections.Counter = collections.Counter()
-        self.log: list[dict] = []
 
     # -- step choice -------------------------------------------------------------------------------------------
     def choose(self, t_obs: float, chunk: np.ndarray, t_send: float) -> tuple[np.ndarray, int]:
@@ -175,7 +174,5 @@ class ChunkExecutor:
         info = {"reasons": reasons, "chunks": n_chunks}
         if self.publisher is not None and pose is not None:
             self.publisher.publish(t_obs, delta, target, info)
-        rec = {"t": t_obs, "t_send": t_send, "raw": raw, "delta": delta, "target": target,
-               "pose": None if pose is None else np.asarray(pose, np.float64), "reasons": reasons}
-        self.log.append(rec)
-        return rec
+        return {"t": t_obs, "t_send": t_send, "raw": raw, "delta": delta, "target": target,
+                "pose": None if pose is None else np.asarray(pose, np.float64), "reasons": reasons}
