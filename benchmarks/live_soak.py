@@ -5,7 +5,7 @@
 
 A synthetic recv_all session (`--session-s` long, 640x360 JPEGs, cameras at 2 Hz, robot 100 Hz, sensor
 `--sensor-hz`) is written once under outputs/soak/sessions and replayed in a loop by the simulated senders in their
-own process (on the rig they are other machines), 5 cameras (the policy's views). The receivers, the VL thread and
+own process (on the rig they are other machines), the five cameras of the rig by default (`--views`). The receivers, the VL thread and
 the 10 Hz action loop run in this process, dry run, with the tiny VLM and the demo's `small` heads (random weights
 unless `--checkpoint`). Prints deadline misses, action latency p50/p95/p99, packets sent / received / dropped / lost
 per stream and the memory verdict: RSS at the end of the warm-up (`--warmup`, 30 s) and at the end, and its slope in
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_lib.config import RunConfig, SyntheticConfig
+from vla_lib.config import DataConfig, RunConfig, SyntheticConfig
 from vla_lib.data.recorder_formats import read_session
 from vla_lib.data.synthetic import _make_spec, write_recv_all_session
 from vla_lib.rig.memory import MemoryTrace, memory_verdict
@@ -40,6 +40,8 @@ def main():
     p.add_argument("--flat-mb-per-min", type=float, default=0.5,
                    help="the verdict's threshold on the RSS slope over the second half")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the policy")
+    p.add_argument("--views", nargs="*", default=None,
+                   help="cameras streamed and encoded (default: the rig's five; the demo's policy uses two)")
     p.add_argument("--tracemalloc", action="store_true", help="print the Python allocations that grew after 30 s")
     args = p.parse_args()
 
@@ -60,10 +62,11 @@ def main():
     cfg.run_name, cfg.output_root = "live_soak", str(out)
     cfg.data.root = str(sessions.parent)
     cfg.data.groups = cfg.data.groups[:1]
+    cfg.data.views = args.views or list(DataConfig().views)  # full rates: every camera of the rig
     cfg.live.duration_s = args.duration
     cfg.live.simulate_senders = True
     cfg.live.replay_loop = True
-    cfg.live.replay_cameras = list(cfg.data.views)  # 5 cameras at 2 Hz
+    cfg.live.replay_cameras = list(cfg.data.views)
     cfg.live.torch_threads = args.threads
     free_loopback_endpoints(cfg.live)
     if args.checkpoint:
@@ -101,7 +104,7 @@ def main():
     load_end = open("/proc/loadavg").read().split()[:3] if Path("/proc/loadavg").exists() else None
     sent = (r["senders"] or {}).get("sent", {})
     print(f"\nsoak: {args.duration:.0f} s loop ({wall:.0f} s wall), sensor {args.sensor_hz:g} Hz, robot 100 Hz, "
-          f"5 cameras at 2 Hz; load average before {load}, after {load_end}")
+          f"{len(cfg.data.views)} cameras at 2 Hz; load average before {load}, after {load_end}")
     print(f"action loop: {r['action_steps']} steps at {r['action_hz']:.3f} Hz; deadline misses {r['deadline_misses']} "
           f"({100 * r['deadline_miss_fraction']:.2f} %, skipped ticks {r['skipped_ticks']}); latency ms "
           f"p50 {r['action_latency_ms_p50']:.1f} p95 {r['action_latency_ms_p95']:.1f} p99 {r['action_latency_ms_p99']:.1f}; "

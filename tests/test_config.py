@@ -35,6 +35,26 @@ def test_yaml_errors_name_the_file(tmp_path):
         RunConfig.from_yaml(bad)
 
 
+def test_a_params_file_extends_another_section_by_section(tmp_path):
+    from pathlib import Path
+
+    from vla_lib.notebook import notebook_config
+
+    (tmp_path / "base.yaml").write_text("run_name: base\ntrain: {epochs: 7, lr: 0.01}\nmodel: {preset: small}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/variant.yaml").write_text("extends: ../base.yaml\nrun_name: variant\ntrain: {lr: 0.5}\n")
+    cfg = RunConfig.from_yaml(tmp_path / "sub/variant.yaml")
+    assert (cfg.run_name, cfg.train.epochs, cfg.train.lr, cfg.model.preset) == ("variant", 7, 0.5, "small")
+    assert notebook_config(str(tmp_path / "sub/variant.yaml")).to_dict() == cfg.to_dict()  # notebooks read it alike
+    # the shipped variants: Stage 2 of the demo is the demo's run but for what it names
+    demo, stage2 = (RunConfig.from_yaml(Path("params") / f) for f in ("demo.yaml", "demo_stage2.yaml"))
+    assert stage2.data == demo.data and stage2.model == demo.model and stage2.backbone == demo.backbone
+    assert (stage2.run_name, stage2.train.training_stage) == ("demo_stage2", "stage2")
+    (tmp_path / "base.yaml").write_text("extends: sub/variant.yaml\n")
+    with pytest.raises(ConfigError, match="circle"):
+        RunConfig.from_yaml(tmp_path / "sub/variant.yaml")
+
+
 def test_presets_fill_unset_fields_only():
     cfg = RunConfig.from_dict({"model": {"preset": "small", "expert_layers": 3}})
     assert cfg.model.sensor_dim == 128 and cfg.model.expert_layers == 3

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from vla_lib.data.cameras import default_camera_views
 from vla_lib.errors import ConfigError
 from vla_lib.models.configuration_policy import PolicyConfig
 
@@ -313,12 +314,6 @@ class EvalConfig:
     latency_warmup: int = 2
 
 
-def _default_camera_views() -> dict[str, str]:
-    from vla_lib.rig.wire import default_camera_views
-
-    return default_camera_views()
-
-
 @dataclass
 class LiveConfig:
     """The live rig (`--mode live`): endpoints, rates, safety limits. Dry run unless `send_actions` (`--send-actions`).
@@ -345,7 +340,7 @@ class LiveConfig:
     torch_threads: int = 1  # leave CPU to the receivers
     ready_timeout_s: float = 15.0  # wait this long for every stream before the loop starts
     require_sensor: bool = True  # no sensor data = hold (safety) and a stream the loop waits for
-    camera_views: dict[str, str] = field(default_factory=_default_camera_views)  # camera name -> view key
+    camera_views: dict[str, str] = field(default_factory=default_camera_views)  # camera name -> view key
     clock_window_s: float = 10.0  # sliding window of the running-minimum clock offset estimate
     robot_buffer_s: float = 10.0
     sensor_buffer_s: float = 2.0

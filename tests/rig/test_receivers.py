@@ -5,6 +5,7 @@ import socket
 import numpy as np
 import zmq
 
+from vla_lib.data.cameras import default_camera_views
 from vla_lib.rig import wire
 from vla_lib.rig.receivers import CameraReceiver, ClockOffset, RobotReceiver, SensorReceiver, parse_udp_endpoint
 from tests.rig.conftest import wait_for
@@ -43,7 +44,7 @@ def test_robot_receiver_drops_malformed(live_cfg):
 
 
 def test_camera_receiver_drops_malformed(live_cfg):
-    r = CameraReceiver(live_cfg.camera_endpoint, wire.default_camera_views()).start_and_wait()
+    r = CameraReceiver(live_cfg.camera_endpoint, default_camera_views()).start_and_wait()
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.connect(live_cfg.camera_endpoint)
     jpeg = b"\xff\xd8" + b"x" * 10 + b"\xff\xd9"

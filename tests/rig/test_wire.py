@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from vla_lib.data.cameras import default_camera_views
+
 from vla_lib.rig import wire
 
 
@@ -106,7 +108,7 @@ def test_action_round_trip():
 
 
 def test_camera_names_map_to_views():
-    m = wire.default_camera_views()
+    m = default_camera_views()
     assert wire.camera_view("zed_49045152_right", m) == "View4_right"
     assert wire.camera_view("oak_CAM_A", m) == "View5" and wire.camera_view("oak", m) == "View5"
     assert wire.camera_view("zed_12345_left", m) is None

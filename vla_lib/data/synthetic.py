@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vla_lib.data.cameras import ZED_SERIALS
 from vla_lib.data.recorder_formats import ALINE_POINTS
 from vla_lib.data.timeline import wrap_deg
 
-ZED_SERIALS = {1: 41182735, 2: 49429257, 3: 44377151, 4: 49045152}
 TARGETS_XY = [(250.0, -40.0), (250.0, 40.0), (300.0, 0.0), (200.0, 0.0)]  # mm, on the pad surface
 SURFACE_Z = 100.0
 PHASES = [("home", 0.10), ("approach", 0.45), ("pause", 0.10), ("insert", 0.30), ("hold", 0.05)]

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from vla_lib.data.cameras import default_camera_views
 from vla_lib.rig import wire
 from vla_lib.rig.receivers import parse_udp_endpoint
 
@@ -51,7 +52,7 @@ class SimulatedRig:
                  subscribe_timeout_s: float = 5.0):
         self.s = session
         self.robot_endpoint, self.camera_endpoint, self.sensor_endpoint = robot_endpoint, camera_endpoint, sensor_endpoint
-        self.camera_views = camera_views or wire.default_camera_views()
+        self.camera_views = camera_views or default_camera_views()
         self.frames = camera_frames(session, self.camera_views, views)
         self.loop, self.batch_s, self.drop_fraction = loop, sensor_batch_s, sensor_drop_fraction
         self.rng = np.random.default_rng(seed)

@@ -169,15 +169,7 @@ def unpack_action(frames: list[bytes]) -> tuple[float, float, np.ndarray, np.nda
 # ---------------------------------------------------------------------------------------------------------------
 # Camera names <-> view keys
 # ---------------------------------------------------------------------------------------------------------------
-ZED_SERIAL_VIEW = {41182735: 1, 49429257: 2, 44377151: 3, 49045152: 4}  # the original rig's ZED serials
-
-
-def default_camera_views() -> dict[str, str]:
-    """Camera name (the JSON `camera` field) -> view key. A key ending in `*` matches by prefix."""
-    out = {f"zed_{serial}_{side}": f"View{view}_{side}" for serial, view in ZED_SERIAL_VIEW.items()
-           for side in ("left", "right")}
-    out["oak*"] = "View5"
-    return out
+# default_camera_views (camera name -> view key) lives with the cameras' other facts in vla_lib.data.cameras
 
 
 def camera_view(camera: str, mapping: dict[str, str]) -> str | None:

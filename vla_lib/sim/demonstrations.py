@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from vla_lib.data.scenarios import GROUP_SENSOR, GROUP_VISION_ONLY, Episode, ReactiveDemonstrator, sample_episode
-from vla_lib.data.synthetic import ZED_SERIALS, stand_in_joints, write_scripted_dataset
+from vla_lib.data.cameras import ZED_SERIALS
+from vla_lib.data.synthetic import stand_in_joints, write_scripted_dataset
 from vla_lib.sim.rig import SimRig, run_controller
 
 
