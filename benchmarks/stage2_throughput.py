@@ -14,7 +14,8 @@ Variants, each with and without gradient checkpointing:
 - cached+compiled (CUDA): as cached, each decoder layer through one `torch.compile`d function.
 Each row: the median of `--rounds` rounds (each the median of `--repeats` steps) and the rounds' range; samples/s and
 peak memory at batch 1 and at the largest batch of `--batches` that fits (the best
-samples/s is reported with its batch). An out-of-memory batch ends that variant's search.
+samples/s is reported with its batch, and the largest batch that ran when it is another). An out-of-memory batch ends
+that variant's search; "largest" means the largest of `--batches` tried.
 """
 from __future__ import annotations
 
@@ -134,12 +135,15 @@ def main():
                 print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in row.items()), flush=True)
                 if batch == batches[0]:
-                    rows.append(row)
+                    rows.append({**row, "row": "first batch"})
                 if best is None or row["samples/s"] > best["samples/s"]:
                     best = row
+                largest = row
                 del data
             if best is not None and best["batch"] != batches[0]:
-                rows.append(best)
+                rows.append({**best, "row": "best samples/s"})
+            if best is not None and largest["batch"] not in (batches[0], best["batch"]):
+                rows.append({**largest, "row": "largest batch that fit"})
     bb.model.gradient_checkpointing_disable()
     import pandas as pd
 

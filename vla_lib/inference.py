@@ -25,6 +25,7 @@ from vla_lib.models.action_graph import ActionStep
 from vla_lib.models.inputs import inputs_from_observation
 from vla_lib.stage2.policy import apply_adapter, is_stage2
 from vla_lib.vlm.cache_build import store_parts
+from vla_lib.vlm.feature_store import fingerprint_of
 from vla_lib.vlm.interface import load_backbone as _load_backbone
 from vla_lib.vlm.interface import resolve_device
 
@@ -39,6 +40,7 @@ class VLAPolicy:
         self.config = run_config
         self.stats = stats
         self.backbone = backbone
+        self.features_identity = ""  # set by from_checkpoint: the fingerprint of the features `encode` gives
         self.device = torch.device(device)
         self.views = list(run_config.data.views)
 
@@ -65,7 +67,10 @@ class VLAPolicy:
             setattr(cfg.backbone, k, v)
         dev = resolve_device(device)
         cfg.backbone.device = str(dev)
+        if is_stage2(ckpt.features) and "image_prep" not in ckpt.features["parts"]:
+            cfg.backbone.image_prep = "cpu"  # Stage 2 trained on CPU-prepared pixels (its vision cache): the same here
         vl = None
+        identity = ckpt.features.get("fingerprint", "")
         if load_backbone:
             vl = _load_backbone(cfg.backbone)
             if vl.hidden_size != heads.config.vl_dim:
@@ -77,14 +82,21 @@ class VLAPolicy:
                               "this backbone gives the features its heads were trained on cannot be checked")
             live = store_parts(cfg, vl.parts())
             if is_stage2(ckpt.features):  # Stage 2: the LoRA adapter beside the heads, on the named backbone
-                live.update(apply_adapter(vl, path))
+                live.update(apply_adapter(vl, path, ckpt.features["parts"]["adapter"]))
             differs = feature_mismatch(ckpt.features.get("parts", {}), live) if ckpt.features else []
+            adapter = [d for d in differs if d.startswith(("adapter:", "lora:"))]
+            if adapter:  # never overridable: heads and adapter were trained together
+                raise CheckpointMismatchError(f"{path}: the adapter beside it is not the one its heads were trained "
+                                              f"with: {'; '.join(adapter)}")
+            identity = fingerprint_of(live)
             if differs and not allow_backbone_mismatch:
                 raise CheckpointMismatchError(
                     f"{path}: the heads were trained on other VL features than this backbone gives: "
                     + "; ".join(differs) + ". Load the backbone they were trained with, or pass "
                     "allow_backbone_mismatch=True (CLI: --allow-backbone-mismatch) to use it anyway")
-        return cls(heads, cfg, ckpt.stats, vl, dev, cuda_graph)
+        policy = cls(heads, cfg, ckpt.stats, vl, dev, cuda_graph)
+        policy.features_identity = identity  # what its features are (caches of features key on it)
+        return policy
 
     # -- the two halves -------------------------------------------------------------------------------------------
     def encode(self, instructions: list[str], views: list[list]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,9 @@ def _final(run: Path) -> dict:
     from safetensors.torch import load_file
 
     heads = torch.load(run / "checkpoints/qwen_vla_sensor_final.pt", weights_only=True)["model_state_dict"]
-    lora = load_file(str(run / "checkpoints/qwen_vla_sensor_final.adapter/adapter_model.safetensors"))
+    folders = list((run / "checkpoints").glob("qwen_vla_sensor_final.adapter-*"))
+    assert len(folders) == 1  # the one the heads file names; earlier ones pruned
+    lora = load_file(str(folders[0] / "adapter_model.safetensors"))
     return {**{f"heads.{k}": v for k, v in heads.items()}, **{f"lora.{k}": v for k, v in lora.items()}}
 
 
@@ -130,16 +132,44 @@ def test_stage2_checkpoint_refuses_the_stage1_feature_store(stage2_trained, tmp_
     # an adapter folder that is not the one the heads were trained with is refused
     other = tmp_path / "qwen_vla_sensor_final.pt"
     shutil.copy(ckpt, other)
-    shutil.copytree(ckpt.with_name("qwen_vla_sensor_final.adapter"), tmp_path / "qwen_vla_sensor_final.adapter")
+    folder = next(ckpt.parent.glob("qwen_vla_sensor_final.adapter-*"))
+    shutil.copytree(folder, tmp_path / folder.name)
     from safetensors.torch import load_file, save_file
 
-    f = tmp_path / "qwen_vla_sensor_final.adapter/adapter_model.safetensors"
+    f = tmp_path / folder.name / "adapter_model.safetensors"
     tensors = load_file(str(f))
     k = next(iter(tensors))
     tensors[k] = tensors[k] + 0.01
     save_file(tensors, str(f))
-    with pytest.raises(CheckpointMismatchError, match="adapter"):
-        VLAPolicy.from_checkpoint(other, device="cpu", tiny_model_dir=cfg.backbone.tiny_model_dir)
+    for allow in (False, True):  # never overridable: --allow-backbone-mismatch is about the backbone
+        with pytest.raises(CheckpointMismatchError, match="adapter"):
+            VLAPolicy.from_checkpoint(other, device="cpu", tiny_model_dir=cfg.backbone.tiny_model_dir,
+                                      allow_backbone_mismatch=allow)
+
+
+def test_a_crash_between_adapter_and_heads_leaves_the_checkpoint_loadable(stage2_trained, tmp_path):
+    """save_heads writes the new adapter folder first and the heads file last: killed in between, the old heads
+    file still names its own adapter folder, which is still there."""
+    import shutil
+
+    from vla_lib.inference import VLAPolicy
+    from vla_lib.stage2 import train_stage2 as s2
+    from vla_lib.stage2.lora import save_adapter
+
+    cfg, ckpt = stage2_trained
+    ckpt_copy = tmp_path / ckpt.name
+    shutil.copy(ckpt, ckpt_copy)
+    for folder in ckpt.parent.glob(ckpt.stem + ".adapter-*"):
+        shutil.copytree(folder, tmp_path / folder.name)
+    before = VLAPolicy.from_checkpoint(ckpt_copy, device="cpu", tiny_model_dir=cfg.backbone.tiny_model_dir)
+    model, *_ = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
+    with torch.no_grad():
+        next(p for n, p in model.vl.named_parameters() if "lora_B" in n).add_(0.5)  # a newer adapter
+    save_adapter(model.vl, ckpt_copy)  # ... and the process is killed before the heads file is written
+    assert len(list(tmp_path.glob(ckpt.stem + ".adapter-*"))) == 2
+    after = VLAPolicy.from_checkpoint(ckpt_copy, device="cpu", tiny_model_dir=cfg.backbone.tiny_model_dir)
+    for a, b in zip(before.backbone.model.parameters(), after.backbone.model.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_offline_evaluation_of_a_stage2_checkpoint_encodes_through_the_adapter(stage2_trained):

@@ -40,14 +40,18 @@ def test_lora_learns_base_frozen_heads_from_stage1(stage1_run):
     assert not any(p.requires_grad for n, p in model.vl.named_parameters() if "lora_" not in n)
     batch, _, _ = _batch(cfg, model, processor, cache)
     inputs = s2.InputBuilder(model.vl, processor, cfg, "cpu", cache)(batch)
+    # no weight decay: a parameter changes only through its gradient
     opt = torch.optim.AdamW([{"params": model.lora_parameters(), "lr": 1e-2},
-                             {"params": [p for p in model.heads.parameters() if p.requires_grad], "lr": 1e-3}])
+                             {"params": [p for p in model.heads.parameters() if p.requires_grad], "lr": 1e-3}],
+                            weight_decay=0.0)
     model.train()
-    for _ in range(2):  # lora_B starts at zero: its first step gives lora_A a gradient on the second
+    for step in range(2):  # lora_B starts at zero: its first step gives lora_A a gradient on the second
         loss, *_ = s2.stage2_loss(model, inputs, batch, cfg, 1.0)
         loss.backward()
         grads = {n: p.grad for n, p in model.vl.named_parameters() if "lora_" in n}
-        assert all(g is not None for n, g in grads.items() if "lora_B" in n)
+        must = [n for n in grads if "lora_B" in n or step == 1]
+        assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in must), "a LoRA tensor got no gradient"
+        assert all(p.grad is None for n, p in model.vl.named_parameters() if "lora_" not in n)
         opt.step(), opt.zero_grad()
     for n, p in model.vl.named_parameters():
         if "lora_" in n:
@@ -71,11 +75,14 @@ def test_cached_and_uncached_vision_give_the_same_loss_and_stage1_features(stage
     with torch.no_grad():
         cached = s2.InputBuilder(model.vl, processor, cfg, "cpu", cache)(batch)
         pixels = s2.InputBuilder(model.vl, processor, cfg, "cpu", None)(batch)
+        # the LoRA features at initialisation (lora_B = 0) are Stage 1's encoder's, sample by sample (below)
+        feats = model.features(cached["plan"], cached["image_tokens"])
+        for p in model.lora_parameters():  # a trained-looking adapter: the LoRA path itself is compared too
+            p.add_(0.05 * torch.randn_like(p))
         a = s2.stage2_loss(model, cached, batch, cfg, 1.0)
         b = s2.stage2_loss(model, pixels, batch, cfg, 1.0)
         torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-7)
-        # the LoRA features at initialisation (lora_B = 0) are Stage 1's encoder's, sample by sample
-        feats = model.features(cached["plan"], cached["image_tokens"])
+        assert not torch.allclose(model.features(cached["plan"], cached["image_tokens"]), feats)  # LoRA acts
     stock = load_backbone(copy.deepcopy(cfg.backbone))
     samples = [([load_image(p) for _, p in f], instr, m.tolist()) for f, instr, m
                in zip(batch["frames"], batch["instruction"], batch["view_mask"].bool())]

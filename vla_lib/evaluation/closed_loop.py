@@ -43,7 +43,8 @@ class NoSensor:
 
 
 class FrameFeatureCache:
-    """VL features keyed by the rendered images' bytes + instruction: an identical frame set (same episode, same
+    """VL features keyed by the policy's feature identity (backbone, adapter) + the rendered images' bytes +
+    instruction: an identical frame set (same episode, same
     tip pixels) is encoded once across predictors, episodes and sweep runs (`path`: kept on disk between runs)."""
 
     def __init__(self, policy, path: str | Path | None = None):
@@ -63,7 +64,7 @@ class FrameFeatureCache:
         return self.policy.act(*args, **kw)
 
     def encode(self, instructions, views):
-        h = hashlib.sha1()
+        h = hashlib.sha1(getattr(self.policy, "features_identity", "").encode())  # another backbone or adapter
         for instruction, ims in zip(instructions, views):
             h.update(instruction.encode())
             for im in ims:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-ADAPTER_SUFFIX = ".adapter"  # qwen_vla_sensor_best.pt -> qwen_vla_sensor_best.adapter/
+ADAPTER_SUFFIX = ".adapter-"  # qwen_vla_sensor_best.pt -> qwen_vla_sensor_best.adapter-<sha>/
 
 
 def peft_config(lcfg):
@@ -41,6 +41,12 @@ def matched_modules(model, lcfg) -> list[str]:
 def touches_vision(model, lcfg) -> list[str]:
     """The targeted modules inside the vision tower (empty: the vision tower stays frozen)."""
     return [n for n in matched_modules(model, lcfg) if ".visual." in f".{n}"]
+
+
+def outside_lm_layers(model, lcfg) -> list[str]:
+    """Targeted modules outside the language model's decoder layers (the vision tower, lm_head, ...): Stage 2 runs
+    only those layers with gradients, so LoRA anywhere else would be counted, saved and never trained."""
+    return [n for n in matched_modules(model, lcfg) if ".language_model.layers." not in f".{n}"]
 
 
 def inject_lora(model, lcfg):
@@ -96,22 +102,35 @@ def saved_adapter_sha(folder: str | Path) -> str:
     return adapter_sha(load_file(str(Path(folder) / "adapter_model.safetensors")))
 
 
-def adapter_dir_for(checkpoint: str | Path) -> Path:
+def adapter_dir_for(checkpoint: str | Path, sha: str) -> Path:
+    """The adapter folder of a checkpoint, named by the adapter's identity (which the heads file records)."""
     path = Path(checkpoint)
-    return path.with_name(path.stem + ADAPTER_SUFFIX)
+    return path.with_name(path.stem + ADAPTER_SUFFIX + sha)
 
 
-def save_adapter(peft_model, folder: str | Path) -> str:
-    """peft's `save_pretrained` into a temporary folder, then swapped into place; returns the adapter's sha."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+def save_adapter(peft_model, checkpoint: str | Path) -> str:
+    """peft's `save_pretrained` into `<checkpoint stem>.adapter-<sha>/` (written whole under a temporary name, then
+    renamed); returns the sha. A new adapter never replaces the folder the current heads file names: the heads file,
+    written after it, is the one commit point (a crash in between leaves the old pair intact), and
+    `prune_adapters` then removes the folders no heads file names."""
+    path = Path(checkpoint)
+    tmp = path.with_name(f".{path.stem}.adapter.{uuid.uuid4().hex[:8]}.tmp")
     peft_model.save_pretrained(str(tmp), safe_serialization=True)
-    old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return saved_adapter_sha(folder)
+    sha = saved_adapter_sha(tmp)
+    folder = adapter_dir_for(path, sha)
+    if folder.exists():  # the same tensors saved before (e.g. best and latest of one epoch share nothing: per stem)
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, folder)
+    return sha
+
+
+def prune_adapters(checkpoint: str | Path, keep_sha: str) -> None:
+    """Remove this checkpoint's adapter folders other than the one its heads file names."""
+    path = Path(checkpoint)
+    for folder in path.parent.glob(path.stem + ADAPTER_SUFFIX + "*"):
+        if folder.name != adapter_dir_for(path, keep_sha).name:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_adapter(model, folder: str | Path, merge: bool = False):

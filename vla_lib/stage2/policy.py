@@ -1,5 +1,6 @@
 """Stage-2 checkpoints at inference and evaluation: the heads file (Stage 1's format) + the peft adapter folder
-beside it (`<name>.adapter/`), applied to the named backbone; and the held-out features they need.
+beside it (`<name>.adapter-<sha>/`, the sha the heads file records), applied to the named backbone; and the held-out
+features they need.
 
 A Stage-2 checkpoint's feature parts carry the adapter's identity (`adapter`: SHA-1 of its tensors, `lora`: r,
 alpha, targets). The live parts of a backbone with that adapter loaded carry the same, so they match; a Stage-1
@@ -15,21 +16,25 @@ def is_stage2(features: dict) -> bool:
     return bool(features.get("parts", {}).get("adapter"))
 
 
-def apply_adapter(backbone, checkpoint: str | Path, merge: bool = True) -> dict:
-    """Load `<checkpoint>.adapter/` onto `backbone.model` (merged into the weights by default: same outputs up to
-    rounding, no LoRA matmuls at inference); returns the adapter's live parts ({"adapter", "lora"})."""
+def apply_adapter(backbone, checkpoint: str | Path, sha: str, merge: bool | None = None) -> dict:
+    """Load the adapter folder `<checkpoint stem>.adapter-<sha>/` onto `backbone.model`; returns its live parts
+    ({"adapter": the sha of the tensors found there, "lora"}). `merge` (default: in fp32 only) folds it into the base
+    weights (no LoRA matmuls at inference); in bf16/fp16 the sum W + s·BA would be rounded to the base dtype, losing
+    small updates, so the LoRA layers stay unmerged, as in training."""
     import json
 
     from vla_lib.models.checkpoint import CheckpointMismatchError
     from vla_lib.stage2.lora import adapter_dir_for, load_adapter, saved_adapter_sha
 
-    folder = adapter_dir_for(checkpoint)
+    folder = adapter_dir_for(checkpoint, sha)
     if not (folder / "adapter_model.safetensors").exists():
         raise CheckpointMismatchError(f"{checkpoint}: a Stage-2 checkpoint without its adapter folder {folder}")
     conf = json.loads((folder / "adapter_config.json").read_text())
     parts = {"adapter": saved_adapter_sha(folder), "lora": {"r": int(conf["r"]), "alpha": float(conf["lora_alpha"]),
                                                             "targets": sorted(conf["target_modules"])}}
-    backbone.model = load_adapter(backbone.model, folder, merge=merge)
+    merge = backbone.dtype == torch.float32 if merge is None else merge
+    adapted = load_adapter(backbone.model, folder, merge=merge)
+    backbone.model = adapted if merge else adapted.get_base_model()  # unmerged: LoRA layers inside the same model
     backbone.model.eval().requires_grad_(False)
     if backbone.fast is not None:  # the fast encoder holds the model: rebuild it around the adapted one
         from vla_lib.vlm.qwen.fast_vision import FastEncoder

@@ -22,8 +22,8 @@ from vla_lib.data.samples import SampleDataset, frame_ids
 from vla_lib.errors import ConfigError
 from vla_lib.models.checkpoint import feature_mismatch, load_checkpoint, save_checkpoint
 from vla_lib.models.inputs import PolicyInputs
-from vla_lib.stage2.lora import (adapter_dir_for, adapter_state, inject_lora, lora_parameter_count, save_adapter,
-                                 touches_vision)
+from vla_lib.stage2.lora import (adapter_state, inject_lora, lora_parameter_count, outside_lm_layers, prune_adapters,
+                                 save_adapter, touches_vision)
 from vla_lib.stage2.vision_cache import VisionCache, frame_grid, frame_key, vision_parts
 from vla_lib.train import Trainer, load_data, loss_fn, param_groups
 from vla_lib.vlm.cache_build import store_parts
@@ -70,11 +70,9 @@ class Stage2Model(torch.nn.Module):
         heads = {k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")}
         lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
         self.heads.load_state_dict(heads, strict=True)
-        result = set_peft_model_state_dict(self.vl, lora)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if strict and (unexpected or not lora):
-            raise RuntimeError(f"adapter state does not match the model: unexpected {unexpected[:5]}")
-        return result
+        if strict and set(lora) != set(adapter_state(self.vl)):  # every adapter tensor, no other
+            raise RuntimeError(f"adapter state does not match the model: {sorted(set(lora) ^ set(adapter_state(self.vl)))[:5]}")
+        return set_peft_model_state_dict(self.vl, lora)
 
     def lora_parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.vl.named_parameters() if "lora_" in n and p.requires_grad]
@@ -173,14 +171,21 @@ class InputBuilder:
 
 
 def use_vision_cache(cfg, model) -> bool:
-    """lora.vision_cache: auto = on when the LoRA targets leave the vision tower frozen; on = required (refused when
-    they do not: cached tokens of a vision tower being trained would be stale); off = the vision tower every step."""
+    """lora.vision_cache: auto/on = the frozen vision tower's tokens from the cache; off = the vision tower (without
+    gradients) every step. Targets outside the LM's decoder layers are refused: the vision tower runs without
+    gradients in Stage 2 (cached tokens of a vision tower being trained would be stale, and its LoRA would never
+    learn), and no other module runs at all."""
     touched = touches_vision(model, cfg.lora)
     if touched and cfg.lora.vision_cache == "on":
         raise ConfigError(f"lora.vision_cache: on, but lora.targets {cfg.lora.targets} adapt the vision tower "
-                          f"({touched[:3]} ...): its tokens change during training and cannot be cached; set "
-                          "lora.vision_cache: off (or auto), or target the language model only")
-    return cfg.lora.vision_cache != "off" and not touched
+                          f"({touched[:3]} ...): its tokens change during training and cannot be cached")
+    outside = outside_lm_layers(model, cfg.lora)
+    if outside:
+        raise ConfigError(f"lora.targets {cfg.lora.targets} reach modules outside the language model's decoder "
+                          f"layers ({outside[:3]} ...): Stage 2 trains LoRA on those layers only (the vision tower "
+                          "runs frozen); the LM's attention is q_proj, k_proj, v_proj, o_proj (the vision blocks' MLP shares the names "
+                          "gate_proj, up_proj, down_proj)")
+    return cfg.lora.vision_cache != "off"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,8 +203,10 @@ def load_stage1(cfg, backbone_parts: dict):
     ckpt = load_checkpoint(path)
     if ckpt.features.get("parts", {}).get("adapter"):
         raise ConfigError(f"{path} is a Stage-2 checkpoint: Stage 2 starts from Stage-1 heads")
-    differs = feature_mismatch(ckpt.features.get("parts", {}), store_parts(cfg, backbone_parts)) \
-        if ckpt.features else []
+    # where Stage 1 prepared its images (CPU, or the device's decoder and resize) differs by rounding only: Stage 2
+    # starts from heads of either and trains on CPU-prepared pixels
+    differs = [d for d in feature_mismatch(ckpt.features.get("parts", {}), store_parts(cfg, backbone_parts))
+               if not d.startswith("image_prep:")] if ckpt.features else []
     if differs:
         raise ConfigError(f"{path}: its heads were trained on other VL features than these settings give: "
                           + "; ".join(differs) + ". Use the Stage-1 run's backbone, pixel budget, pooling and views")
@@ -221,7 +228,9 @@ def setup(cfg, device, say=print):
     Stage-1 checkpoint, base feature parts, vision cache or None)."""
     if cfg.backbone.kind != "qwen2_5_vl":
         raise ConfigError(f"Stage 2 adapts the Qwen2.5-VL language model; backbone.kind is {cfg.backbone.kind!r}")
-    bcfg = replace(cfg.backbone, device=str(device), fast_vision="off")  # a plain module for peft; our own LM path
+    # a plain module for peft (our own LM path); images prepared by the processor on the CPU (the vision cache's
+    # tokens, and what the checkpoint records: VLAPolicy prepares a Stage-2 policy's images the same way)
+    bcfg = replace(cfg.backbone, device=str(device), fast_vision="off", image_prep="cpu")
     backbone = load_backbone(bcfg)
     base_parts = store_parts(cfg, backbone.parts())
     ckpt = load_stage1(cfg, backbone.parts())
@@ -284,12 +293,15 @@ class Stage2Trainer(Trainer):
         return self.acc.unwrap_model(self.model).trainable_state()
 
     def save_heads(self, name: str, val_loss: float) -> Path:
-        """The heads file (Stage 1's format) + the adapter in peft's format in `<name>.adapter/` beside it."""
+        """The adapter in peft's format in `<name>.adapter-<sha>/`, then the heads file (Stage 1's format, naming that
+        sha: the commit point), then the adapter folders no heads file names are removed."""
         path = self.ckpt_dir / name
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
-            parts = stage2_parts(self.base_parts, self.cfg.lora, save_adapter(model.vl, adapter_dir_for(path)))
+            sha = save_adapter(model.vl, path)
+            parts = stage2_parts(self.base_parts, self.cfg.lora, sha)
             save_checkpoint(path, model.heads, self.stats, self.cfg, self.progress["epoch"],
                             self.progress["global_step"], val_loss, self.split,
                             {"fingerprint": fingerprint_of(parts), "parts": parts})
+            prune_adapters(path, sha)
         return path

@@ -46,24 +46,11 @@ def frame_grid(path, pixel_budget: int, patch: int = 14, merge: int = 2) -> tupl
     return 1, h // patch, w // patch
 
 
-class _ExactWriter(ShardWriter):
-    """Stage 1's shard writer, keeping the tokens' dtype (Stage 1 stores fp16 pooled features)."""
-
-    def add(self, keys, feats, masks) -> None:
-        for k, f, m in zip(keys, feats, masks):
-            if k in self.store or k in self.keys:
-                continue
-            self.keys.append(k), self.feats.append(f.detach().cpu()), self.masks.append(m.cpu())
-        if len(self.keys) >= self.shard_size:
-            self.flush()
-
-
 class VisionCache:
     """`cache.tokens(frame_key)` -> (n, D) tokens; `cache.missing(keys)`; `cache.build(...)` encodes what is missing."""
 
     def __init__(self, root, parts: dict):
         self.store = FeatureStore(root, parts)
-        self._memo: dict[str, torch.Tensor] = {}
 
     @property
     def dir(self):
@@ -73,10 +60,9 @@ class VisionCache:
         return self.store.missing(keys)
 
     def tokens(self, key: str) -> torch.Tensor:
-        if key not in self._memo:
-            feats, _ = self.store.get([key], "python -m vla_lib --mode train (Stage 2 builds its vision cache)")
-            self._memo[key] = feats[0]
-        return self._memo[key]
+        """(n, D): read from the store's open shard (no second copy kept here)."""
+        feats, _ = self.store.get([key], "python -m vla_lib --mode train (Stage 2 builds its vision cache)")
+        return feats[0]
 
     def build(self, model, processor, frames: dict[str, object], pixel_budget: int, rank: int = 0, world: int = 1,
               batch_size: int = 16, log=print) -> int:
@@ -85,7 +71,7 @@ class VisionCache:
         vcfg = inner_model(model).config.vision_config
         patch, merge = vcfg.patch_size, vcfg.spatial_merge_size
         todo = sorted(self.missing(frames))[rank::world]
-        writers: dict[int, _ExactWriter] = {}
+        writers: dict[int, ShardWriter] = {}
         dtype = next(model.parameters()).dtype
         for start in range(0, len(todo), batch_size):
             keys = todo[start:start + batch_size]
@@ -99,7 +85,7 @@ class VisionCache:
             tokens = vision_tokens(model, batch["pixel_values"].to(dtype), grid).cpu()
             sizes = (grid.prod(-1) // merge ** 2).tolist()
             for k, t in zip(keys, torch.split(tokens, sizes)):
-                writer = writers.setdefault(t.shape[0], _ExactWriter(self.store, rank, 256))
+                writer = writers.setdefault(t.shape[0], ShardWriter(self.store, rank, 256, dtype=None))
                 writer.add([k], t[None], torch.ones(1, t.shape[0], dtype=torch.bool))
             log(f"  vision cache: {min(start + batch_size, len(todo))}/{len(todo)} frames encoded")
         for writer in writers.values():

@@ -121,7 +121,8 @@ class FeatureStore:
     # -- reading --------------------------------------------------------------------------------------------------
     def get(self, keys: list[str], fix_command: str = "python -m vla_lib --mode cache --params ...",
             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features (N, T, D) float16, mask (N, T) bool); a miss raises CacheMissError with `fix_command`."""
+        """(features (N, T, D) as stored (Stage 1: float16), mask (N, T) bool); a miss raises CacheMissError with
+        `fix_command`."""
         missing = self.missing(keys)
         if missing:
             raise CacheMissError(missing, self.dir, fix_command, self.bad_shards)
@@ -179,8 +180,9 @@ class FeatureTable:
 
 
 class ShardWriter:
-    def __init__(self, store: FeatureStore, rank: int, shard_size: int):
-        self.store, self.rank, self.shard_size = store, rank, shard_size
+    def __init__(self, store: FeatureStore, rank: int, shard_size: int, dtype: torch.dtype | None = torch.float16):
+        """`dtype`: what entries are stored as (Stage 1's pooled features: fp16; None: as given)."""
+        self.store, self.rank, self.shard_size, self.dtype = store, rank, shard_size, dtype
         self.keys: list[str] = []
         self.feats: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
@@ -190,7 +192,7 @@ class ShardWriter:
         for k, f, m in zip(keys, feats, masks):
             if k in self.store or k in self.keys:  # duplicates are encoded once, stored once
                 continue
-            self.keys.append(k), self.feats.append(f.detach().to("cpu", torch.float16)), self.masks.append(m.cpu())
+            self.keys.append(k), self.feats.append(f.detach().to("cpu", self.dtype or f.dtype)), self.masks.append(m.cpu())
         if len(self.keys) >= self.shard_size:
             self.flush()
 
