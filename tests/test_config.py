@@ -50,6 +50,19 @@ def test_a_params_file_extends_another_section_by_section(tmp_path):
     demo, stage2 = (RunConfig.from_yaml(Path("params") / f) for f in ("demo.yaml", "demo_stage2.yaml"))
     assert stage2.data == demo.data and stage2.model == demo.model and stage2.backbone == demo.backbone
     assert (stage2.run_name, stage2.train.training_stage) == ("demo_stage2", "stage2")
+    import shutil
+
+    import yaml
+
+    from vla_lib.sweep import write_params
+
+    (tmp_path / "params").mkdir()
+    for f in ("demo.yaml", "demo_stage2.yaml"):
+        shutil.copy(Path("params") / f, tmp_path / "params" / f)
+    written = write_params("params/demo_stage2.yaml", root=tmp_path)  # sweeps read `extends` too
+    members = [yaml.safe_load((tmp_path / path).read_text()) for _, path in written]
+    assert members and all(RunConfig.from_dict(v).data == demo.data and v["train"]["training_stage"] == "stage2"
+                           and "demo_stage2_sweep" in str(path) for v, (_, path) in zip(members, written))
     (tmp_path / "base.yaml").write_text("extends: sub/variant.yaml\n")
     with pytest.raises(ConfigError, match="circle"):
         RunConfig.from_yaml(tmp_path / "sub/variant.yaml")

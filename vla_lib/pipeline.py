@@ -4,9 +4,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
 
-from vla_lib.config import RunConfig
+from vla_lib.config import RunConfig, load_params
 from vla_lib.notebook import repo_root
 from vla_lib.sim.demonstrations import write_dataset
 
@@ -32,7 +31,7 @@ def run_notebooks(params_file: str, only: list[str] | None = None, log=print) ->
     import papermill as pm  # heavy (nbclient, jupyter): only when notebooks run
 
     root = repo_root()
-    params = yaml.safe_load((root / params_file).read_text()) or {}
+    params = load_params(root / params_file)  # `extends:` resolved
     cfg = RunConfig.from_dict(params)
     out = root / cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from vla_lib.config import RunConfig
+from vla_lib.config import RunConfig, load_params
 from vla_lib.notebook import repo_root
 
 MEMBER_NOTEBOOK = "notebooks/sweep_member.ipynb"
@@ -76,7 +76,7 @@ def expand(base: dict) -> list[tuple[str, dict]]:
 def write_params(base_file: str | Path, root: Path | None = None) -> list[tuple[str, Path]]:
     """Write one params file per member under outputs/<sweep>/params/; returns (member, path relative to root)."""
     root = root or repo_root()
-    base = yaml.safe_load((root / base_file).read_text()) or {}
+    base = load_params(root / base_file)  # `extends:` resolved
     cfg = RunConfig.from_dict(base)
     out = Path(cfg.output_root) / sweep_name(cfg) / "params"
     (root / out).mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def collect(params_file: str) -> dict:
     import pandas as pd
 
     root = repo_root()
-    base = yaml.safe_load((root / params_file).read_text()) or {}
+    base = load_params(root / params_file)
     cfg = RunConfig.from_dict(base)
     curves, rows = [], []
     grid = list(cfg.sweep.grid)
