@@ -1,7 +1,8 @@
 """One configuration system for the CLI, the notebooks and papermill.
 
 A run is described by `RunConfig`, a tree of dataclasses. A YAML parameter file has one mapping per section
-(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `live:`, `closed_loop:`, `sweep:`, `lora:`) plus a few top-level keys; papermill's
+(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `live:`, `closed_loop:`, `sweep:`,
+`lora:`) plus a few top-level keys (and `extends: other.yaml`, see `load_params`); papermill's
 `-f params/x.yaml` injects the same sections as notebook variables, and `RunConfig.from_dict` turns them back into
 dataclasses. CLI flags (including the seed's) are dotted overrides applied on top (see `cli.py`).
 Unknown keys are errors, never silently ignored.

@@ -138,8 +138,8 @@ def load_data(cfg, say, is_main: bool, resume: dict | None = None):
         train_ids, val_ids = resume["split"]["train"], resume["split"]["val"]
         lost = sorted(set(train_ids + val_ids) - set(index.sessions))
         if lost:
-            raise RunStateError(f"sessions of the recorded split (of the run being resumed, or of the Stage-1 checkpoint) "
-                                f"are not usable now: {lost} (see the skipped sessions above); restore them, or start "
+            raise RunStateError(f"sessions of the recorded split (of the run being resumed, or of the Stage-1 "
+                                f"checkpoint) are not usable now: {lost} (see the skipped sessions above); restore them, or start "
                                 "a new run with --run-name NAME")
         stats = NormStats.from_dict(resume["stats"])
     train_index, val_index = index.subset(train_ids), index.subset(val_ids)
@@ -352,7 +352,8 @@ class Trainer:
             model.compile(mode=tc.compile_mode)
             self.say(f"Heads compiled in place (torch.compile, mode {tc.compile_mode}); the first steps include "
                      "compilation")
-        return (model, param_groups(model, tc), FeatureJoinedDataset(SampleDataset(train_index, cfg.data), train_features),
+        return (model, param_groups(model, tc),
+                FeatureJoinedDataset(SampleDataset(train_index, cfg.data), train_features),
                 FeatureJoinedDataset(SampleDataset(val_index, cfg.data), val_features), train_index)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, ...]:
@@ -444,7 +445,8 @@ class Trainer:
         self.model.eval()
         acc = self.acc
         mine = list(range(acc.process_index, len(self.val_set), acc.num_processes))
-        loader = DataLoader(torch.utils.data.Subset(self.val_set, mine), batch_size=max(self.cfg.train.batch_size, self.val_batch_min),
+        loader = DataLoader(torch.utils.data.Subset(self.val_set, mine),
+                            batch_size=max(self.cfg.train.batch_size, self.val_batch_min),
                             collate_fn=self.collate, num_workers=self.cfg.train.num_workers)
         totals = torch.zeros(2, device=acc.device)
         for batch in loader:

@@ -70,8 +70,9 @@ class Stage2Model(torch.nn.Module):
         heads = {k.removeprefix("heads."): v for k, v in state.items() if k.startswith("heads.")}
         lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
         self.heads.load_state_dict(heads, strict=True)
-        if strict and set(lora) != set(adapter_state(self.vl)):  # every adapter tensor, no other
-            raise RuntimeError(f"adapter state does not match the model: {sorted(set(lora) ^ set(adapter_state(self.vl)))[:5]}")
+        expected = set(adapter_state(self.vl))
+        if strict and set(lora) != expected:  # every adapter tensor, no other
+            raise RuntimeError(f"adapter state does not match the model: {sorted(set(lora) ^ expected)[:5]}")
         return set_peft_model_state_dict(self.vl, lora)
 
     def lora_parameters(self) -> list[torch.nn.Parameter]:
@@ -162,11 +163,11 @@ class InputBuilder:
                    for instr, m, frames in zip(batch["instruction"], masks, batch["frames"])]
         plan = plan_from_grids(self.vl, self.processor, samples, pooling, self.budget)
         keys = [k for frames in batch["frames"] for k, _ in frames]
-        for k, n in zip(keys, (plan.grid_thw.prod(-1) // self.merge ** 2).tolist()):
-            if self.cache.tokens(k).shape[0] != n:
-                raise RuntimeError(f"vision cache entry {k} holds {self.cache.tokens(k).shape[0]} tokens, the "
-                                   f"frame's grid gives {n}")
-        tokens = torch.cat([self.cache.tokens(k) for k in keys])
+        found = [self.cache.tokens(k) for k in keys]
+        for k, t, n in zip(keys, found, (plan.grid_thw.prod(-1) // self.merge ** 2).tolist()):
+            if t.shape[0] != n:
+                raise RuntimeError(f"vision cache entry {k} holds {t.shape[0]} tokens, the frame's grid gives {n}")
+        tokens = torch.cat(found)
         return {"plan": plan.to(self.device), "image_tokens": tokens.to(self.device, non_blocking=True)}
 
 
@@ -183,8 +184,8 @@ def use_vision_cache(cfg, model) -> bool:
     if outside:
         raise ConfigError(f"lora.targets {cfg.lora.targets} reach modules outside the language model's decoder "
                           f"layers ({outside[:3]} ...): Stage 2 trains LoRA on those layers only (the vision tower "
-                          "runs frozen); the LM's attention is q_proj, k_proj, v_proj, o_proj (the vision blocks' MLP shares the names "
-                          "gate_proj, up_proj, down_proj)")
+                          "runs frozen); the LM's attention is q_proj, k_proj, v_proj, o_proj (the vision blocks' MLP "
+                          "shares the names gate_proj, up_proj, down_proj)")
     return cfg.lora.vision_cache != "off"
 
 
