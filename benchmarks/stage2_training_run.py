@@ -79,7 +79,7 @@ def main():
         vision = next((ln for ln in lines if ln.startswith("Vision cache")), "")
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
         print(json.dumps({"batch": int(batch), "gradient_checkpointing": gc,
-                          "layers": mode[0] if mode else "compiled", "steps": summary["global_step"],
+                          "layers": "eager" if mode == ["eager"] or not torch.cuda.is_available() else "compiled", "steps": summary["global_step"],
                           "train_samples_per_s_by_epoch": [round(e["train/samples_per_s"], 2) for e in epochs],
                           "val_loss_by_epoch": [round(e["val/loss_epoch"], 5) for e in epochs],
                           "peak_GiB": round(peak, 1),
