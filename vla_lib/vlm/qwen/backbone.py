@@ -21,6 +21,7 @@ from vla_lib.vlm.qwen.tiny_model import build_tiny_model, qwen25_vl_3b_config
 # on both, a 640x360 view becomes 616x336 (264 tokens) in qwen_vl_utils, and the processor would then *upscale* it to
 # 672x364 (312 tokens) to reach min_pixels. So the processor keeps its floor as minimum and the budget as maximum.
 PROCESSOR_MIN_PIXELS = 56 * 56
+RANDOM_WEIGHTS_SEED = 0  # backbone.random_weights: every load draws these same weights
 
 
 @dataclass
@@ -97,7 +98,10 @@ def load_backbone(cfg) -> Backbone:
         processor = AutoProcessor.from_pretrained(source)
         config = qwen25_vl_3b_config(processor.tokenizer)
         config._attn_implementation = cfg.attn_implementation
-        with torch.device(device):
+        # the same random weights at every load (seeded, the caller's RNG untouched): the cache build, Stage 2 and
+        # the policy then see one backbone, which is what the fingerprint below claims
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     else:
         processor = AutoProcessor.from_pretrained(source, revision=cfg.revision)
@@ -182,7 +186,7 @@ def backbone_source(cfg) -> str:
 def backbone_fingerprint(cfg) -> str:
     """Identity of the backbone's weights and config, computed from files (training needs it without the model)."""
     if cfg.random_weights:
-        return "random-qwen2.5-vl-3b"
+        return f"random-qwen2.5-vl-3b-seed{RANDOM_WEIGHTS_SEED}"
     source = backbone_source(cfg)
     path = Path(source)
     if not path.is_dir():  # a hub id: the name and revision identify it
