@@ -7,6 +7,8 @@ import os
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -15,6 +17,28 @@ from vla_lib.config import RunConfig, SyntheticConfig  # noqa: E402
 from vla_lib.sim.demonstrations import write_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def ci_config(data_root: Path, base: Path) -> RunConfig:
+    """params/ci.yaml on the sessions under `data_root`, with the tiny VLM and the feature store under `base` (a
+    test's temporary folder)."""
+    cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
+    cfg.data.root = str(data_root)
+    cfg.backbone.tiny_model_dir = str(base / "tiny")
+    cfg.cache.dir = str(base / "cache")
+    return cfg
+
+
+def run_cli(args, out_dir, extra=(), launcher=(sys.executable, "-m", "vla_lib"), wait=True, timeout=600):
+    """`python -m vla_lib ARGS --output-dir OUT_DIR EXTRA` from the repository root, deterministic on the CPU: its
+    output (asserting success), or the running process (`wait=False`, e.g. to kill it)."""
+    cmd = [*launcher, *args, "--output-dir", str(out_dir), *extra]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    if wait:
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def small_synthetic(out_dir: Path, **kw) -> SyntheticConfig:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import ci_config, run_cli
 from tests.test_config import SEED_TRAIN
 from vla_lib.config import RunConfig
 from vla_lib.models.checkpoint import CheckpointMismatchError, load_checkpoint
@@ -21,24 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def prepared(synth_root, tmp_path_factory):
     """A built cache for the shared synthetic sessions; returns the --set arguments that point at it."""
-    base = tmp_path_factory.mktemp("train")
-    cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
-    cfg.data.root = str(synth_root)
-    cfg.backbone.tiny_model_dir = str(base / "tiny")
-    cfg.cache.dir = str(base / "cache")
+    cfg = ci_config(synth_root, tmp_path_factory.mktemp("train"))
     build_cache(cfg, log=lambda *a: None)
     return ["--mode", "train", "--params", "params/ci.yaml", "--data-root", str(synth_root), "--cache-dir", cfg.cache.dir,
             "--set", f"backbone.tiny_model_dir={cfg.backbone.tiny_model_dir}", "--wandb-mode", "disabled"]
 
 
-def _run(args, out_dir, extra=(), launcher=(sys.executable, "-m", "vla_lib"), wait=True):
-    cmd = [*launcher, *args, "--output-dir", str(out_dir), *extra]
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    if wait:
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return done.stdout + done.stderr
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_run = run_cli
 
 
 def test_seed_command_line_trains_and_checkpoints(prepared, tmp_path):

@@ -5,9 +5,8 @@ import pytest
 import yaml
 
 from vla_lib import cli
-from vla_lib.config import RunConfig
 from vla_lib.data.recorder_formats import read_session
-from tests.conftest import REPO
+from tests.conftest import REPO, ci_config
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +16,7 @@ def checkpoint(rig_root, tmp_path_factory):
     from vla_lib.rig.run import untrained_policy
 
     tmp = tmp_path_factory.mktemp("live_ckpt")
-    cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
-    cfg.data.root = str(rig_root)
-    cfg.backbone.tiny_model_dir = str(tmp / "tiny")
+    cfg = ci_config(rig_root, tmp)
     policy = untrained_policy(cfg)
     save_checkpoint(tmp / "heads.pt", policy.heads, policy.stats, cfg, epoch=0, step=0, val_loss=0.0)
     return tmp / "heads.pt", cfg.backbone.tiny_model_dir

@@ -1,11 +1,7 @@
 """A Stage-1 run on the shared synthetic sessions (tiny VLM, CI settings), the start of every Stage-2 test."""
-from pathlib import Path
-
 import pytest
 
-from vla_lib.config import RunConfig
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import ci_config
 
 
 @pytest.fixture(scope="session")
@@ -15,10 +11,7 @@ def stage1_run(synth_root, tmp_path_factory):
     from vla_lib.vlm.cache_build import build_cache
 
     base = tmp_path_factory.mktemp("stage2")
-    cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
-    cfg.data.root = str(synth_root)
-    cfg.backbone.tiny_model_dir = str(base / "tiny")
-    cfg.cache.dir = str(base / "cache")
+    cfg = ci_config(synth_root, base)
     cfg.output_root = str(base / "outputs")
     cfg.train.output_dir = str(base / "stage1")
     cfg.train.epochs, cfg.train.batch_size = 1, 8

@@ -1,10 +1,7 @@
 """Stage 2 through the CLI: exact resume after SIGKILL; the checkpoint (heads + peft adapter) as a VLAPolicy that
 gives the training model's outputs; a Stage-2 checkpoint never reads the Stage-1 feature store."""
 import copy
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,17 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import run_cli
 
 
 def _run(flags, out_dir, extra=(), wait=True):
-    cmd = [sys.executable, "-m", "vla_lib", "--mode", "train", *flags, "--output-dir", str(out_dir), *extra]
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    if wait:
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return done.stdout + done.stderr
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return run_cli(["--mode", "train", *flags], out_dir, extra, wait=wait, timeout=900)
 
 
 def _final(run: Path) -> dict:
