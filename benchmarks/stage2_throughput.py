@@ -97,7 +97,7 @@ def main():
     opt = torch.optim.AdamW(params, lr=1e-5, fused=cuda or None)
     layer_fn = compiled_layer() if cuda else None
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, backbone "
-          f"{args.model}{' (random weights)' if args.random_weights else ''}, {bb.dtype}, "
+          f"{bb.name}, {bb.dtype}, "
           f"{sum(p.numel() for p in bb.model.parameters()) / 1e9:.3f} B parameters, LoRA "
           f"{lora_parameter_count(peft_model):,}", flush=True)
     rows = []

@@ -1,15 +1,21 @@
-"""Stage-1 training throughput from the cache, data loading included (issue 6): samples/s per epoch.
+"""Stage-1 training throughput from the cache, data loading included: samples/s per epoch, median and range over
+rounds, compiled beside eager in one process.
 
-    python benchmarks/train_throughput.py --sessions 24 --duration 45 --batch-size 64 --workers 8 --compile
+    python benchmarks/train_throughput.py --sessions 24 --duration 45 --batch-size 64 --workers 8 --compile --rounds 3
 
 Writes synthetic sessions, fills a feature store with random 2048-d features (the 3B backbone's width, under the
 random-weights fingerprint: the heads' cost does not depend on feature values), then trains the `original`-shape
-heads through `vla_lib.train.train` and prints samples/s of each epoch (the first includes warm-up).
+heads through `vla_lib.train.train` and prints samples/s of each epoch (the first includes warm-up). A run whose
+logged loss or gradient norm is not finite prints no throughput (training itself stops on one: train.FiniteGuard).
+`compare_compiled_to_eager` (also a step of scripts/gpu_check.py) trains the heads compiled and eager on the same
+batches and reports their losses step by step.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +35,13 @@ def main():
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="per run; the first includes warm-up and is not counted")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each variant: median and range over them")
     ap.add_argument("--preset", default="original")
-    ap.add_argument("--compile", action="store_true", help="train.compile (torch.compile the heads in place)")
-    ap.add_argument("--compile-mode", default="reduce-overhead", help="train.compile_mode")
+    ap.add_argument("--variants", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    ap.add_argument("--compile-mode", default="reduce-overhead", help="train.compile_mode of the compiled variant")
     ap.add_argument("--log-every", type=int, default=50, help="train.log_every_steps (each log is a host sync)")
+    ap.add_argument("--breakdown", action="store_true", help="also time the loader alone and the step alone")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="train_bench_"))
@@ -42,11 +50,12 @@ def main():
         "synthetic": {"out_dir": str(out / "sessions"), "num_sensor_sessions": args.sessions * 2 // 3,
                       "num_nosensor_sessions": args.sessions - args.sessions * 2 // 3, "duration_s": args.duration,
                       "image_width": 160, "image_height": 90},
-        "data": {"root": str(out / "sessions"), "check_images": False}, "backbone": {"random_weights": True, "tiny_model_dir": str(out / "tiny")},
+        "data": {"root": str(out / "sessions"), "check_images": False},
+        "backbone": {"random_weights": True, "tiny_model_dir": str(out / "tiny")},
         "cache": {"dir": str(out / "cache")}, "model": {"preset": args.preset},
-        "train": {"output_dir": str(out / "train"), "epochs": args.epochs, "batch_size": args.batch_size,
-                  "grad_accum_steps": 1, "num_workers": args.workers, "wandb_mode": "disabled",
-                  "log_every_steps": args.log_every, "compile": args.compile, "compile_mode": args.compile_mode},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "grad_accum_steps": 1,
+                  "num_workers": args.workers, "wandb_mode": "disabled", "log_every_steps": args.log_every,
+                  "compile_mode": args.compile_mode},
     })
     t = time.time()
     write_dataset(cfg.synthetic)
@@ -61,17 +70,35 @@ def main():
                    torch.ones(len(part), n_tokens, dtype=torch.bool))
     writer.flush()
     store.merge_index()
-    print(f"{len(index)} samples, {len(keys)} distinct VL inputs, prepared in {time.time() - t:.0f} s")
-    summary = train(cfg, log=print)
-    rates = [row["train/samples_per_s"] for row in summary["history"]]
-    loader_rate, model_rate = breakdown(cfg, index, store, args)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(json.dumps({"device": device, "batch_size": args.batch_size, "workers": args.workers,
-                      "compile": args.compile and args.compile_mode,
-                      "train_loss_per_epoch": [round(row["train/loss_epoch"], 4) for row in summary["history"]],
-                      "preset": args.preset, "samples_per_s_per_epoch": [round(r) for r in rates],
-                      "best_after_warmup": round(max(rates[1:] or rates)),
-                      "loader_only_samples_per_s": round(loader_rate), "model_only_samples_per_s": round(model_rate)}))
+    print(f"{device}, torch {torch.__version__}; {len(index)} samples, {len(keys)} distinct VL inputs, prepared in "
+          f"{time.time() - t:.0f} s; heads {args.preset}, batch {args.batch_size}, {args.workers} workers", flush=True)
+    results = {v: [] for v in args.variants}
+    for r in range(args.rounds):
+        for variant in args.variants:  # alternated, so drift of the machine falls on both
+            run_cfg = cfg.with_overrides({"train.output_dir": str(out / f"train_{variant}_{r}"),
+                                          "train.compile": variant == "compiled"})
+            summary = train(run_cfg, log=lambda *a: None)  # stops with NonFiniteError on a non-finite loss
+            rows = summary["history"]
+            losses = [row["train/loss_epoch"] for row in rows] + [row["val/loss_epoch"] for row in rows]
+            if not all(math.isfinite(v) for v in losses):
+                raise SystemExit(f"{variant} round {r + 1}: a non-finite loss ({losses}): no throughput printed")
+            rate = statistics.median(row["train/samples_per_s"] for row in rows[1:] or rows)
+            results[variant].append({"rate": rate, "losses": [round(row["train/loss_epoch"], 4) for row in rows]})
+            print(f"  round {r + 1} {variant}: {rate:.0f} samples/s after the first epoch, train loss per epoch "
+                  f"{results[variant][-1]['losses']}", flush=True)
+    report = {"device": device, "batch_size": args.batch_size, "workers": args.workers, "rounds": args.rounds,
+              "compile_mode": args.compile_mode}
+    for variant, runs in results.items():
+        rates = [run["rate"] for run in runs]
+        report[variant] = {"samples_per_s_median": round(statistics.median(rates)),
+                           "range": [round(min(rates)), round(max(rates))],
+                           "train_loss_per_epoch": [run["losses"] for run in runs]}
+    print(json.dumps(report))
+    if args.breakdown:
+        loader_rate, model_rate = breakdown(cfg, index, store, args)
+        print(json.dumps({"loader_only_samples_per_s": round(loader_rate),
+                          "model_only_samples_per_s": round(model_rate)}))
 
 
 def breakdown(cfg, index, store, args) -> tuple[float, float]:
@@ -101,7 +128,7 @@ def breakdown(cfg, index, store, args) -> tuple[float, float]:
     loader_rate = n / (time.perf_counter() - t0)
     cfg.model.vl_dim = 2048
     model = Stage1Policy(cfg.model).to(device).train()
-    if args.compile:
+    if "compiled" in args.variants:
         model.compile(mode=args.compile_mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     steps = 30
@@ -117,8 +144,77 @@ def breakdown(cfg, index, store, args) -> tuple[float, float]:
         opt.step()
         opt.zero_grad()
     torch.cuda.synchronize() if device.type == "cuda" else None
-    return loader_rate, steps * args.batch_size / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    if not torch.isfinite(loss):
+        raise SystemExit(f"the step-alone loop ended with a non-finite loss ({float(loss)}): no throughput printed")
+    return loader_rate, steps * args.batch_size / elapsed
 
 
 if __name__ == "__main__":
     main()
+
+
+def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64,
+                              modes: tuple = ("default", "reduce-overhead"), n_batches: int = 8) -> dict:
+    """The heads of `params`' model section, dropout 0, trained `steps` AdamW steps on the same batches (the params'
+    sessions, random 2048-d VL features with each sample's view mask) eager and compiled in each of `modes`, under
+    bf16 autocast on CUDA. Returns per mode the last step's loss, eager's, their relative difference and whether
+    every loss and gradient norm was finite; raises if one was not."""
+    import copy
+    import math
+
+    from vla_lib.data.batches import collate
+    from vla_lib.data.normalization import compute_stats
+    from vla_lib.data.samples import SampleDataset
+    from vla_lib.models.inputs import PolicyInputs
+    from vla_lib.train import build_model, masked_mse, param_groups, sample_weights
+
+    cfg = RunConfig.from_yaml(params).with_overrides({"model.dropout": 0.0})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    index = build_index(cfg.data, verbose=False)
+    data = SampleDataset(index, cfg.data)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(n_batches):
+        rows = torch.randperm(len(index), generator=gen)[:batch_size].tolist()
+        b = collate([data[i] for i in rows])
+        views = torch.tensor([[p is not None for p in index.view_paths(i)] + [True] for i in rows])
+        x = PolicyInputs(torch.randn(len(rows), views.shape[1], 2048, generator=gen).to(device), views.to(device),
+                         b["sensor"].to(device), b["sensor_mask"].to(device), b["history"].to(device))
+        batches.append((x, b["target"].to(device), b["target_mask"].to(device)))
+    torch.manual_seed(0)
+    base = build_model(cfg, compute_stats(index), 2048).to(device).train()
+
+    def run(mode):
+        torch._dynamo.reset()
+        model = copy.deepcopy(base)
+        if mode != "eager":
+            model.compile(mode=mode)
+        for p in model.parameters():  # as the Trainer: gradients zeroed in place (see train.Trainer.setup)
+            p.grad = torch.zeros_like(p)
+        opt = torch.optim.AdamW(param_groups(model, cfg.train), fused=device.type == "cuda" or None)
+        losses = []
+        for k in range(steps):
+            x, target, mask = batches[k % len(batches)]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                pred = model(x)
+            per_sample = masked_mse(pred.float(), model.normalize_actions(target), mask)
+            loss = (per_sample * sample_weights(x.has_sensor, cfg.train)).mean()
+            loss.backward()
+            grad = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+            losses.append((float(loss), float(grad)))
+        bad = [k + 1 for k, (l, g) in enumerate(losses) if not (math.isfinite(l) and math.isfinite(g))]
+        if bad:
+            raise RuntimeError(f"{mode}: non-finite loss or gradient norm at steps {bad[:5]} (first: {losses[bad[0] - 1]})")
+        return [l for l, _ in losses]
+
+    eager = run("eager")
+    out = {}
+    for mode in modes:
+        losses = run(mode)
+        rel = [abs(a - b) / abs(b) for a, b in zip(losses, eager)]
+        out[mode] = {"loss_last": losses[-1], "eager_last": eager[-1], "rel_diff_last": rel[-1],
+                     "rel_diff_max": max(rel), "loss_first": losses[0], "eager_first": eager[0]}
+    return out

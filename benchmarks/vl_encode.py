@@ -83,7 +83,7 @@ def main():
                          dtype="fp32" if (cuda and not args.no_check) else "auto")
     bb = load_backbone(cfg)
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, "
-          f"backbone {args.model}{' (random weights)' if args.random_weights else ''}, "
+          f"backbone {bb.name}, "
           f"{sum(p.numel() for p in bb.model.parameters()) / 1e9:.3f} B parameters", flush=True)
     if cuda and not args.no_check:
         check(bb, args, levels)

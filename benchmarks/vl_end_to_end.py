@@ -156,7 +156,7 @@ def main():
                          image_prep="cpu")
     bb = load_backbone(cfg)
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, backbone "
-          f"{args.model}{' (random weights)' if args.random_weights else ''}, {args.views} views", flush=True)
+          f"{bb.name}, {args.views} views", flush=True)
     ok = check(bb, sizes, args.views, "cpu")
     if cuda:
         ok &= check(bb, sizes, args.views, "cuda")

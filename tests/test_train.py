@@ -192,3 +192,49 @@ def test_run_configs_of_earlier_checkpoints_still_load():
     old["model"]["horizon"], old["model"]["sensor_enabled"] = 8, False
     cfg = RunConfig.from_saved(old)
     assert cfg.data.history_steps == 0 and cfg.model.horizon == cfg.data.horizon
+
+
+def test_a_non_finite_loss_stops_the_run_at_its_step_and_nothing_after_it_is_saved(prepared, tmp_path, monkeypatch):
+    from vla_lib import train as training
+    from vla_lib.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(
+        prepared + ["--output-dir", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--save-every-steps", "1"]))
+    stock, calls = training.Trainer.loss, []
+
+    def loss(self, batch):  # the second training batch's loss turns NaN (validation never runs before it)
+        out = stock(self, batch)
+        calls.append(1)
+        return (out[0] * float("nan"), *out[1:]) if len(calls) == 2 else out
+
+    monkeypatch.setattr(training.Trainer, "loss", loss)
+    with pytest.raises(training.NonFiniteError, match="optimiser step 2: the loss and gradient norm were not finite"):
+        training.train(cfg, log=lambda *a: None)
+    ckpts = tmp_path / "checkpoints"
+    assert not any((ckpts / name).exists() for name in ("qwen_vla_sensor.pt", "qwen_vla_sensor_best.pt"))
+    state = torch.load(ckpts / "resume_state.pt", weights_only=True)  # written after step 1, not after step 2
+    assert state["progress"]["global_step"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def _cli_error(args, env=None) -> str:
+    done = subprocess.run([sys.executable, "-m", "vla_lib", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+def test_a_split_without_validation_samples_is_one_line_with_the_fix(prepared, tmp_path):
+    line = _cli_error(prepared + ["--output-dir", str(tmp_path), "--set", "data.val_fraction=0"])
+    assert "no validation samples" in line and "data.val_fraction" in line and "data.val_sessions" in line
+
+
+def test_stage1_params_offline_is_one_line_naming_the_hub_id_and_the_fix(synth_root, tmp_path):
+    for mode in ("cache", "train"):
+        line = _cli_error(["--mode", mode, "--params", "params/stage1.yaml", "--data-root", str(synth_root),
+                           "--cache-dir", str(tmp_path / "cache"), "--run-name", "offline",
+                           "--set", f"output_root={tmp_path}"], env={"HF_HUB_OFFLINE": "1"})
+        assert "'Qwen/Qwen2.5-VL-3B-Instruct' (a hub id) could not be loaded" in line and "hf download" in line
+        assert "--random-weights" in line

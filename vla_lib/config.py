@@ -73,6 +73,7 @@ class SyntheticConfig:
     out_dir: str = "outputs/demo/sessions"
     num_sensor_sessions: int = 4  # recv_all_* (Family A), split over the two priority groups
     num_nosensor_sessions: int = 2  # Captures* / ZED_Captures_* (Family B)
+    num_episode_sessions: int = 0  # New_dataset/episode_* (Family C; scripted scenario only)
     duration_s: float = 20.0
     image_width: int = 1280
     image_height: int = 720
@@ -86,6 +87,8 @@ class SyntheticConfig:
     def validate(self) -> None:
         if self.scenario not in ("scripted", "sensor_task"):
             raise ConfigError(f"synthetic.scenario must be 'scripted' or 'sensor_task', got {self.scenario!r}")
+        if self.scenario == "sensor_task" and self.num_episode_sessions:
+            raise ConfigError("synthetic.num_episode_sessions (New_dataset episodes) needs synthetic.scenario scripted")
 
 
 @dataclass

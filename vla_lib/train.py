@@ -124,6 +124,36 @@ class RunStateError(RuntimeError):
     """A run folder that cannot be continued with these settings (finished, or other settings)."""
 
 
+class NonFiniteError(RunStateError):
+    """Training produced a non-finite loss or gradient norm: the run stops, and nothing after it is saved."""
+
+
+class FiniteGuard:
+    """Watches every optimiser step's loss and gradient norm on the device (no host sync per step) and remembers the
+    first step where either was not finite; `check` (at each log and before anything is saved) raises then.
+
+    Stopping, not skipping: a NaN in a needle-insertion policy's training is a bug to look at (data, learning rate,
+    a kernel), not noise to step over, and a skipped step would hide it behind a finite curve."""
+
+    def __init__(self, device):
+        self.first = torch.zeros(3, device=device)  # (step, loss, grad norm) of the first bad step; step 0 = none
+
+    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm)) & (self.first[0] == 0)
+        now = torch.stack([loss.new_tensor(float(step)), loss.detach().float(), grad_norm.detach().float()])
+        self.first = torch.where(bad, now, self.first)
+
+    def check(self, where: str) -> None:
+        step, loss, grad = self.first.tolist()
+        if step:
+            what = " and ".join(n for n, v in (("loss", loss), ("gradient norm", grad)) if not math.isfinite(v))
+            raise NonFiniteError(f"training stopped at optimiser step {int(step)}: the {what} "
+                                 f"{'were' if ' and ' in what else 'was'} not finite (loss "
+                                 f"{loss}, gradient norm {grad}); nothing was saved from that step on ({where}), the "
+                                 "checkpoints hold the last finite weights. Lower train.lr / sensor_lr, check the data "
+                                 "with --mode audit, or train with train.compile false to tell a compiler bug apart")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The steps of a run
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,6 +173,11 @@ def load_data(cfg, say, is_main: bool, resume: dict | None = None):
                                 "a new run with --run-name NAME")
         stats = NormStats.from_dict(resume["stats"])
     train_index, val_index = index.subset(train_ids), index.subset(val_ids)
+    if len(val_index) == 0:
+        raise RunStateError(f"the split left no validation samples ({len(train_ids)} usable session(s), "
+                            f"data.val_fraction {cfg.data.val_fraction:g}): record more sessions, raise "
+                            "data.val_fraction (--set data.val_fraction=0.2), or name validation sessions with "
+                            "--set 'data.val_sessions=[SESSION_FOLDER]'")
     say(f"Train: {len(train_index)} samples / Val: {len(val_index)} samples (split by episode: "
         f"{len(train_ids)} / {len(val_ids)} sessions)")
     return train_index, val_index, {"train": train_ids, "val": val_ids}, stats or compute_stats(train_index)
@@ -324,6 +359,14 @@ class Trainer:
                              f"(batch {tc.batch_size} x accum {tc.grad_accum_steps})")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.steps_per_epoch * tc.epochs, tc))
         self.model, self.optimizer = acc.prepare(model, optimizer)  # one prepare; our sampler already splits ranks
+        # Gradients live in tensors of their own, zeroed in place each step (never set to None): otherwise autograd
+        # adopts the first micro-batch's gradients from the backward graph's output memory, which a compiled model
+        # with CUDA graphs (compile_mode reduce-overhead) overwrites at the next micro-batch, so gradient
+        # accumulation crashed ("accessing tensor output of CUDAGraphs that has been overwritten", issue 24).
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.guard = FiniteGuard(acc.device)
         self.mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight,
                                                   tc.nonsensor_confidence)))
         # One loader for the whole run, its workers kept between epochs (starting them costs ~1 s an epoch). The
@@ -404,7 +447,7 @@ class Trainer:
                 self.optimizer.step()
                 if acc.sync_gradients:
                     self.scheduler.step()
-                self.optimizer.zero_grad()
+                self.optimizer.zero_grad(set_to_none=False)
             self.totals += torch.stack([(per_sample * w).sum().detach(), w.sum(), has.sum(),
                                         w.new_full((), float(len(w)))])  # built on the device: no host copy
             window_loss += loss.detach()
@@ -413,8 +456,10 @@ class Trainer:
                 continue
             # an optimiser step was taken: its loss is the mean over the window's micro-batches and the ranks
             progress["global_step"] += 1
+            self.guard.update(progress["global_step"], window_loss, grad_norm)
             bar.update(1)
             if progress["global_step"] % tc.log_every_steps == 0:
+                self.guard.check("at the log of this step")
                 # reading loss/grad back is a host sync: every log_every_steps steps, not every step
                 step_loss = float(acc.reduce(window_loss, reduction="mean")) / tc.grad_accum_steps
                 seen = acc.reduce(self.totals.clone(), reduction="sum")
@@ -440,8 +485,6 @@ class Trainer:
     def validate(self) -> float:
         """Weighted validation loss in eval mode (the training loss), each rank a disjoint part, reduced across
         processes."""
-        if len(self.val_set) == 0:
-            return float("nan")
         self.model.eval()
         acc = self.acc
         mine = list(range(acc.process_index, len(self.val_set), acc.num_processes))
@@ -469,6 +512,10 @@ class Trainer:
         self.history.append(row)
         self.record(row)
         self.say(f"Epoch {epoch} | Train: {train_loss:.6f} | Val: {val_loss:.6f} | {samples_per_s:.0f} samples/s")
+        self.guard.check(f"epoch {epoch}'s checkpoints were not written")
+        if not math.isfinite(val_loss):
+            raise NonFiniteError(f"epoch {epoch}: the validation loss was {val_loss} with finite training steps (the "
+                                 "model in eval mode gives non-finite outputs); its checkpoints were not written")
         if val_loss < progress["best_val"]:
             progress["best_val"] = val_loss
             self.say(f"[Best] Validation improved → saved to {self.save_heads(CHECKPOINT_NAMES['best'], val_loss)}")
@@ -482,6 +529,7 @@ class Trainer:
         """Everything an exact restart needs: weights, optimiser, schedule, progress, run config, and per rank its RNG
         states and running epoch sums (tensors and plain values: loadable with weights_only=True)."""
         acc = self.acc
+        self.guard.check("the resume state was not written")
         mine = {"rng": _rng_state(), "totals": totals.tolist()}
         ranks = acc.gather_for_metrics([mine], use_gather_object=True) if acc.num_processes > 1 else [mine]
         if acc.is_main_process:
@@ -492,6 +540,7 @@ class Trainer:
                          "stats": asdict(self.stats), "processes": acc.num_processes}, self.resume_file)
 
     def save_heads(self, name: str, val_loss: float) -> Path:
+        self.guard.check(f"{name} was not written")
         path = self.ckpt_dir / name
         if self.acc.is_main_process:
             save_checkpoint(path, self.acc.unwrap_model(self.model), self.stats, self.cfg, self.progress["epoch"],

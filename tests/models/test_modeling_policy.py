@@ -102,3 +102,23 @@ def test_masked_batch_norm_equals_batch_norm_when_every_point_counts_also_under_
         y = masked(x.bfloat16(), torch.ones(4, 33))
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref.train()(x), atol=0.05, rtol=0.02)
+
+
+def test_sensor_mask_follows_each_convolutions_receptive_field():
+    """A point after a stride-2 conv counts exactly when its kernel saw a counted input point (the conv itself says
+    which: an all-ones kernel over the mask), for odd and even window lengths (an adaptive pool matches only the
+    odd ones; compiled on CUDA it gave NaN gradients, issue 24)."""
+    from vla_lib.models.modeling_policy import _receptive_mask
+
+    conv = torch.nn.Conv1d(1, 1, 3, stride=2, padding=1, bias=False)
+    torch.nn.init.ones_(conv.weight)
+    gen = torch.Generator().manual_seed(0)
+    seen = (torch.rand(16, 65, generator=gen) > 0.8).float()
+    seen[0], seen[1, :] = 0.0, 1.0  # no point, every point
+    seen[2], seen[2, 64] = 0.0, 1.0  # only the last point
+    expected = (conv(seen.unsqueeze(1)).squeeze(1) > 0).float()
+    got = _receptive_mask(seen, conv)
+    assert got.shape == (16, 33) and torch.equal(got, expected)
+    assert got[2].sum() == 1 and got[2, 32] == 1
+    even = seen[:, :64]
+    assert torch.equal(_receptive_mask(even, conv), (conv(even.unsqueeze(1)).squeeze(1) > 0).float())

@@ -316,7 +316,8 @@ def write_new_dataset_episode(root: Path, spec: TrajectorySpec, cfg, rng, window
 
 def write_scripted_dataset(cfg) -> list[Path]:
     """The scripted scenario: `cfg.num_sensor_sessions` recv_all sessions (two priority groups) and
-    `cfg.num_nosensor_sessions` legacy sessions (OCT_insertion/Captures*, part1/ZED_Captures_*th) under `cfg.out_dir`.
+    `cfg.num_nosensor_sessions` legacy sessions (OCT_insertion/Captures*, part1/ZED_Captures_*th) and
+    `cfg.num_episode_sessions` New_dataset episodes (New_dataset/episode_*) under `cfg.out_dir`.
     Deterministic by seed. `vla_lib.sim.demonstrations.write_dataset` picks the scenario from `cfg.scenario`."""
     if getattr(cfg, "scenario", "scripted") != "scripted":  # fail loudly rather than write the wrong scenario
         raise ValueError(f"synthetic.scenario is {cfg.scenario!r}: use vla_lib.sim.demonstrations.write_dataset")
@@ -337,4 +338,8 @@ def write_scripted_dataset(cfg) -> list[Path]:
         else:
             made.append(write_captures_session(root / "part1", f"ZED_Captures_{i // 2 + 1}th", spec, cfg, rng,
                                                with_oak=False, time_col="timestamp"))
+    for i in range(cfg.num_episode_sessions):
+        n = cfg.num_sensor_sessions + cfg.num_nosensor_sessions + i
+        spec = _make_spec(rng, base + 120 * n, cfg.duration_s, int(rng.integers(len(TARGETS_XY))))
+        made.append(write_new_dataset_episode(root / "New_dataset", spec, cfg, rng))
     return made

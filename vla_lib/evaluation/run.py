@@ -162,8 +162,8 @@ def run_latency(cfg, policy, log=print) -> dict:
     table = latency_sweep(policy.backbone, cfg.eval.latency_views, cfg.eval.latency_resolutions,
                           cfg.eval.latency_repeats, cfg.eval.latency_warmup, cfg.cache.pooling, log=log)
     action = time_action_step(policy.heads, policy.device)
-    result = {"device": _device_name(policy.device), "backbone": cfg.backbone.name_or_path +
-              (" (random weights)" if cfg.backbone.random_weights else ""), "vl_update": table.to_dict("records"),
+    result = {"device": _device_name(policy.device), "backbone": policy.backbone.name,
+              "vl_update": table.to_dict("records"),
               "action_step": action}
     write_json(Path(cfg.run_dir) / "metrics.json", {"latency": result})
     return {"table": table, **result}

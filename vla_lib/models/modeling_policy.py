@@ -47,15 +47,14 @@ class SensorEncoder(nn.Module):
             if valid is not None:
                 valid = nn.functional.interpolate(valid.float().unsqueeze(1), size=self.length,
                                                   mode="nearest").squeeze(1) > 0.5
-        stat_mask = valid.float() if valid is not None else x.new_ones(x.shape[:2])
-        if real is not None:
-            stat_mask = stat_mask * real.view(-1, 1).to(stat_mask.dtype)
+        seen = valid.float() if valid is not None else x.new_ones(x.shape[:2])  # (B, T): the point saw a sample
+        real = x.new_ones(x.shape[0]) if real is None else real.to(seen.dtype)
         h = x.transpose(1, 2)
         for layer in self.conv:
+            if isinstance(layer, nn.Conv1d):
+                seen = _receptive_mask(seen, layer)
             if isinstance(layer, MaskedBatchNorm1d):
-                # a point after a stride-2 conv counts when its receptive field saw a counted input point
-                stat_mask = nn.functional.adaptive_max_pool1d(stat_mask.unsqueeze(1), h.shape[-1]).squeeze(1)
-                h = layer(h, stat_mask)
+                h = layer(h, seen * real.view(-1, 1))
             else:
                 h = layer(h)
         h = h.transpose(1, 2)  # (B, T', C)
@@ -64,9 +63,8 @@ class SensorEncoder(nn.Module):
             h = h + _sinusoid(h.shape[1], h.shape[2], h.device, h.dtype)
         h = self.transformer(h)
         if valid is not None:  # pool over the time steps whose receptive field saw valid samples
-            keep = nn.functional.adaptive_max_pool1d(valid.float().unsqueeze(1), h.shape[1]).squeeze(1)
             # a window with no valid point pools uniformly (its sample takes the null embedding anyway); no host sync
-            keep = torch.where(keep.sum(1, keepdim=True) == 0, torch.ones_like(keep), keep)
+            keep = torch.where(seen.sum(1, keepdim=True) == 0, torch.ones_like(seen), seen)
             pooled = (h * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1e-6)
         else:
             pooled = h.mean(1)
@@ -105,6 +103,18 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         var = torch.where(has, var, self.running_var.to(var.dtype))
         y = (x - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)
         return (y * self.weight[None, :, None] + self.bias[None, :, None]).to(out_dtype)
+
+
+def _receptive_mask(seen: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """(B, T) -> (B, T'): an output point of `conv` counts when its receptive field holds a counted input point.
+
+    Written as pad + unfold + max over the conv's own kernel, stride and padding. An adaptive max pool to the output
+    length gives the same windows only for odd input lengths, and compiled training on CUDA with it (Inductor) gave
+    other losses than eager and NaN gradients from the first step (issue 24; eager and aot_eager were right)."""
+    (k,), (s,), (p,), (d,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if d != 1 or isinstance(conv.padding, str):
+        raise ValueError("the sensor mask follows only undilated convolutions with numeric padding")
+    return nn.functional.pad(seen, (p, p)).unfold(-1, k, s).amax(-1)
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:

@@ -296,6 +296,7 @@ class Stage2Trainer(Trainer):
     def save_heads(self, name: str, val_loss: float) -> Path:
         """The adapter in peft's format in `<name>.adapter-<sha>/`, then the heads file (Stage 1's format, naming that
         sha: the commit point), then the adapter folders no heads file names are removed."""
+        self.guard.check(f"{name} was not written")
         path = self.ckpt_dir / name
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)

@@ -32,7 +32,14 @@ def _batches(bb):
                                           (frames[:3], "Perform the insertion task",
                                            [True, True, False, True, False])], bb.pixel_budget)
     single = prepare_inputs(bb.processor, [(frames, "Insert", [True] * 5)], bb.pixel_budget)
-    return {"mixed": mixed, "single": single}
+    # every view masked (a session's first anchors, before any camera frame): a batch of them has no images at all
+    # (no image_grid_thw: the cache build's last batch crashed on it, issue 24), or sits beside a sample with images
+    blind = ([], "Perform the insertion task", [False] * 5)
+    no_images = prepare_inputs(bb.processor, [blind, blind], bb.pixel_budget)
+    assert "image_grid_thw" not in no_images.batch
+    with_blind = prepare_inputs(bb.processor, [(frames[:2], "Insert", [True, True, False, False, False]), blind],
+                                bb.pixel_budget)
+    return {"mixed": mixed, "single": single, "no_images": no_images, "with_blind": with_blind}
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])

@@ -104,11 +104,11 @@ def load_backbone(cfg) -> Backbone:
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     else:
-        processor = AutoProcessor.from_pretrained(source, revision=cfg.revision)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            source, revision=cfg.revision, dtype=dtype, attn_implementation=cfg.attn_implementation).to(device)
+        processor = _from_pretrained(AutoProcessor, source, revision=cfg.revision)
+        model = _from_pretrained(Qwen2_5_VLForConditionalGeneration, source, revision=cfg.revision, dtype=dtype,
+                                 attn_implementation=cfg.attn_implementation).to(device)
     model.eval().requires_grad_(False)
-    backbone = Backbone(model, processor, device, dtype, cfg.name_or_path, backbone_fingerprint(cfg), budget)
+    backbone = Backbone(model, processor, device, dtype, display_name(cfg), backbone_fingerprint(cfg), budget)
     set_pixel_budget(backbone, budget)
     if resolve_image_prep(cfg.image_prep, device) == "gpu":
         backbone.prep = DeviceImagePrep(processor, device, dtype)
@@ -123,6 +123,30 @@ def load_backbone(cfg) -> Backbone:
         enable_fast_vision(backbone, cfg.fast_vision, compile=cfg.fast_compile and cuda,
                            cuda_graphs=cfg.fast_cuda_graphs and cuda, log=lambda *a: None)
     return backbone
+
+
+def display_name(cfg) -> str:
+    """What banners and metrics call the backbone `cfg` names: random weights are the 3B architecture, whatever
+    folder the processor comes from (its name, "tiny", said the wrong model)."""
+    if cfg.random_weights:
+        return "Qwen2.5-VL-3B architecture (random weights)"
+    return cfg.name_or_path
+
+
+def _from_pretrained(cls, source: str, **kwargs):
+    """`cls.from_pretrained`, with a hub id that cannot be reached (no network, no local copy) or a folder that
+    holds no model turned into one line saying what fixes it, instead of transformers' traceback."""
+    from vla_lib.errors import ConfigError
+
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as e:
+        where = "a local folder" if Path(source).is_dir() else "a hub id"
+        raise ConfigError(
+            f"backbone.name_or_path {source!r} ({where}) could not be loaded by {cls.__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Without network, download it once where "
+            f"there is one (`hf download {source} --local-dir DIR`) and set backbone.name_or_path to DIR "
+            "(--model DIR); for timing only, --random-weights runs the 3B architecture without a download") from None
 
 
 def set_pixel_budget(backbone: Backbone, budget: int) -> None:
@@ -149,7 +173,7 @@ def parts(cfg) -> dict:
     """What identifies the features of the backbone `cfg` names, without loading its weights (the processor only)."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(backbone_source(cfg), revision=cfg.revision)
+    processor = _from_pretrained(AutoProcessor, backbone_source(cfg), revision=cfg.revision)
     on_device = resolve_image_prep(cfg.image_prep, resolve_device(cfg.device)) == "gpu"
     return {"backbone": backbone_fingerprint(cfg), **processor_parts(processor), **_prep_part(on_device)}
 

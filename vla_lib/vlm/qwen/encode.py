@@ -103,7 +103,7 @@ def encode(backbone, inputs: EncoderInputs, pooling: str = "per_view") -> tuple[
         # From page-locked memory, non-blocking: a copy that waits for the stream would hold the host until this
         # batch is done, and the GPU would idle while the host prepares the next one.
         mask = mask.pin_memory() if backbone.device.type == "cuda" else mask
-        return backbone.fast(inputs.batch["pixel_values"], layout), mask.to(backbone.device, non_blocking=True)
+        return backbone.fast(inputs.batch.get("pixel_values"), layout), mask.to(backbone.device, non_blocking=True)
     batch = {k: v.to(backbone.device) for k, v in inputs.batch.items()}
     if "pixel_values" in batch:
         batch["pixel_values"] = batch["pixel_values"].to(backbone.dtype)

@@ -119,26 +119,33 @@ def plan_layout(model, batch: dict, pool_weights: torch.Tensor) -> Layout:
                                            get_vision_window_index)
 
     inner, vcfg = model.model, model.config.vision_config
-    grid = batch["image_grid_thw"].cpu()
-    vpos = get_vision_position_ids(grid, vcfg.spatial_merge_size)
-    cu_full, _ = get_vision_attention_seqlens(grid, vcfg)
-    window_index, cu_window = get_vision_window_index(grid, spatial_merge_size=vcfg.spatial_merge_size,
-                                                      window_size=vcfg.window_size, patch_size=vcfg.patch_size)
     ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu()
+    # A batch whose inputs all have every view masked (a session's first anchors, before any camera frame) has no
+    # images: the processor then gives no image_grid_thw, and the layout has no vision part (the LM runs alone).
+    grid = batch.get("image_grid_thw")
+    grid = grid.cpu() if grid is not None else None
     positions, _ = inner.get_rope_index(ids, batch["mm_token_type_ids"].cpu(), image_grid_thw=grid,
                                         attention_mask=mask)
-    n = ids.shape[1]
     image_rows = torch.nonzero((ids == model.config.image_token_id).flatten()).squeeze(-1)
-    padded = not bool(mask.all())
-    tensors = {"input_ids": ids, "vision_positions": vpos, "window_index": window_index,
-               "reverse_index": torch.argsort(window_index), "cu_full": cu_full.to(torch.int32),
-               "cu_window": cu_window.to(torch.int32), "lm_positions": positions, "image_rows": image_rows,
+    tensors = {"input_ids": ids, "lm_positions": positions, "image_rows": image_rows,
                "pool_weights": pool_weights.float()}
+    longest = (0, 0)
+    if grid is not None:
+        vpos = get_vision_position_ids(grid, vcfg.spatial_merge_size)
+        cu_full, _ = get_vision_attention_seqlens(grid, vcfg)
+        window_index, cu_window = get_vision_window_index(grid, spatial_merge_size=vcfg.spatial_merge_size,
+                                                          window_size=vcfg.window_size, patch_size=vcfg.patch_size)
+        tensors |= {"vision_positions": vpos, "window_index": window_index,
+                    "reverse_index": torch.argsort(window_index), "cu_full": cu_full.to(torch.int32),
+                    "cu_window": cu_window.to(torch.int32)}
+        longest = (_longest(cu_window), _longest(cu_full))
+    elif len(image_rows):
+        raise ValueError("the batch has image tokens but no image_grid_thw")
     # Without padding, SDPA's own causal flag (flash kernels) needs no mask; otherwise the forward builds one on the
     # device from the (B, L) validity (a (B, 1, L, L) mask would be 59 MB to copy at batch 16).
-    if padded or model.config.text_config._attn_implementation != "sdpa":
+    if not bool(mask.all()) or model.config.text_config._attn_implementation != "sdpa":
         tensors["lm_valid"] = mask.bool()
-    return Layout(tensors, _longest(cu_window), _longest(cu_full))
+    return Layout(tensors, *longest)
 
 
 # -- the forward: device work only, no host syncs -------------------------------------------------------------------
@@ -242,10 +249,26 @@ class FastEncoder:
                 + (", blocks compiled" if self.compiled else "") + (", CUDA graph per layout" if self.cuda_graphs
                                                                     else ""))
 
-    def forward(self, pixel_values: torch.Tensor, t: dict, max_window: int, max_full: int) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor | None, t: dict, max_window: int, max_full: int) -> torch.Tensor:
         """Pure device work over device tensors `t` (a Layout's tensors): capturable in a CUDA graph."""
         inner = self.model.model
-        visual, lm = inner.visual, inner.language_model
+        lm = inner.language_model
+        image = self._vision(pixel_values, t, max_window, max_full) if "window_index" in t else None
+        ids = t["input_ids"]
+        b, length = ids.shape
+        x = lm.embed_tokens(ids)
+        if image is not None:
+            x = x.view(b * length, -1).index_copy(0, t["image_rows"], image.to(x.dtype)).view(b, length, -1)
+        position_embeddings = lm.rotary_emb(x, t["lm_positions"])
+        mask = _causal_mask(t["lm_valid"], x.dtype) if "lm_valid" in t else None  # None: SDPA's causal flag
+        for layer in lm.layers:
+            x = self.lm_layer(layer, x, mask, position_embeddings)
+        x = lm.norm(x)
+        return torch.bmm(t["pool_weights"], x.float())
+
+    def _vision(self, pixel_values: torch.Tensor, t: dict, max_window: int, max_full: int) -> torch.Tensor:
+        """The vision tower over all images of the batch: merged image tokens in the processor's order."""
+        visual = self.model.model.visual
         unit = visual.spatial_merge_unit
         h = F.linear(pixel_values.to(self.dtype), self.patch_weight)
         n, width = h.shape
@@ -260,29 +283,21 @@ class FastEncoder:
             h = self.vision_block(blk, h, cos, sin, t["cu_full"] if full else t["cu_window"],
                                   max_full if full else max_window, masks[1] if full else masks[0], self.backend,
                                   self.rotate, self.mlps[i] if self.mlps else None)
-        image = visual.merger(h)[t["reverse_index"]]
-        ids = t["input_ids"]
-        b, length = ids.shape
-        x = lm.embed_tokens(ids)
-        x = x.view(b * length, -1).index_copy(0, t["image_rows"], image.to(x.dtype)).view(b, length, -1)
-        position_embeddings = lm.rotary_emb(x, t["lm_positions"])
-        mask = _causal_mask(t["lm_valid"], x.dtype) if "lm_valid" in t else None  # None: SDPA's causal flag
-        for layer in lm.layers:
-            x = self.lm_layer(layer, x, mask, position_embeddings)
-        x = lm.norm(x)
-        return torch.bmm(t["pool_weights"], x.float())
+        return visual.merger(h)[t["reverse_index"]]
 
     @torch.inference_mode()
-    def __call__(self, pixel_values: torch.Tensor, layout: Layout) -> torch.Tensor:
+    def __call__(self, pixel_values: torch.Tensor | None, layout: Layout) -> torch.Tensor:
+        """`pixel_values` None: a batch without images (its layout has no vision part)."""
         # The layout's small tensors go through page-locked memory: a copy from pageable memory may wait for the
         # stream (the previous batch), and the GPU would then idle while the host plans the next batch.
         tensors = {k: v.pin_memory() if self.device.type == "cuda" else v for k, v in layout.tensors.items()}
         graph = self._graph_for(pixel_values, layout) if self.cuda_graphs else None
         if graph is None:
             t = {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
-            return self.forward(pixel_values.to(self.device, non_blocking=True), t, layout.max_window,
-                                layout.max_full)
-        graph["pixel_values"].copy_(pixel_values, non_blocking=True)
+            pixels = pixel_values.to(self.device, non_blocking=True) if pixel_values is not None else None
+            return self.forward(pixels, t, layout.max_window, layout.max_full)
+        if pixel_values is not None:
+            graph["pixel_values"].copy_(pixel_values, non_blocking=True)
         for k, v in tensors.items():
             graph["inputs"][k].copy_(v, non_blocking=True)
         graph["graph"].replay()
@@ -299,7 +314,7 @@ class FastEncoder:
         """Warm up (compiles, cuDNN/flash set-up) on a side stream, then capture; one memory pool for all layouts
         (never run concurrently)."""
         start = time.perf_counter()
-        static_pixels = pixel_values.to(self.device, dtype=self.dtype)
+        static_pixels = pixel_values.to(self.device, dtype=self.dtype) if pixel_values is not None else None
         inputs = {k: v.to(self.device) for k, v in layout.tensors.items()}
         run = lambda: self.forward(static_pixels, inputs, layout.max_window, layout.max_full)  # noqa: E731
         side = torch.cuda.Stream()
