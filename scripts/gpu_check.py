@@ -183,7 +183,7 @@ def _check_run(run: str, epochs: int, stage2: bool = False) -> tuple[list[dict],
     for name in CHECKPOINT_NAMES.values():
         expect((ckpts / name).exists(), f"{run}: {name} missing")
     if stage2:
-        expect(any(ckpts.glob("qwen_vla_sensor_best.pt.adapter-*")), f"{run}: no adapter folder")
+        expect(any(ckpts.glob("qwen_vla_sensor_best.adapter-*")), f"{run}: no adapter folder")
     else:
         import torch
 
