@@ -262,6 +262,9 @@ def _run_on_clock(policy, io: RobotIO, instruction: str, duration_s: float, peri
 def _summarise(report: RealtimeReport, period: float) -> dict:
     c = report.columns
     lat, stale = np.asarray(c.latency_ms), np.asarray(c.staleness_s)
+    if not len(lat):
+        raise RuntimeError("the real-time loop ran no action step (the stream ended, or the first VL encode took "
+                           "longer than the run)")
     enc = np.array([r["encode_ms"] for r in report.refreshes])
     span = (c.t[-1] - c.t[0]) if len(c.t) > 1 else 0.0
     skipped = c.skipped

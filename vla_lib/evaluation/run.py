@@ -149,6 +149,10 @@ def run_realtime_replay(cfg, policy, session_id: str | None = None, held=None, l
     replay = ReplaySession(index.sessions[session_id], cfg.data)
     log(f"Real-time replay of {session_id} for {cfg.eval.realtime_duration_s:g} s "
         f"(actions at {cfg.eval.action_rate_hz:g} Hz, VL {'as fast as it can' if not cfg.eval.realtime_vl_rate_hz else f'at {cfg.eval.realtime_vl_rate_hz:g} Hz'})")
+    # One untimed encode first: a GPU encoder compiles and captures a graph on its first call (tens of seconds on the
+    # 3B model), which would otherwise pass the replayed session's whole length before the first action step.
+    replay.begin()
+    policy.encode([instruction], [replay.views()[0]])
     report = run_realtime(policy, replay, instruction, cfg.eval.realtime_duration_s, cfg.eval.action_rate_hz,
                           cfg.eval.realtime_vl_rate_hz, end=replay.end)
     report.summary.update(fresh_vs_stale(policy, replay, instruction, report))
