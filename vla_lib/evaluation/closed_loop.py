@@ -228,7 +228,9 @@ def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | Non
     from vla_lib.evaluation.run import load_policy, write_json
 
     if policy is None and any(p.startswith("policy") for p in cfg.closed_loop.predictors):
-        policy = load_policy(cfg, device="cpu")
+        # the backbone's device (auto: the GPU where there is one): heads trained on GPU features (bf16, images
+        # prepared on the device) are refused behind the CPU's fp32 backbone, as they should be
+        policy = load_policy(cfg)
     cached = FrameFeatureCache(policy, feature_cache) if policy is not None else None
     result = evaluate_closed_loop(cfg, cached, log=log)
     if cached is not None:

@@ -108,9 +108,11 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
 def _receptive_mask(seen: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """(B, T) -> (B, T'): an output point of `conv` counts when its receptive field holds a counted input point.
 
-    Written as pad + unfold + max over the conv's own kernel, stride and padding. An adaptive max pool to the output
-    length gives the same windows only for odd input lengths, and compiled training on CUDA with it (Inductor) gave
-    other losses than eager and NaN gradients from the first step (issue 24; eager and aot_eager were right)."""
+    Written as pad + unfold + max over the conv's own kernel, stride and padding. The adaptive max pool used before
+    gives the same windows only for odd input lengths, and with it the sensor encoder compiled by Inductor on CUDA,
+    in training mode, gave other losses than eager and NaN gradients from the first step (eager, aot_eager, eval mode
+    and each layer compiled alone were right; the pool compiled alone matched eager, so the fault is in how Inductor
+    fused it into this graph). With this form compiled equals eager within bf16 noise (scripts/gpu_check.py)."""
     (k,), (s,), (p,), (d,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
     if d != 1 or isinstance(conv.padding, str):
         raise ValueError("the sensor mask follows only undilated convolutions with numeric padding")
