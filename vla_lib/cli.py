@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     """Expected failures (bad settings, a cache miss, a damaged store, bad data, a run folder that cannot be
     continued) end with one line naming the problem and the command that fixes it, and exit code 2."""
     from vla_lib.data.recorder_formats import DataError
+    from vla_lib.finite_guard import NonFiniteError
     from vla_lib.models.checkpoint import CheckpointMismatchError
     from vla_lib.pipeline import NotebookError
     from vla_lib.train import RunStateError
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             run_params_file(cfg)  # the run's settings: any later step may read them with --params
         return code
     except (ConfigError, CacheMissError, DataError, CheckpointMismatchError, RunStateError, NotebookError,
-            FileNotFoundError) as e:
+            NonFiniteError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

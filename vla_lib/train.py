@@ -32,6 +32,7 @@ from vla_lib.data.split import split_sessions
 from vla_lib.config import settings_changed
 from vla_lib.dims import POSE_DIMS
 from vla_lib.errors import ConfigError
+from vla_lib.finite_guard import FiniteGuard, NonFiniteError  # noqa: F401  (NonFiniteError: raised through train)
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
 from vla_lib.models.inputs import inputs_from_batch
 from vla_lib.models.modeling_policy import Stage1Policy
@@ -122,36 +123,6 @@ def _seed_everything(seed: int) -> None:
 
 class RunStateError(RuntimeError):
     """A run folder that cannot be continued with these settings (finished, or other settings)."""
-
-
-class NonFiniteError(RunStateError):
-    """Training produced a non-finite loss or gradient norm: the run stops, and nothing after it is saved."""
-
-
-class FiniteGuard:
-    """Watches every optimiser step's loss and gradient norm on the device (no host sync per step) and remembers the
-    first step where either was not finite; `check` (at each log and before anything is saved) raises then.
-
-    Stopping, not skipping: a NaN in a needle-insertion policy's training is a bug to look at (data, learning rate,
-    a kernel), not noise to step over, and a skipped step would hide it behind a finite curve."""
-
-    def __init__(self, device):
-        self.first = torch.zeros(3, device=device)  # (step, loss, grad norm) of the first bad step; step 0 = none
-
-    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm)) & (self.first[0] == 0)
-        now = torch.stack([loss.new_tensor(float(step)), loss.detach().float(), grad_norm.detach().float()])
-        self.first = torch.where(bad, now, self.first)
-
-    def check(self, where: str) -> None:
-        step, loss, grad = self.first.tolist()
-        if step:
-            what = " and ".join(n for n, v in (("loss", loss), ("gradient norm", grad)) if not math.isfinite(v))
-            raise NonFiniteError(f"training stopped at optimiser step {int(step)}: the {what} "
-                                 f"{'were' if ' and ' in what else 'was'} not finite (loss "
-                                 f"{loss}, gradient norm {grad}); nothing was saved from that step on ({where}), the "
-                                 "checkpoints hold the last finite weights. Lower train.lr / sensor_lr, check the data "
-                                 "with --mode audit, or train with train.compile false to tell a compiler bug apart")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,6 +391,7 @@ class Trainer:
             self.progress = {"epoch": 0, "micro": 0, "global_step": 0, "best_val": float("inf"), "totals": [0.0] * 4}
             if self.acc.is_main_process and self.metrics_file.exists():
                 self.metrics_file.unlink()  # a fresh run: no rows of an earlier, unsaved attempt
+        self.guard.first_step = self.progress["global_step"] + 1
         self.wandb_run = _wandb(self.cfg, self.acc, self.counts)
 
     # -- one epoch -------------------------------------------------------------------------------------------
@@ -456,7 +428,7 @@ class Trainer:
                 continue
             # an optimiser step was taken: its loss is the mean over the window's micro-batches and the ranks
             progress["global_step"] += 1
-            self.guard.update(progress["global_step"], window_loss, grad_norm)
+            self.guard.update(window_loss, grad_norm)
             bar.update(1)
             if progress["global_step"] % tc.log_every_steps == 0:
                 self.guard.check("at the log of this step")
