@@ -61,6 +61,8 @@ def step_fn(variant, gc, peft_model, head, opt, data, device, layer_fn):
         return lm_features(peft_model, data["grid_plan"], data["tokens"], gc,
                            layer_fn if variant == "cached+compiled" else None)
 
+    losses = []  # kept on the device (no sync inside the timing); checked before a figure is printed
+
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             f = features()
@@ -68,6 +70,8 @@ def step_fn(variant, gc, peft_model, head, opt, data, device, layer_fn):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    step.losses = losses
     return step
 
 
@@ -120,6 +124,9 @@ def main():
                     rounds = [timed_ms(step, device, args.repeats, args.warmup if r == 0 else 1)[0]
                               for r in range(args.rounds)]
                     ms = float(np.median(rounds))
+                    if not bool(torch.isfinite(torch.stack(step.losses)).all()):
+                        print(f"  {variant} gc={gc} batch {batch}: a non-finite loss: no figure printed", flush=True)
+                        break
                 except torch.OutOfMemoryError:
                     opt.zero_grad(set_to_none=True)
                     print(f"  {variant} gc={gc} batch {batch}: out of memory", flush=True)

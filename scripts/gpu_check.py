@@ -142,6 +142,7 @@ def synth(check: Check) -> str:
     blind = sum(all(p is None for p in ps) for ps in paths)
     sensor = int(index.table.has_sensor.sum())
     expect(0 < sensor < len(index), "the sessions need samples with and without sensor")
+    expect(blind > 0, "the sessions need samples with every view missing (text-only inputs to the encoder)")
     return (f"{sum(found.values())} sessions {found}; {len(index)} samples ({sensor} with sensor, {blind} with every "
             "view missing)")
 
@@ -151,6 +152,7 @@ def cache(check: Check) -> str:
     done = re.search(r"Cache build complete: (\d+) entries, (\d+) encoded in ([\d.]+) s.*?after the first batch "
                      r"([\d.]+)/s per process", out, re.S)
     expect(done is not None, "no 'Cache build complete' line")
+    expect(int(done.group(2)) > 0, "nothing was encoded (the check's store was not fresh)")
     warm = re.search(r"one-off compile and capture: ([\d.]+) s", out)
     rate = float(done.group(4))
     return (f"{done.group(1)} entries; {1e3 / rate if rate else float('nan'):.1f} ms/sample after the first batch; "
@@ -280,7 +282,7 @@ import numpy as np; assert chunk.shape == (8, 7) and np.isfinite(chunk).all(), c
 STEPS = [("synth", synth), ("cache", cache), ("verify", verify), ("train_compiled", train_compiled),
          ("train_eager", train_eager), ("heads_equivalence", heads_equivalence), ("eval", evaluate),
          ("closed_loop", closed_loop), ("stage2", stage2), ("inference", inference_snippet)]
-NEEDS = {"cache": "synth", "verify": "cache", "train_compiled": "cache", "train_eager": "cache", "eval": "train_compiled",
+NEEDS = {"cache": "synth", "heads_equivalence": "synth", "verify": "cache", "train_compiled": "cache", "train_eager": "cache", "eval": "train_compiled",
          "closed_loop": "train_compiled", "stage2": "train_compiled", "inference": "train_compiled"}
 
 

@@ -235,6 +235,26 @@ def test_stage1_params_offline_is_one_line_naming_the_hub_id_and_the_fix(synth_r
     for mode in ("cache", "train"):
         line = _cli_error(["--mode", mode, "--params", "params/stage1.yaml", "--data-root", str(synth_root),
                            "--cache-dir", str(tmp_path / "cache"), "--run-name", "offline",
-                           "--set", f"output_root={tmp_path}"], env={"HF_HUB_OFFLINE": "1"})
+                           "--set", f"output_root={tmp_path}"],
+                          env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})  # no cached copy either
         assert "'Qwen/Qwen2.5-VL-3B-Instruct' (a hub id) could not be loaded" in line and "hf download" in line
         assert "--random-weights" in line
+
+
+def test_gradients_stay_in_their_own_tensors_across_steps(prepared, tmp_path):
+    """A compiled model with CUDA graphs writes its backward outputs into graph memory that the next micro-batch
+    overwrites: gradients must never be adopted from there (set to None and re-created), but accumulate in tensors
+    of their own, zeroed in place (the batch 1 x accum 8 crash of params/stage1.yaml on CUDA, issue 24)."""
+    from vla_lib import train as training
+    from vla_lib.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(
+        prepared + ["--output-dir", str(tmp_path), "--batch-size", "2", "--grad-accum-steps", "2", "--max-steps", "3"]))
+    run = training.Trainer(cfg, log=lambda *a: None)
+    run.setup()
+    run.resume_or_start()
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    before = [p.grad.data_ptr() for p in params]
+    run.train_epoch()
+    assert run.progress["global_step"] == 3
+    assert [p.grad.data_ptr() if p.grad is not None else None for p in params] == before

@@ -146,9 +146,9 @@ def load_data(cfg, say, is_main: bool, resume: dict | None = None):
     train_index, val_index = index.subset(train_ids), index.subset(val_ids)
     if len(val_index) == 0:
         raise RunStateError(f"the split left no validation samples ({len(train_ids)} usable session(s), "
-                            f"data.val_fraction {cfg.data.val_fraction:g}): record more sessions, raise "
-                            "data.val_fraction (--set data.val_fraction=0.2), or name validation sessions with "
-                            "--set 'data.val_sessions=[SESSION_FOLDER]'")
+                            f"data.val_fraction {cfg.data.val_fraction:g}): name validation sessions with "
+                            "--set 'data.val_sessions=[SESSION_FOLDER]', or raise data.val_fraction (each of "
+                            "the sensor and no-sensor groups gives one once it has 2 sessions), or record more")
     say(f"Train: {len(train_index)} samples / Val: {len(val_index)} samples (split by episode: "
         f"{len(train_ids)} / {len(val_ids)} sessions)")
     return train_index, val_index, {"train": train_ids, "val": val_ids}, stats or compute_stats(train_index)
