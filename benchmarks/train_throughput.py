@@ -166,8 +166,7 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
     from vla_lib.data.batches import collate
     from vla_lib.data.normalization import compute_stats
     from vla_lib.data.samples import SampleDataset
-    from vla_lib.models.inputs import PolicyInputs
-    from vla_lib.train import build_model, masked_mse, param_groups, sample_weights
+    from vla_lib.train import build_model, loss_fn, param_groups
 
     cfg = RunConfig.from_yaml(params).with_overrides({"model.dropout": 0.0})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -179,9 +178,9 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
         rows = torch.randperm(len(index), generator=gen)[:batch_size].tolist()
         b = collate([data[i] for i in rows])
         views = torch.tensor([[p is not None for p in index.view_paths(i)] + [True] for i in rows])
-        x = PolicyInputs(torch.randn(len(rows), views.shape[1], 2048, generator=gen).to(device), views.to(device),
-                         b["sensor"].to(device), b["sensor_mask"].to(device), b["history"].to(device))
-        batches.append((x, b["target"].to(device), b["target_mask"].to(device)))
+        b["vl"] = torch.randn(len(rows), views.shape[1], 2048, generator=gen)
+        b["vl_mask"] = views
+        batches.append(b)
     torch.manual_seed(0)
     base = build_model(cfg, compute_stats(index), 2048).to(device).train()
 
@@ -195,11 +194,8 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
         opt = torch.optim.AdamW(param_groups(model, cfg.train), fused=device.type == "cuda" or None)
         losses = []
         for k in range(steps):
-            x, target, mask = batches[k % len(batches)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                pred = model(x)
-            per_sample = masked_mse(pred.float(), model.normalize_actions(target), mask)
-            loss = (per_sample * sample_weights(x.has_sensor, cfg.train)).mean()
+                loss = loss_fn(model, batches[k % len(batches)], cfg, 1.0, device)[0]  # training's own loss
             loss.backward()
             grad = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
             opt.step()
