@@ -223,18 +223,24 @@ def train_eager(check: Check) -> str:
 
 def heads_equivalence(check: Check) -> str:
     """The heads (`original` preset, stage1.yaml's model section, dropout 0) trained 50 AdamW steps at batch 64 on the
-    same batches, compiled in both modes against eager: losses equal within 1e-2 relative, all finite."""
+    same batches, compiled against eager: in fp32 (no TF32) within 1e-3 relative at the last step (the compiled graph
+    computes the same function); in bf16, both compile modes, within 1e-2 or within bf16's own noise (eager bf16
+    against eager fp32), whichever is larger. All finite."""
     import torch
 
     from benchmarks.train_throughput import compare_compiled_to_eager
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    res = compare_compiled_to_eager(PARAMS, steps=50 if device == "cuda" else 5, batch_size=64 if device == "cuda"
-                                    else 8, modes=("default", "reduce-overhead") if device == "cuda" else ("default",))
-    worst = max(r["rel_diff_last"] for r in res.values())
-    expect(worst <= 1e-2, f"compiled differs from eager by {worst:.2e} relative at the last step: {res}")
+    cuda = torch.cuda.is_available()
+    res = compare_compiled_to_eager(PARAMS, steps=50 if cuda else 5, batch_size=64 if cuda else 8,
+                                    modes=("default", "reduce-overhead") if cuda else ("default",))
+    floor = res.pop("bf16_noise_floor")
+    bf16_limit = max(1e-2, floor) if cuda else 1e-3  # on the CPU both "bf16" runs are fp32
+    for mode, r in res.items():
+        limit = 1e-3 if mode.endswith("/fp32") else bf16_limit
+        expect(r["rel_diff_last"] <= limit, f"{mode}: compiled differs from eager by {r['rel_diff_last']:.2e} "
+               f"relative at the last step (limit {limit:.1e}): {res}")
     return "; ".join(f"{m}: loss {r['loss_last']:.5f} vs eager {r['eager_last']:.5f} ({r['rel_diff_last']:.1e})"
-                     for m, r in res.items())
+                     for m, r in res.items()) + f"; bf16 noise floor {floor:.1e}"
 
 
 def evaluate(check: Check) -> str:
