@@ -1,3 +1,5 @@
+import argparse
+
 import pytest
 
 from vla_lib.cli import build_parser, config_from_args
@@ -144,3 +146,35 @@ def test_expected_failures_are_one_line_with_the_fixing_command(tmp_path, synth_
     assert done.returncode == 0, done.stderr
     assert "session(s) skipped" in done.stdout and f"full report: {tmp_path}/ci/01_audit/audit.json" in done.stdout
     assert "clock offsets" in done.stdout
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"runtime": {"execution": "blnd"}}, r"runtime.execution must be one of \['first', 'blend', 'rtc'\], got 'blnd'"),
+    ({"runtime": {"limits": {"workspace_min": [1, 2]}}}, r"workspace_min / workspace_max must be \[x, y, z\]"),
+    ({"runtime": {"faults": {"vl_error": "ignore"}}}, r"runtime.faults.vl_error must be one of \['hold', 'stop'"),
+    ({"runtime": {"faults": {"policy_nonfinite": "continue"}}}, r"cannot be 'continue'"),
+    ({"synthetic": {"scenario": "sensor_tsk"}}, r"synthetic.scenario must be one of \['scripted', 'sensor_task'\]"),
+    ({"closed_loop": {"predictors": ["polcy"]}}, r"closed_loop.predictors\[\] must be one of"),
+    ({"live": {"duration_s": 0}}, r"live: must be > 0: live.duration_s"),
+    ({"live": {"execution": "blend"}}, r"live.execution moved to runtime.execution"),
+    ({"live": {"force_limit": 2.0}}, r"live.force_limit moved to runtime.limits.force_limit_n"),
+    ({"live": {"action_rate_hz": 20}}, r"live.action_rate_hz is gone: every loop ticks once per data.action_dt_s"),
+    ({"runtime": {"inject_delay_s": 0.7}}, r"must leave a step of the chunk"),
+])
+def test_every_section_refuses_unknown_choices_with_the_allowed_ones(values, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_dict(values)
+
+
+def test_every_mode_validates_the_whole_config_again(capsys):
+    """A config changed after it was built (a notebook, a caller) is checked again at the start of every mode."""
+    from vla_lib.cli import run_mode
+
+    cfg = RunConfig()
+    cfg.live.duration_s = -1
+    with pytest.raises(ConfigError, match="live.duration_s"):
+        run_mode(argparse.Namespace(mode="audit"), cfg)
+    cfg = RunConfig()
+    cfg.runtime.execution = "blnd"
+    with pytest.raises(ConfigError, match="runtime.execution"):
+        run_mode(argparse.Namespace(mode="synth"), cfg)

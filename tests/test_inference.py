@@ -7,7 +7,9 @@ from PIL import Image
 from vla_lib.config import RunConfig
 from vla_lib.data.normalization import compute_stats
 from vla_lib.data.samples import SampleDataset, build_index
-from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
+from vla_lib.evaluation.replay_accuracy import fresh_vs_stale
+from vla_lib.runtime.loop import Runtime, run_loop
+from vla_lib.runtime.replay_io import ReplayIO
 from vla_lib.inference import VLAPolicy
 from vla_lib.models.configuration_policy import PolicyConfig
 from vla_lib.models.inputs import PolicyInputs
@@ -117,9 +119,9 @@ def test_realtime_replay_runs_at_the_action_rate_without_future_frames(setup):
     cfg, index, heads, backbone, path = setup
     policy = VLAPolicy.from_checkpoint(path, device="cpu")
     sid = next(s for s in index.sessions if index.sessions[s].has_sensor)
-    replay = ReplaySession(index.sessions[sid], cfg.data)
+    replay = ReplayIO(index.sessions[sid], cfg.data)
     instruction = index.table.instruction[index.table.session_id == sid].iloc[0]
-    report = run_realtime(policy, replay, instruction, duration_s=1.5, action_rate_hz=10.0)
+    report = run_loop(policy, replay, Runtime.from_config(cfg, replay.actuator), instruction, duration_s=1.5)
     s = report.summary
     assert 12 <= s["action_steps"] <= 16 and s["vl_refreshes"] >= 1
     assert s["action_latency_ms_p50"] < 100 and s["action_latency_ms_p99"] >= s["action_latency_ms_p50"]
@@ -128,8 +130,8 @@ def test_realtime_replay_runs_at_the_action_rate_without_future_frames(setup):
         for view, j in zip(cfg.data.views, tick["ident"]):
             if j >= 0:
                 assert replay.s.frames[view].times[j] + replay.cam_offset <= tick["t"]
-    assert len(replay.actions) == s["action_steps"]
-    ts = [t for t, _ in replay.actions]
+    assert len(replay.commands) == s["action_steps"]
+    ts = [c.t for c in replay.commands]
     assert np.all(np.diff(ts) > 0.05)  # paced by the clock, not run flat out
     quality = fresh_vs_stale(policy, replay, instruction, report)
     assert np.isfinite(quality["mse_loop_features"]) and np.isfinite(quality["mse_fresh_features"])

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_mode(args, cfg) -> int:
+    cfg.validate()  # every section, whatever the mode (a notebook or a caller may have changed it since it was built)
     if args.mode == "synth":
         from vla_lib.pipeline import ensure_synthetic
 

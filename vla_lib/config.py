@@ -1,11 +1,12 @@
 """One configuration system for the CLI, the notebooks and papermill.
 
 A run is described by `RunConfig`, a tree of dataclasses. A YAML parameter file has one mapping per section
-(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `live:`, `closed_loop:`, `sweep:`,
-`lora:`) plus a few top-level keys (and `extends: other.yaml`, see `load_params`); papermill's
+(`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `runtime:`, `live:`, `closed_loop:`,
+`sweep:`, `lora:`) plus a few top-level keys (and `extends: other.yaml`, see `load_params`); papermill's
 `-f params/x.yaml` injects the same sections as notebook variables, and `RunConfig.from_dict` turns them back into
 dataclasses. CLI flags (including the seed's) are dotted overrides applied on top (see `cli.py`).
-Unknown keys are errors, never silently ignored.
+Unknown keys are errors, never silently ignored; a key that moved says where to (`MOVED`). Every section validates
+itself when it is built, and `RunConfig.validate` runs them all again at the start of every mode.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import yaml
 from vla_lib.data.cameras import default_camera_views
 from vla_lib.errors import ConfigError
 from vla_lib.models.configuration_policy import PolicyConfig
+from vla_lib.runtime.configuration_runtime import RuntimeConfig
 
 __all__ = ["ConfigError", "RunConfig"]
 
@@ -84,9 +86,11 @@ class SyntheticConfig:
     scenario: str = "scripted"  # "scripted" (the fixed-timing insertion) or "sensor_task" (reactive, see `task`)
     task: SensorTaskConfig = field(default_factory=SensorTaskConfig)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        if self.scenario not in ("scripted", "sensor_task"):
-            raise ConfigError(f"synthetic.scenario must be 'scripted' or 'sensor_task', got {self.scenario!r}")
+        _choice("synthetic.scenario", self.scenario, ("scripted", "sensor_task"))
         if self.scenario == "sensor_task" and self.num_episode_sessions:
             raise ConfigError("synthetic.num_episode_sessions (New_dataset episodes) needs synthetic.scenario scripted")
 
@@ -309,8 +313,7 @@ class EvalConfig:
     # Refuse heads trained on features of another backbone / pixel budget / dtype unless this is set.
     allow_backbone_mismatch: bool = False
     realtime_duration_s: float = 10.0
-    realtime_vl_rate_hz: float = 0.0  # 0 = as fast as it can
-    action_rate_hz: float = 10.0
+    realtime_vl_rate_hz: float = 0.0  # 0 = as fast as it can (the replay ticks once per data.action_dt_s)
     latency_views: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
     latency_resolutions: list[list[int]] = field(
         default_factory=lambda: [[1280, 720], [960, 540], [640, 360], [480, 270]])
@@ -338,8 +341,7 @@ class LiveConfig:
     sim_sensor_batch_s: float = 0.005  # the simulated sensor sends what is due every this many seconds
     sim_sensor_drop_fraction: float = 0.0  # packets the simulated sensor drops on purpose
     instruction: str = ""  # "" = the replayed session's group instruction, else the first group's
-    duration_s: float = 20.0
-    action_rate_hz: float = 10.0
+    duration_s: float = 20.0  # the loop ticks once per data.action_dt_s (runtime/loop.py)
     vl_rate_hz: float = 2.0  # VL refreshes per second (0 = as fast as it can)
     torch_threads: int = 1  # leave CPU to the receivers
     ready_timeout_s: float = 15.0  # wait this long for every stream before the loop starts
@@ -349,25 +351,18 @@ class LiveConfig:
     robot_buffer_s: float = 10.0
     sensor_buffer_s: float = 2.0
     record: bool = False  # write what is received as a recv_all session under outputs/<run>/live/
-    # safe execution (vla_lib/rig/safety.py)
-    execution: str = "first"  # first | blend (latency-aware ensemble of overlapping chunks)
-    blend_decay: float = 0.5
-    execution_latency_s: float = 0.0
-    max_step_mm: float = 2.0
-    max_step_deg: float = 2.0
-    max_speed_mm_s: float = 20.0
-    max_speed_deg_s: float = 20.0
-    workspace_min: list[float] = field(default_factory=lambda: [150.0, -150.0, 80.0])
-    workspace_max: list[float] = field(default_factory=lambda: [350.0, 150.0, 250.0])
-    force_limit: float = 5.0  # |force - baseline| that stops motion (latched)
-    force_baseline: float | None = None  # None = tare on the first sensor window
-    max_stream_age_s: float = 0.25  # robot or sensor older than this: hold
+    # execution, limits and fault responses: the `runtime:` section (one for every loop)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        if self.execution not in ("first", "blend"):
-            raise ConfigError(f"live.execution must be 'first' or 'blend', got {self.execution!r}")
-        if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
-            raise ConfigError("live.workspace_min / workspace_max must be [x, y, z] in mm")
+        positive = ("duration_s", "ready_timeout_s", "clock_window_s", "robot_buffer_s", "sensor_buffer_s",
+                    "sim_sensor_batch_s")
+        bad = [f"live.{k} ({getattr(self, k)!r})" for k in positive if not getattr(self, k) > 0]
+        if bad or not 0 <= self.sim_sensor_drop_fraction < 1 or self.vl_rate_hz < 0:
+            raise ConfigError(f"live: must be > 0: {', '.join(bad) or '-'}; sim_sensor_drop_fraction in [0, 1); "
+                              "vl_rate_hz >= 0")
 
 
 @dataclass
@@ -382,6 +377,17 @@ class ClosedLoopConfig:
     # torch intra-op threads during the loop (0 = leave as is): a batch-1 loop gains nothing from more, and on a busy
     # CPU extra threads spin against each other (one act() measured 50 ms on 1 thread, 550-880 ms on 2, load 8)
     torch_threads: int = 1
+    guard_off_too: bool = False  # run every predictor again with runtime.guard off: its peak force beside
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        known = ("policy", "policy_no_sensor", "scripted", "demonstrator")  # evaluation/closed_loop.PREDICTORS
+        for name in self.predictors:
+            _choice("closed_loop.predictors[]", name, known)
+        if self.episodes < 1:
+            raise ConfigError(f"closed_loop.episodes must be >= 1, got {self.episodes}")
 
 
 @dataclass
@@ -406,6 +412,7 @@ class RunConfig:
     model: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     closed_loop: ClosedLoopConfig = field(default_factory=ClosedLoopConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -425,6 +432,7 @@ class RunConfig:
                 "train.output_dir": str(self.run_dir / "train"), "cache.dir": str(Path(self.output_root) / "vl_cache")}
 
     def derive(self) -> None:
+        self._check_across()
         for target, source in self.DERIVED.items():
             value = self._get(source)
             if self._get(target) is None:
@@ -473,13 +481,24 @@ class RunConfig:
         return cls.from_dict(values)
 
     def validate(self) -> None:
-        """Every section's checks and the derived values, again (a config may have been changed after it was built)."""
-        for section in (self.data, self.backbone, self.cache, self.model, self.train, self.lora):
-            section.validate()
+        """Every section's checks and the derived values, again (a config may have been changed after it was built):
+        run at the start of every mode."""
+        for f in fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
         for target, source in self.DERIVED.items():
             if self._get(target) != self._get(source):
                 raise ConfigError(f"{target} ({self._get(target)!r}) differs from {source} ({self._get(source)!r}) "
                                   f"after the config was built: set {source} only")
+        self._check_across()
+
+    def _check_across(self) -> None:
+        """Checks that need two sections."""
+        room = (self.data.horizon - 1) * self.data.action_dt_s
+        if self.runtime.inject_delay_s >= room - 1e-9:
+            raise ConfigError(f"runtime.inject_delay_s ({self.runtime.inject_delay_s:g} s) must leave a step of the "
+                              f"chunk to execute: < (data.horizon - 1) x data.action_dt_s = {room:g} s")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; derived fields are written as null (so an override of their source carries over)."""
@@ -515,6 +534,17 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------------------------------
 # Typed construction from plain dicts (YAML, papermill, JSON in checkpoints)
 # ---------------------------------------------------------------------------------------------------------------
+_LIMITS = ("max_step_mm", "max_step_deg", "max_speed_mm_s", "max_speed_deg_s", "workspace_min", "workspace_max")
+# Keys that moved or went: where they are now (a params file of an earlier version gets told, not just refused).
+MOVED = {
+    **{f"live.{k}": f"runtime.limits.{k}" for k in _LIMITS},
+    "live.force_limit": "runtime.limits.force_limit_n", "live.force_baseline": "runtime.limits.force_baseline_n",
+    "live.max_stream_age_s": "runtime.limits.max_robot_age_s and max_sensor_age_s",
+    **{f"live.{k}": f"runtime.{k}" for k in ("execution", "blend_decay", "execution_latency_s")},
+    "live.action_rate_hz": None, "eval.action_rate_hz": None,  # gone: every loop ticks once per data.action_dt_s
+}
+
+
 def _build(cls: type, values: dict[str, Any], where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"'{where or cls.__name__}' must be a mapping, got {type(values).__name__}")
@@ -523,6 +553,11 @@ def _build(cls: type, values: dict[str, Any], where: str):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
+    moved = [f"{where}{k} moved to {MOVED[where + k]}" if MOVED[where + k] else
+             f"{where}{k} is gone: every loop ticks once per data.action_dt_s (the duration of a chunk step; ticking "
+             "at another rate would scale every speed)" for k in unknown if where + k in MOVED]
+    if moved:
+        raise ConfigError("; ".join(moved))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(where + k for k in unknown)}; known: {sorted(known)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in values.items()}
@@ -581,7 +616,7 @@ def _coerce(tp: Any, value: Any, where: str):
 RESUME_FREE = ("run_name", "output_root", "synthetic.", "eval.", "data.root", "cache.dir", "cache.batch_size",
                "cache.num_workers", "cache.shard_size", "cache.allow_inline_encoding", "backbone.device",
                "backbone.tiny_model_dir", "backbone.fast_", "backbone.compile_cache_dir", "train.num_workers", "train.log_every_steps",
-               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_", "live.", "closed_loop.",
+               "train.save_every_steps", "train.max_steps", "train.output_dir", "train.wandb_", "live.", "runtime.", "closed_loop.",
                "sweep.")
 
 

@@ -9,7 +9,8 @@ from vla_lib.config import RunConfig, load_params
 from vla_lib.notebook import repo_root
 from vla_lib.sim.demonstrations import write_dataset
 
-NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "05_compare_runs", "06_live_rig"]
+NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "05_compare_runs", "06_live_rig",
+             "07_runtime_delay"]
 
 
 def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
@@ -43,6 +44,9 @@ def run_notebooks(params_file: str, only: list[str] | None = None, log=print) ->
             continue
         if name == "05_compare_runs" and not cfg.sweep.grid:
             log(f"[demo] {name} skipped: {params_file} has no sweep grid")
+            continue
+        if name == "07_runtime_delay" and cfg.synthetic.scenario != "sensor_task":
+            log(f"[demo] {name} skipped: its closed loop needs synthetic.scenario sensor_task")
             continue
         start = time.time()
         log(f"[demo] {name} ...")

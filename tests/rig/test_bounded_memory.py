@@ -3,8 +3,10 @@ soak's memory verdict (warm-up level, end level, slope over the second half) say
 import numpy as np
 import pytest
 
-from vla_lib.evaluation.realtime import run_realtime
 from vla_lib.rig.memory import MemoryTrace, heap_mb, memory_verdict
+from vla_lib.runtime.configuration_runtime import RuntimeConfig
+from vla_lib.runtime.loop import Runtime, run_loop
+from vla_lib.runtime.robot_io import RecordingActuator
 
 
 class _Clock:
@@ -20,7 +22,7 @@ class _Clock:
 
 class _IO:
     def __init__(self, clock=None):
-        self.clock, self.sent = clock, 0
+        self.clock, self.actuator = clock, RecordingActuator()
 
     def begin(self):
         pass
@@ -37,8 +39,14 @@ class _IO:
     def pose_history(self, steps):
         return np.zeros((steps, 6), np.float32)
 
-    def send_action(self, t, chunk):
-        self.sent += 1
+    def robot_pose(self):
+        return np.array([250.0, 0, 150, 0, 0, 0])
+
+    def stream_ages(self):
+        return {"robot": 0.0}
+
+    def attach_guard(self, guard):
+        pass
 
 
 class _Policy:
@@ -55,8 +63,9 @@ class _Policy:
 def test_ticks_go_to_the_sink_and_none_are_kept(on_clock):
     def run(sink):
         clock = _Clock() if on_clock else None
-        return run_realtime(_Policy(), _IO(clock), "x", duration_s=1.0, action_rate_hz=20.0, clock=clock,
-                            tick_sink=sink)
+        io = _IO(clock)
+        return run_loop(_Policy(), io, Runtime(RuntimeConfig(), 0.05, io.actuator), "x", duration_s=1.0, clock=clock,
+                        tick_sink=sink)
 
     sunk = []
     streamed, kept = run(sunk.append), run(None)

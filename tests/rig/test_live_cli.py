@@ -45,7 +45,7 @@ def test_live_mode_dry_run_on_simulated_senders(rig_root, checkpoint, live_cfg, 
     assert report["actions_dry_run"] == report["action_steps"]
     assert report["dropped"] == {"robot": 0, "camera": 0, "sensor": 0}
     assert report["lost"] == {"robot": 0, "camera": 0, "sensor": 0}
-    assert set(report["staleness_s"]) == {"robot", "sensor", "View1_left", "View2_left", "View3_left", "View4_left",
+    assert set(report["staleness_s"]) == {"robot", "sensor", "camera", "View1_left", "View2_left", "View3_left", "View4_left",
                                           "View5"}
     assert report["staleness_s"]["robot"]["p50"] < 0.05 and report["staleness_s"]["View1_left"]["max"] < 1.5
     ticks = (tmp_path / "rigtest/live/ticks.jsonl").read_text().splitlines()

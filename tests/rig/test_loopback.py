@@ -9,9 +9,9 @@ from vla_lib.data.recorder_formats import read_session
 from vla_lib.data.samples import pose_history
 from vla_lib.data.synthetic import _make_spec, write_new_dataset_episode
 from vla_lib.data.timeline import resample_sensor_window
-from vla_lib.rig.live_io import LiveRobotIO
+from vla_lib.runtime.live_io import LiveRobotIO
 from vla_lib.rig.record import SessionRecorder
-from vla_lib.rig.senders import SimulatedRig
+from vla_lib.rig.senders import SimulatedSenders
 from tests.rig.conftest import wait_for
 
 
@@ -20,7 +20,7 @@ def test_loopback_replay_record_and_read_back(rig_session, live_cfg, tmp_path):
     data = RunConfig().data
     recorder = SessionRecorder(tmp_path)
     io = LiveRobotIO(live_cfg, data, recorder).start()
-    rig = SimulatedRig(s, live_cfg.robot_endpoint, live_cfg.camera_endpoint, live_cfg.sensor_endpoint).start()
+    rig = SimulatedSenders(s, live_cfg.robot_endpoint, live_cfg.camera_endpoint, live_cfg.sensor_endpoint).start()
     try:
         assert wait_for(lambda: not io.missing(), timeout=5.0), io.missing()
         t_mid = None
@@ -87,7 +87,7 @@ def test_senders_replay_the_other_layouts(rig_root, live_cfg, tmp_path, layout):
         s = read_session(write_new_dataset_episode(tmp_path / "Eye", _make_spec(rng, 1761600000.0, 2.0, 0), syn, rng,
                                                    window=200))
     io = LiveRobotIO(live_cfg, RunConfig().data).start()
-    rig = SimulatedRig(s, live_cfg.robot_endpoint, live_cfg.camera_endpoint, live_cfg.sensor_endpoint).start()
+    rig = SimulatedSenders(s, live_cfg.robot_endpoint, live_cfg.camera_endpoint, live_cfg.sensor_endpoint).start()
     try:
         assert wait_for(rig.done, timeout=10.0)
     finally:

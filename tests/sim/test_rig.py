@@ -101,14 +101,14 @@ class _Scripted:
 
 
 def test_realtime_loop_runs_on_the_simulated_clock(monkeypatch):
-    from vla_lib.evaluation.realtime import run_realtime
+    from vla_lib.runtime.loop import Runtime, run_loop
 
     monkeypatch.setattr(time, "sleep", lambda s: (_ for _ in ()).throw(AssertionError("wall-clock sleep")))
     rig, cfg = _rig()
     rig.clock.sleep_until(0.2)
     policy = _Scripted()
     started = time.perf_counter()
-    report = run_realtime(policy, rig, "insert", 3.0, 10.0, clock=rig.clock, vl_latency_s=0.15)
+    report = run_loop(policy, rig, Runtime.from_config(cfg, rig), "insert", 3.0, clock=rig.clock, vl_latency_s=0.15)
     assert time.perf_counter() - started < 20  # 3 s of robot time, no waiting
     ticks = np.array([t["t"] for t in report.ticks])
     np.testing.assert_allclose(ticks, 0.2 + 0.1 * np.arange(30), atol=1e-9)  # exactly 10 Hz on the sim clock
@@ -117,7 +117,7 @@ def test_realtime_loop_runs_on_the_simulated_clock(monkeypatch):
     # than their frames, and usable only after the modelled latency
     assert 6 <= policy.encoded <= 16 and len(report.refreshes) == policy.encoded
     assert all(t["staleness_s"] >= 0 and t["feature_age_s"] >= -1e-9 for t in report.ticks)
-    assert all(len(rig.actions) == 30 and a[0] == pytest.approx(b) for a, b in zip(rig.actions, ticks))
+    assert all(len(rig.executed) == 30 and c.t == pytest.approx(b) for c, b in zip(rig.executed, ticks))
     # the arm followed: 1 mm/s for ~3 s
     assert 2.5 < rig.ep.start[2] - rig.robot_pose()[2] < 3.1
     assert report.summary["clock"] == "simulated" and report.summary["action_steps"] == 30

@@ -113,15 +113,24 @@ def read_sensor(window: np.ndarray | None, task) -> tuple[float | None, float | 
     if len(rows) == 0:
         return None, None
     recent = rows[-5:]  # the last ~8 ms: the peak moves up to 75 indices over a 100 ms window at full speed
-    aline = recent[:, 1:].mean(0)
     force = float(recent[:, 0].mean()) - FORCE_BASELINE
-    k = int(aline.argmax())
-    if aline[k] < PEAK_THRESHOLD:
-        return None, force
-    lo, hi = max(0, k - 8), min(len(aline), k + 9)  # sub-sample peak: centroid around the maximum
-    w = np.clip(aline[lo:hi] - 100.0, 0, None)
-    centre = float((np.arange(lo, hi) * w).sum() / max(w.sum(), 1e-6))
-    return (centre - ALINE_PEAK0) / ALINE_PER_MM - task.oct_standoff_mm, force
+    distance = float(oct_distance(recent[:, 1:].mean(0, keepdims=True), task)[0])
+    return (None if np.isnan(distance) else distance), force
+
+
+def oct_distance(alines: np.ndarray, task) -> np.ndarray:
+    """Tip-to-surface distance (mm, negative = below the surface) per A-line (N, 1025), NaN where the OCT shows no
+    surface: the reflection peak's sub-sample centroid, mapped back through the sensor model."""
+    alines = np.asarray(alines, np.float32)
+    k = alines.argmax(1)
+    rows = np.arange(len(alines))
+    offsets = np.arange(-8, 9)
+    cols = k[:, None] + offsets[None, :]  # centroid around the maximum
+    inside = (cols >= 0) & (cols < alines.shape[1])
+    w = np.where(inside, np.clip(alines[rows[:, None], np.clip(cols, 0, alines.shape[1] - 1)] - 100.0, 0, None), 0)
+    centre = (cols * w).sum(1) / np.maximum(w.sum(1), 1e-6)
+    out = (centre - ALINE_PEAK0) / ALINE_PER_MM - task.oct_standoff_mm
+    return np.where(alines[rows, k] < PEAK_THRESHOLD, np.nan, out)
 
 
 def descent_speed(distance: float | None, task, gain: float | None = None) -> float:

@@ -2,20 +2,24 @@
 
 Held-out episodes are drawn from `closed_loop.seed` (the recorder draws training episodes from `synthetic.seed`, a
 disjoint range). Each predictor drives a fresh rig for the episode (same surface, stiffness, sensor noise and camera
-timing for every predictor):
-- `policy`: the checkpoint through the real-time loop (`run_realtime(..., clock=rig.clock)`), VL features refreshed
-  as camera frames arrive (modelled latency), sensor window and pose history from the rig at each 10 Hz tick;
+timing for every predictor), and every predictor runs through the runtime that would drive the robot
+(`vla_lib.runtime`: the control loop, the executor, the limits, the fault responses and the sensor guard):
+- `policy`: the checkpoint, VL features refreshed as camera frames arrive (modelled latency), sensor window and pose
+  history from the rig at each tick;
 - `policy_no_sensor`: the same, with the sensor removed (no window: the heads' learned null embedding);
 - `scripted`: the demonstrator's moves with the surface assumed at its nominal height (ignores the sensor);
 - `demonstrator`: the reactive demonstrator itself (the reference the policy imitates), on request.
 Per episode: final tip depth below the surface, depth error, peak contact force, overshoot past the target depth,
 time to finish (from the start until the depth stays within tolerance), success (|depth error| <= tolerance and the
-contact force never above the limit). Aggregated to `metrics.json` under `closed_loop/<predictor>/`.
+contact force never above the limit), the runtime's interventions per kind, the inference delay and the jerk at
+chunk boundaries. `closed_loop.guard_off_too` runs each predictor again with the guard off (its peak force beside).
+Aggregated to `metrics.json` under `closed_loop/<predictor>/`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,14 +27,17 @@ import numpy as np
 
 from vla_lib.atomic import atomic_write_text
 
-from vla_lib.data.scenarios import PREROLL_S, ReactiveDemonstrator, ScriptedBaseline, contact_force, sample_episode
-from vla_lib.sim.rig import SimRig, run_controller
+from vla_lib.data.scenarios import (PREROLL_S, ReactiveDemonstrator, ScriptedBaseline, contact_force, oct_distance,
+                                    sample_episode)
+from vla_lib.runtime.loop import Runtime, run_loop
+from vla_lib.sim.rig import SimRig
 
 PREDICTORS = ("policy", "policy_no_sensor", "scripted", "demonstrator")
 
 
 class NoSensor:
-    """A RobotIO seen without its sensor: `sensor_window()` is None (the policy takes its null embedding)."""
+    """A RobotIO seen without its sensor: `sensor_window()` is None (the policy takes its null embedding) and no
+    sensor age (nothing to be stale). The guard still watches the force: the arm's safety does not depend on it."""
 
     def __init__(self, io):
         self.io = io
@@ -40,6 +47,25 @@ class NoSensor:
 
     def sensor_window(self):
         return None
+
+    def stream_ages(self):
+        return {k: v for k, v in self.io.stream_ages().items() if k != "sensor"}
+
+
+class ControllerPolicy:
+    """A controller that reads the rig (demonstrator, scripted baseline) as a policy of the runtime: no features,
+    its chunk from the rig at each tick. So every predictor runs through the same loop, executor and limits."""
+
+    history_steps = 0
+
+    def __init__(self, controller, io):
+        self.controller, self.io = controller, io
+
+    def encode(self, instructions, views):
+        return None, None
+
+    def act(self, features, mask, window, history):
+        return self.controller(self.io)[None]
 
 
 class FrameFeatureCache:
@@ -97,7 +123,13 @@ class EpisodeResult:
     overshoot_mm: float
     time_to_finish_s: float | None
     success: bool
+    interventions: dict = field(default_factory=dict)  # the runtime's counts per kind
+    stopped: str | None = None  # what latched a stop, if anything did
+    inference_delay_steps: float = 0.0  # median over the ticks
+    jerk_boundary_mm_s3: float | None = None  # mean jerk at chunk switches
+    peak_force_n_guard_off: float | None = None  # closed_loop.guard_off_too: the same episode without the guard
     trace: dict = field(default_factory=dict, repr=False)  # t, depth_mm, force_n at 10 ms (for plots)
+    report: dict = field(default_factory=dict, repr=False)  # the control loop's summary (runtime/loop.py)
 
 
 def save_results(result: "ClosedLoopResult", path: str | Path) -> Path:
@@ -141,29 +173,55 @@ def episode_metrics(rig: SimRig, predictor: str, task, start: float = PREROLL_S)
     return EpisodeResult(predictor, rig.ep.seed, rig.ep.surface_z - task.surface_z_nominal, rig.ep.stiffness, final,
                          err, peak, max(0.0, float(depth.max()) - task.target_depth_mm), finish,
                          bool(err <= task.tolerance_mm and peak <= task.force_limit_n),
-                         {"t": t[keep] - start, "depth_mm": depth[keep], "force_n": force[keep]})
+                         trace={"t": t[keep] - start, "depth_mm": depth[keep], "force_n": force[keep]})
 
 
-def run_episode(predictor: str, seed: int, cfg, policy=None, instruction: str = "") -> EpisodeResult:
-    """One held-out episode (episode seed `seed`) driven by `predictor` on a fresh rig."""
-    from vla_lib.evaluation.realtime import run_realtime
+def run_episode(predictor: str, seed: int, cfg, policy=None, instruction: str = "", guard: bool | None = None,
+                faults=None) -> EpisodeResult:
+    """One held-out episode (episode seed `seed`) driven by `predictor` on a fresh rig, through the runtime
+    (`cfg.runtime`; `guard` overrides runtime.guard; `faults`: a `sim.fault_injection.Faults` to rehearse)."""
+    from dataclasses import replace
 
     synth, task = cfg.synthetic, cfg.synthetic.task
-    ep = sample_episode(task, seed)
-    rig = SimRig(ep, synth, views=list(cfg.data.views), data_cfg=cfg.data)
-    period = cfg.data.action_dt_s
-    if predictor in ("scripted", "demonstrator"):
-        ctrl = (ScriptedBaseline if predictor == "scripted" else ReactiveDemonstrator)(task, cfg.data.horizon, period)
-        run_controller(ctrl, rig, task.episode_s, period)
-    elif predictor in ("policy", "policy_no_sensor"):
-        rig.clock.sleep_until(PREROLL_S)
-        io = rig if predictor == "policy" else NoSensor(rig)
-        run_realtime(policy, io, instruction, task.episode_s, 1.0 / period, clock=rig.clock,
-                     vl_latency_s=task.vl_latency_s)
-    else:
+    if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r} (known: {PREDICTORS})")
+    rig = SimRig(sample_episode(task, seed), synth, views=list(cfg.data.views), data_cfg=cfg.data)
+    rt_cfg = cfg.runtime if guard is None else replace(cfg.runtime, guard=guard)
+    runtime = Runtime(rt_cfg, cfg.data.action_dt_s, rig, oct_distance=lambda a: oct_distance(a, task))
+    io = rig if predictor != "policy_no_sensor" else NoSensor(rig)
+    if predictor in ("scripted", "demonstrator"):
+        ctrl = (ScriptedBaseline if predictor == "scripted" else ReactiveDemonstrator)(task, cfg.data.horizon,
+                                                                                        cfg.data.action_dt_s)
+        policy = ControllerPolicy(ctrl, io)
+    elif policy is None:
+        raise ValueError(f"predictor {predictor!r} needs a policy")
+    if faults is not None:
+        from vla_lib.sim.fault_injection import FaultyIO, FaultyPolicy
+
+        io, policy = FaultyIO(io, faults), FaultyPolicy(policy, faults, rig.clock, cfg.data.action_dt_s)
+        if isinstance(policy.policy, ControllerPolicy):
+            policy.policy.io = io
+    rig.clock.sleep_until(PREROLL_S)
+    report = run_loop(policy, io, runtime, instruction, task.episode_s, clock=rig.clock,
+                      vl_latency_s=task.vl_latency_s if not isinstance(policy, ControllerPolicy) else 0.0,
+                      inject_delay_s=cfg.runtime.inject_delay_s)
     rig.clock.sleep_until(PREROLL_S + task.episode_s)
-    return episode_metrics(rig, predictor, task)
+    result = episode_metrics(rig, predictor, task)
+    s = report.summary
+    result.interventions, result.stopped = s["interventions"], s["stopped"]
+    result.inference_delay_steps, result.jerk_boundary_mm_s3 = s["inference_delay_steps_p50"], s["jerk_boundary_mm_s3"]
+    result.report = s
+    return result
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _max(values):
+    values = [v for v in values if v is not None]
+    return float(np.max(values)) if values else None
 
 
 def summarise(results: list[EpisodeResult]) -> dict:
@@ -179,7 +237,14 @@ def summarise(results: list[EpisodeResult]) -> dict:
         "overshoot_mm": float(np.mean([r.overshoot_mm for r in results])),
         "time_to_finish_s": float(np.mean(finish)) if finish else None,
         "finished_fraction": len(finish) / len(results),
-        "per_episode": [{k: v for k, v in vars(r).items() if k not in ("trace", "predictor")} for r in results],
+        "interventions": dict(sum((Counter(r.interventions) for r in results), Counter())),
+        "stopped_episodes": int(sum(r.stopped is not None for r in results)),
+        "inference_delay_steps": float(np.median([r.inference_delay_steps for r in results])),
+        "jerk_boundary_mm_s3": _mean([r.jerk_boundary_mm_s3 for r in results]),
+        "peak_force_n_guard_off": _mean([r.peak_force_n_guard_off for r in results]),
+        "peak_force_n_max_guard_off": _max([r.peak_force_n_guard_off for r in results]),
+        "per_episode": [{k: v for k, v in vars(r).items() if k not in ("trace", "report", "predictor")}
+                        for r in results],
     }
 
 
@@ -216,11 +281,17 @@ def _run_all(cfg, policy, predictors, n, instruction, results, metrics, log) -> 
         if name.startswith("policy") and policy is None:
             raise ValueError(f"predictor {name!r} needs a policy")
         results[name] = [run_episode(name, cl.seed + i, cfg, policy, instruction) for i in range(n)]
+        if cl.guard_off_too and cfg.runtime.guard:  # the same episodes without the guard: what it prevented
+            for r, i in zip(results[name], range(n)):
+                r.peak_force_n_guard_off = run_episode(name, cl.seed + i, cfg, policy, instruction,
+                                                       guard=False).peak_force_n
         metrics[name] = summarise(results[name])
         m = metrics[name]
+        stops = f", {m['stopped_episodes']} stopped" if m["stopped_episodes"] else ""
+        off = f" (guard off {m['peak_force_n_guard_off']:.2f})" if m["peak_force_n_guard_off"] is not None else ""
         log(f"closed loop {name:>17}: success {m['success_rate']:.2f}, depth error {m['depth_error_mm']:.2f} ± "
             f"{m['depth_error_mm_std']:.2f} mm, peak force {m['peak_force_n']:.2f} N (max {m['peak_force_n_max']:.2f})"
-            f", {n} episodes")
+            f"{off}, {n} episodes{stops}")
 
 
 def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | None = None) -> ClosedLoopResult:

@@ -19,7 +19,9 @@ from vla_lib.data.synthetic import phase_labels
 from vla_lib.errors import ConfigError
 from vla_lib.evaluation.latency import latency_sweep, time_action_step
 from vla_lib.evaluation.offline import evaluate_offline
-from vla_lib.evaluation.realtime import ReplaySession, fresh_vs_stale, run_realtime
+from vla_lib.evaluation.replay_accuracy import fresh_vs_stale
+from vla_lib.runtime.loop import Runtime, run_loop
+from vla_lib.runtime.replay_io import ReplayIO
 from vla_lib.inference import VLAPolicy
 from vla_lib.stage2.policy import EncodedFeatures, is_stage2
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, CheckpointMismatchError, feature_mismatch, load_checkpoint
@@ -146,15 +148,16 @@ def run_realtime_replay(cfg, policy, session_id: str | None = None, held=None, l
         with_sensor = [s for s in val_ids if index.sessions[s].has_sensor]
         session_id = (with_sensor or val_ids)[0]
     instruction = index.table.loc[index.table.session_id == session_id, "instruction"].iloc[0]
-    replay = ReplaySession(index.sessions[session_id], cfg.data)
+    replay = ReplayIO(index.sessions[session_id], cfg.data)
     log(f"Real-time replay of {session_id} for {cfg.eval.realtime_duration_s:g} s "
-        f"(actions at {cfg.eval.action_rate_hz:g} Hz, VL {'as fast as it can' if not cfg.eval.realtime_vl_rate_hz else f'at {cfg.eval.realtime_vl_rate_hz:g} Hz'})")
+        f"(actions at {1 / cfg.data.action_dt_s:g} Hz, {cfg.runtime.execution}, VL {'as fast as it can' if not cfg.eval.realtime_vl_rate_hz else f'at {cfg.eval.realtime_vl_rate_hz:g} Hz'})")
     # One untimed encode first: a GPU encoder compiles and captures a graph on its first call (tens of seconds on the
     # 3B model), which would otherwise pass the replayed session's whole length before the first action step.
     replay.begin()
     policy.encode([instruction], [replay.views()[0]])
-    report = run_realtime(policy, replay, instruction, cfg.eval.realtime_duration_s, cfg.eval.action_rate_hz,
-                          cfg.eval.realtime_vl_rate_hz, end=replay.end)
+    runtime = Runtime.from_config(cfg, replay.actuator)  # the robot's runtime; the replay's actuator records
+    report = run_loop(policy, replay, runtime, instruction, cfg.eval.realtime_duration_s, cfg.eval.realtime_vl_rate_hz,
+                      end=replay.end)
     report.summary.update(fresh_vs_stale(policy, replay, instruction, report))
     report.summary["session"] = session_id
     write_json(Path(cfg.run_dir) / "metrics.json", {"realtime": report.summary})

@@ -118,6 +118,7 @@ class _Receiver(threading.Thread):
         """Count one received message and hand it to the stream's parser; a malformed one is counted by reason and
         dropped, and nothing a message does stops the stream."""
         recv = time.time()
+        self.arrived = time.perf_counter()  # for the sensor guard's reaction time
         self.stats.messages += 1
         self.stats.last_recv = recv
         try:
@@ -244,6 +245,9 @@ class SensorReceiver(_Receiver):
         self.n = 0
         self.last_ts = -np.inf
         self.rcvbuf = None
+        # called with (stamps, forces, A-lines, arrival perf_counter) of every accepted batch, in this thread: the
+        # sensor guard (runtime/guard.py) sees each sample as it arrives, not at the next action tick
+        self.on_batch = None
 
     def _open(self):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -289,6 +293,8 @@ class SensorReceiver(_Receiver):
             for s in rec["send_ts"][[0, -1]] if k > 1 else rec["send_ts"]:
                 self.clock.update(recv, float(s))
         self.stats.accepted += k
+        if self.on_batch is not None:
+            self.on_batch(rec["ts"], rec["force"], rec["aline"], self.arrived)
         if self.recorder is not None:
             self.recorder.sensor(rec)
 

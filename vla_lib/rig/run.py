@@ -4,7 +4,7 @@ unless `live.send_actions`; writes `outputs/<run>/live/report.json`, `ticks.json
 report.json: `action_hz` (measured), `action_steps`, `deadline_misses` (+ `deadline_miss_fraction`),
 `action_latency_ms_p50/p95/p99`, `actions_sent` (published) and `actions_dry_run` (logged only), `send_actions`,
 `streams` (per stream: messages, accepted, dropped with reasons, clock offset), `staleness_s` (per stream at the
-ticks: p50, p99, max), `safety` (clamp/hold/stop counts, stopped), `senders` (what the simulated senders sent and
+ticks: p50, p99, max), `runtime` (interventions per kind, the latched stop and what tripped it, guard trips with their reaction time), `stops_published`, `senders` (what the simulated senders sent and
 dropped on purpose), `lost` (sent by the senders - accepted - dropped by the receivers, per stream),
 `udp_rcvbuf_errors` (system-wide kernel drops during the run), `rss_mb_start/end`, VL refresh figures, the session
 recorded (if `live.record`).
@@ -48,16 +48,16 @@ def replay_session(cfg):
 
 
 def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on_tick_monitor=None) -> dict:
-    """`senders_factory(live, session)` -> a started sender object with `stop()` -> counts (default: `SimulatedRig`
+    """`senders_factory(live, session)` -> a started sender object with `stop()` -> counts (default: `SimulatedSenders`
     threads in this process, when `live.simulate_senders`); `on_tick_monitor(io)` is started in a thread after the
     receivers (the soak benchmark samples memory with it)."""
     import torch
 
-    from vla_lib.evaluation.realtime import run_realtime
-    from vla_lib.rig.live_io import LiveRobotIO
     from vla_lib.rig.receivers import udp_rcvbuf_errors
     from vla_lib.rig.record import SessionRecorder
-    from vla_lib.rig.senders import SimulatedRig
+    from vla_lib.rig.senders import SimulatedSenders
+    from vla_lib.runtime.live_io import LiveRobotIO
+    from vla_lib.runtime.loop import Runtime, run_loop
 
     live = cfg.live
     out = Path(cfg.run_dir) / "live"
@@ -77,13 +77,14 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
     udp_errors_start = udp_rcvbuf_errors()
     recorder = SessionRecorder(out) if live.record else None
     io = LiveRobotIO(live, cfg.data, recorder, action_log=out / "actions.jsonl").start()
+    runtime = Runtime.from_config(cfg, io.actuator)  # the same runtime as the closed loop's, the rig's actuator
     rig = None
     try:
         if live.simulate_senders and senders_factory is not None:
             rig = senders_factory(live, session)
             log(f"simulated senders (own process) replaying {session.path.name}")
         elif live.simulate_senders:
-            rig = SimulatedRig(session, live.robot_endpoint, live.camera_endpoint, live.sensor_endpoint,
+            rig = SimulatedSenders(session, live.robot_endpoint, live.camera_endpoint, live.sensor_endpoint,
                                live.camera_views, live.replay_cameras or None, live.replay_loop,
                                live.sim_sensor_batch_s, live.sim_sensor_drop_fraction).start()
             log(f"simulated senders replaying {session.path.name} ({'looped' if live.replay_loop else 'once'})")
@@ -96,11 +97,12 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
             raise TimeoutError(f"no data within {live.ready_timeout_s:g} s from: {missing} "
                                f"(endpoints: robot {live.robot_endpoint}, cameras {live.camera_endpoint}, "
                                f"sensor {live.sensor_endpoint})")
-        log(f"live loop for {live.duration_s:g} s at {live.action_rate_hz:g} Hz, "
+        log(f"live loop for {live.duration_s:g} s at {1 / cfg.data.action_dt_s:g} Hz ({cfg.runtime.execution}, "
+            f"guard {'on' if cfg.runtime.guard else 'OFF'}), "
             f"{'SENDING actions to ' + live.action_endpoint if live.send_actions else 'dry run (actions logged only)'}")
         with open(out / "ticks.jsonl", "w") as ticks:  # streamed: a run of any length keeps no per-tick records
-            report = run_realtime(policy, io, instruction, live.duration_s, live.action_rate_hz, live.vl_rate_hz,
-                                  tick_sink=lambda tick: ticks.write(tick_line(tick, io.last_tick)))
+            report = run_loop(policy, io, runtime, instruction, live.duration_s, live.vl_rate_hz,
+                              tick_sink=lambda tick: ticks.write(tick_line(tick, io.last_ages)))
     finally:
         senders = rig.stop() if rig is not None else None
         time.sleep(0.1)  # let the last datagrams in flight land before the receivers stop
@@ -108,6 +110,8 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
         recorded = recorder.close({"camera_s": io.offset("camera"), "sensor_s": io.offset("sensor")}) if recorder else None
     summary = summarise(report, io, out / "ticks.jsonl", senders, rss_start, rss_mb(), udp_errors_start,
                         udp_rcvbuf_errors(), live)
+    if runtime.latch.stopped:
+        log(f"STOPPED: {runtime.latch.reason} (a latched stop: moves again only after an operator's release)")
     summary["recorded_session"] = str(recorded) if recorded else None
     summary["instruction"] = instruction
     (out / "report.json").write_text(json.dumps(_json_safe(summary), indent=1))
@@ -138,11 +142,12 @@ def summarise(report, io, ticks_path, senders, rss_start, rss_end, udp0, udp1, l
                              "action_period_ms", "vl_refreshes", "vl_encode_ms_p50", "vl_refresh_hz",
                              "staleness_s_p50", "staleness_s_max")},
         "send_actions": live.send_actions, "actions_sent": io.publisher.sent, "actions_dry_run": io.publisher.dry,
-        "action_endpoint": live.action_endpoint, "execution": live.execution,
+        "action_endpoint": live.action_endpoint, "stops_published": io.publisher.stop_published,
         "dropped": {k: v["dropped"] for k, v in streams.items()}, "streams": streams, "staleness_s": staleness,
         "clock_offsets_to_robot_s": {"camera": io.offset("camera"), "sensor": io.offset("sensor")},
-        "safety": {"events": dict(io.executor.events), "stopped": io.executor.stopped,
-                   "force_baseline": io.executor.baseline},
+        "runtime": {k: s[k] for k in ("execution", "guard", "interventions", "stopped", "stops", "guard_trips",
+                                      "force_baseline_n", "inference_delay_steps_p50", "inference_delay_steps_max",
+                                      "jerk_boundary_mm_s3")},
         "senders": senders, "udp_rcvbuf_errors": None if udp0 is None or udp1 is None else udp1 - udp0,
         "rss_mb_start": rss_start, "rss_mb_end": rss_end,
         "endpoints": {"robot": live.robot_endpoint, "camera": live.camera_endpoint, "sensor": live.sensor_endpoint},
@@ -153,13 +158,15 @@ def summarise(report, io, ticks_path, senders, rss_start, rss_end, udp0, udp1, l
     return out
 
 
-def tick_line(timing: dict, ex: dict) -> str:
+def tick_line(tick: dict, ages: dict) -> str:
     """One line of ticks.jsonl: the tick's timing, per-stream ages, what the policy said and what went out."""
+    cmd = tick["command"]
     return json.dumps(_json_safe({
-        "t": timing["t"], "latency_ms": timing["latency_ms"], "late_start_ms": timing["late_start_ms"],
-        "missed": bool(timing["missed"]), "skipped_ticks": timing.get("skipped_ticks", 0),
-        "frames_age_s": timing["staleness_s"], "ages": ex["ages"], "chunk0": ex["chunk0"],
-        "delta": ex["delta"], "target": ex["target"], "pose": ex["pose"], "reasons": ex["reasons"]})) + "\n"
+        "t": tick["t"], "latency_ms": tick["latency_ms"], "late_start_ms": tick["late_start_ms"],
+        "missed": bool(tick["missed"]), "skipped_ticks": tick.get("skipped_ticks", 0),
+        "frames_age_s": tick["staleness_s"], "ages": ages, "chunk0": tick["chunk"][0, :6], "kind": cmd.kind,
+        "delta": cmd.delta, "target": cmd.target, "pose": cmd.pose, "reasons": cmd.reasons, "chunk": cmd.chunk_id,
+        "step": cmd.chunk_step, "delay_steps": cmd.delay_steps})) + "\n"
 
 
 def read_ticks(path) -> list[dict]:

@@ -45,7 +45,7 @@ def camera_frames(session, camera_views: dict[str, str], views: list[str] | None
     return out
 
 
-class SimulatedRig:
+class SimulatedSenders:
     def __init__(self, session, robot_endpoint: str, camera_endpoint: str, sensor_endpoint: str,
                  camera_views: dict[str, str] | None = None, views: list[str] | None = None, loop: bool = False,
                  sensor_batch_s: float = 0.005, sensor_drop_fraction: float = 0.0, seed: int = 0,
@@ -86,7 +86,7 @@ class SimulatedRig:
         return time.time() - self.shift
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
-    def start(self, lead_s: float = 0.2) -> "SimulatedRig":
+    def start(self, lead_s: float = 0.2) -> "SimulatedSenders":
         import zmq
 
         ctx = zmq.Context.instance()
@@ -195,14 +195,14 @@ class SimulatedRig:
 def _rig_process(session_path: str, kwargs: dict, stop, results) -> None:
     from vla_lib.data.recorder_formats import read_session
 
-    rig = SimulatedRig(read_session(session_path, check_images=False), **kwargs).start()
+    rig = SimulatedSenders(read_session(session_path, check_images=False), **kwargs).start()
     while not stop.wait(0.1) and not rig.done():
         pass
     results.put(rig.stop())
 
 
 class RigProcess:
-    """`SimulatedRig` in a spawned process; `stop()` returns its counts."""
+    """`SimulatedSenders` in a spawned process; `stop()` returns its counts."""
 
     def __init__(self, session_path, **kwargs):
         import multiprocessing as mp

@@ -8,7 +8,9 @@
   1025 x f32 A-line], all little-endian.
 - Actions (ours; the original only logged them), ZMQ PUB, topic `action`, payload `<dd6f6f` (64 B): observation time
   t (robot clock) f64, send time f64 (receiver clock), the 6 pose deltas to execute over the next step (mm, deg) and
-  the commanded absolute target pose (mm, deg) f32.
+  the commanded absolute target pose (mm, deg) f32. A hold is an action with zero deltas (target = measured pose).
+- Stops (ours), on the same PUB socket, topic `stop`: [b"stop", `<dd` (time of the sample that tripped it, robot
+  clock; send time), the reason as UTF-8]. The arm stops at once and moves again only after an operator's release.
 
 Every `unpack_*` raises `WireError` (with a short reason used as the drop counter's key) on anything malformed:
 wrong size, non-finite numbers, bad JSON, a payload that is not a JPEG. Parsing uses `struct` / numpy `frombuffer`
@@ -33,6 +35,8 @@ SENSOR_PACKET_SIZE = SENSOR_DTYPE.itemsize  # 4120
 UDP_MAX_PAYLOAD = 65507
 SENSOR_MAX_PER_DATAGRAM = (UDP_MAX_PAYLOAD - SENSOR_COUNT.size) // SENSOR_PACKET_SIZE  # 15
 ACTION_TOPIC = b"action"
+STOP_TOPIC = b"stop"
+STOP_STRUCT = struct.Struct("<dd")
 ACTION_STRUCT = struct.Struct("<dd6f6f")
 ACTION_SIZE = ACTION_STRUCT.size  # 64
 
@@ -164,6 +168,17 @@ def unpack_action(frames: list[bytes]) -> tuple[float, float, np.ndarray, np.nda
         raise WireError("bad_framing", "expected [b'action', 64-B payload]")
     v = ACTION_STRUCT.unpack(frames[1])
     return v[0], v[1], np.array(v[2:8]), np.array(v[8:14])
+
+
+def pack_stop(t_sample: float, send_ts: float, reason: str) -> list[bytes]:
+    return [STOP_TOPIC, STOP_STRUCT.pack(float(t_sample), float(send_ts)), reason.encode()]
+
+
+def unpack_stop(frames: list[bytes]) -> tuple[float, float, str]:
+    if len(frames) != 3 or frames[0] != STOP_TOPIC or len(frames[1]) != STOP_STRUCT.size:
+        raise WireError("bad_framing", "expected [b'stop', 16-B payload, reason]")
+    t_sample, send_ts = STOP_STRUCT.unpack(frames[1])
+    return t_sample, send_ts, frames[2].decode(errors="replace")
 
 
 # ---------------------------------------------------------------------------------------------------------------

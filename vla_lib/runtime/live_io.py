@@ -1,4 +1,4 @@
-"""`LiveRobotIO`: the real-time loop's `RobotIO` on the rig's live streams (receivers.py), with safe execution.
+"""`LiveRobotIO`: the control loop's `RobotIO` on the rig's live streams (`vla_lib/rig/receivers.py`).
 
 - `now()`: the robot clock, i.e. the local clock minus the robot stream's estimated offset.
 - `views()`: the latest frame per configured view (decoded once per new frame), identity = the frames' sequence
@@ -8,8 +8,10 @@
   training; points without a sample are NaN (masked). None until the first sensor packet.
 - `pose_history(steps)`: `vla_lib.data.timeline.pose_history` (the training code) on the robot samples stamped at or
   before now only.
-- `send_action(t, chunk)`: `safety.ChunkExecutor` picks the step, applies stops and limits, and publishes (or, dry,
-  logs); the tick's record (with its per-stream staleness) is `last_tick`, nothing kept per tick.
+- `robot_pose()`, `stream_ages()`: the newest robot sample at or before now; seconds since each stream's newest
+  sample (robot, sensor, camera = the oldest of the views' newest frames, and per view).
+- `actuator`: `runtime.actuators.ActionPublisher` (ZMQ PUB with `live.send_actions`, else the dry-run log).
+- `attach_guard(guard)`: the sensor receiver hands every accepted datagram to the guard, in its own thread.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 from vla_lib.data.timeline import pose_history as _pose_history
 from vla_lib.data.timeline import resample_sensor_window
 from vla_lib.rig.receivers import CameraReceiver, RobotReceiver, SensorReceiver
-from vla_lib.rig.safety import ActionPublisher, ChunkExecutor, SafetyLimits
+from vla_lib.runtime.actuators import ActionPublisher
 
 
 class LiveRobotIO:
@@ -32,11 +34,9 @@ class LiveRobotIO:
         self.camera = CameraReceiver(live_cfg.camera_endpoint, dict(live_cfg.camera_views), **kw)
         self.sensor = SensorReceiver(live_cfg.sensor_endpoint, capacity=int(live_cfg.sensor_buffer_s * 2000) + 256, **kw)
         self.receivers = {"robot": self.robot, "camera": self.camera, "sensor": self.sensor}
-        self.publisher = ActionPublisher(live_cfg.action_endpoint, live_cfg.send_actions, action_log)
-        self.executor = ChunkExecutor(SafetyLimits.from_live(live_cfg), data_cfg.action_dt_s, live_cfg.execution,
-                                      live_cfg.blend_decay, live_cfg.execution_latency_s, self.publisher)
+        self.publisher = self.actuator = ActionPublisher(live_cfg.action_endpoint, live_cfg.send_actions, action_log)
         self._decoded: dict[str, tuple[int, object]] = {}
-        self.last_tick: dict | None = None  # the latest tick's record (run_live streams each to ticks.jsonl)
+        self.last_ages: dict | None = None  # the latest tick's stream ages (run_live streams each to ticks.jsonl)
         self._window = None
         self._rows = max(64, int(data_cfg.sensor_window_s * 5000) + 16)  # enough raw rows for up to 5 kHz
 
@@ -106,14 +106,6 @@ class LiveRobotIO:
             images.append(cached[1]), ident.append(seq), captured.append(stamp + off)
         return images, tuple(ident), (min(captured) if captured else self.now())
 
-    def raw_sensor(self, t: float):
-        """(times on the robot clock, forces, A-lines) of the sensor samples in (t - window, t]."""
-        off = self.offset("sensor")
-        times, forces, alines = self.sensor.latest(self._rows, after=t - self.data.sensor_window_s - off)
-        times = times + off
-        keep = times <= t
-        return times[keep], forces[keep], alines[keep]
-
     def sensor_window(self, t: float | None = None):
         """The window at t (default now). The array is reused by the next call (the loop consumes it within its
         tick, so a long run keeps no copies): copy it to keep it."""
@@ -143,33 +135,35 @@ class LiveRobotIO:
             return np.zeros((steps, 6), np.float32)
         return _pose_history(times, pose, [t], steps, self.data.action_dt_s)[0]
 
-    def stream_ages(self, t: float) -> dict[str, float | None]:
-        """Seconds since the newest sample of each stream (robot clock), per camera view too."""
+    def robot_pose(self) -> np.ndarray | None:
+        times, pose = self.robot_samples(self.now(), 0.5)
+        return pose[-1].copy() if len(pose) else None  # a copy: a view would keep the whole slice alive per tick
+
+    def stream_ages(self, t: float | None = None) -> dict[str, float | None]:
+        """Seconds since the newest sample of each stream (robot clock): robot, sensor (when there is sensor data
+        or live.require_sensor), camera (the oldest of the views' newest frames), and per view."""
+        t = self.now() if t is None else t
         ages: dict[str, float | None] = {}
         with self.robot.lock:
             ages["robot"] = t - self.robot.times[(self.robot.n - 1) % self.robot.capacity] if self.robot.n else None
-        with self.sensor.lock:
-            ages["sensor"] = t - (self.sensor.last_ts + self.offset("sensor")) if self.sensor.n else None
+        if self.sensor.n or self.cfg.require_sensor:
+            with self.sensor.lock:
+                ages["sensor"] = t - (self.sensor.last_ts + self.offset("sensor")) if self.sensor.n else None
         off = self.offset("camera")
         with self.camera.lock:
             for v in self.data.views:
                 item = self.camera.latest.get(v)
                 ages[v] = None if item is None else t - (item[1] + off)
+        views = [ages[v] for v in self.data.views if ages[v] is not None]
+        ages["camera"] = max(views) if views else None
+        self.last_ages = ages
         return ages
 
-    def send_action(self, t: float, chunk: np.ndarray) -> None:
-        t_send = self.now()
-        times, pose = self.robot_samples(t_send, 0.5)
-        current = pose[-1].copy() if len(pose) else None  # a copy: a view would keep the whole slice alive per tick
-        _, forces, _ = self.raw_sensor(t_send) if self.sensor.n else (None, None, None)
-        ages = self.stream_ages(t_send)
-        safety_ages = {"robot": ages["robot"]}
-        if self.sensor.n or self.cfg.require_sensor:
-            safety_ages["sensor"] = ages["sensor"]
-        rec = self.executor.step(t, chunk, t_send, current, forces, safety_ages)
-        rec["ages"] = ages
-        rec["chunk0"] = np.asarray(chunk)[0, :6].copy()
-        self.last_tick = rec
+    def attach_guard(self, guard) -> None:
+        def on_batch(stamps, forces, alines, arrived):
+            guard.check(stamps + self.offset("sensor"), forces, alines, arrived)
+
+        self.sensor.on_batch = on_batch
 
     # -- report ----------------------------------------------------------------------------------------------------
     def stream_stats(self) -> dict:

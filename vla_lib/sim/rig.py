@@ -1,11 +1,14 @@
-"""A simulated rig behind `RobotIO`: one simulated clock, a kinematic arm, cameras and the OCT/force sensor.
+"""The simulated rig, a `RobotIO` (runtime/robot_io.py) and its own actuator: one simulated clock, a kinematic arm,
+cameras and the OCT/force sensor.
 
 Everything runs on `SimClock`: nothing sleeps on the wall clock. `clock.sleep_until(t)` advances the physics to t;
 what the rig serves at time t is only what exists by then:
-- the arm: commands arrive through `send_action(t, chunk)` and start `action_latency_s` later; each command moves the
-  set point by the chunk's first delta over one action period (10 Hz; a later command supersedes it, a missing one
-  leaves the arm at rest after one period); the pose follows the set point with a first-order lag
-  (`tracking_tau_s`), integrated every 2 ms and logged at the robot's 100 Hz;
+- the arm: the runtime's commands arrive through `apply(cmd)` (controllers that bypass the runtime, the recorder's
+  demonstrator: `send_action(t, chunk)`, the chunk's first step) and start `action_latency_s` later; each command
+  moves the set point by its delta over one action period (a later command supersedes it, a missing one leaves the
+  arm at rest after one period); the pose follows the set point with a first-order lag (`tracking_tau_s`),
+  integrated every 2 ms and logged at the robot's 100 Hz. `stop(t_sample, reason)` freezes the set point from
+  t_sample + `action_latency_s` on (until `release()`);
 - cameras at `camera_hz` (2 Hz) with a per-view skew, each frame drawn by the synthetic recorder's `draw_pad` (the
   pad at the episode's surface height) and `draw_needle` from the tip pose at its capture time, served once captured
   (latest frame <= now);
@@ -28,6 +31,7 @@ from vla_lib.data.timeline import resample_sensor_window, wrap_deg
 
 INTERNAL_DT = 0.002
 ROBOT_EVERY = 5  # log every 5th internal step: 100 Hz
+SENSE_EVERY = 3  # sensor samples made (and guarded) every 3rd internal step: ~5 ms batches
 
 
 class SimClock:
@@ -118,6 +122,11 @@ class SimRig:
         self.commands: deque = deque()
         self.active = None  # (t_apply, velocity)
         self.actions: list[tuple[float, np.ndarray]] = []
+        self.executed: list = []  # the runtime's commands, as applied
+        self.freeze_at: float | None = None  # set point frozen from this time (a stop)
+        self.stops: list[dict] = []
+        self.guard = None
+        self.actuator = self
         self.clock = SimClock(0.0, self.advance_to)
 
     # -- physics ------------------------------------------------------------------------------------------------------
@@ -129,17 +138,26 @@ class SimRig:
             tau = self.int_t[self.k]
             while self.commands and self.commands[0][0] <= tau + 1e-12:
                 self.active = self.commands.popleft()
-            if self.active is not None and tau < self.active[0] + self.period - 1e-12:
+            frozen = self.freeze_at is not None and tau >= self.freeze_at - 1e-12
+            if not frozen and self.active is not None and tau < self.active[0] + self.period - 1e-12:
                 self.setpoint += self.active[1] * INTERNAL_DT
             pose += (self.setpoint - pose) * alpha
             self.k += 1
             self.int_pose[self.k] = pose
+            if self.k % SENSE_EVERY == 0:
+                self._sense(self.int_t[self.k])
+        self._sense(t)
+
+    def _sense(self, t: float) -> None:
+        """Make the sensor samples up to t (from the tip heights so far) and hand them to the guard."""
         m = int(np.searchsorted(self.sensor_times, t, side="right"))
         if m > self.n_sensor:
             sl = slice(self.n_sensor, m)
             z = np.interp(self.sensor_times[sl], self.int_t[: self.k + 1], self.int_pose[: self.k + 1, 2])
             self.forces[sl], self.alines[sl] = sensor_values(self.ep, self.task, z, self.noise)
             self.n_sensor = m
+            if self.guard is not None:
+                self.guard.check(self.sensor_times[sl], self.forces[sl], self.alines[sl])
 
     def tip_at(self, t) -> np.ndarray:
         """Tip (x, y, z) at time(s) t <= now (interpolated on the 2 ms internal states)."""
@@ -202,9 +220,36 @@ class SimRig:
         return pose_history(t, pose, [self.now()], steps, self.period)[0]
 
     def send_action(self, t: float, chunk: np.ndarray) -> None:
+        """A controller outside the runtime (the recorder's demonstrator): the chunk's first step, unlimited."""
         chunk = np.asarray(chunk, np.float64)
         self.actions.append((t, chunk))
         self.commands.append((t + self.task.action_latency_s, chunk[0, :6] / self.period))
+
+    def stream_ages(self) -> dict:
+        t = self.now()
+        ages = {"robot": t - self.int_t[self.k - self.k % ROBOT_EVERY],
+                "sensor": t - float(self.sensor_times[self.n_sensor - 1]) if self.n_sensor else None}
+        latest = [self.cameras.capture_times[key][j] for key in map(_view_side, self.view_keys or [])
+                  if (j := self.cameras.latest(key, t)) >= 0]
+        ages["camera"] = t - min(latest) if latest else None
+        return ages
+
+    def attach_guard(self, guard) -> None:
+        self.guard = guard
+
+    # -- actuator (the runtime's commands) -----------------------------------------------------------------------
+    def apply(self, cmd) -> None:
+        self.executed.append(cmd)
+        self.commands.append((cmd.t_send + self.task.action_latency_s, np.asarray(cmd.delta, np.float64) / self.period))
+
+    def stop(self, t_sample: float, reason: str) -> None:
+        """Freeze the set point from t_sample + the arm's latency (the stop reaches the arm as a command does)."""
+        at = t_sample + self.task.action_latency_s
+        self.freeze_at = at if self.freeze_at is None else min(self.freeze_at, at)
+        self.stops.append({"t_sample": t_sample, "freeze_at": at, "reason": reason})
+
+    def release(self) -> None:
+        self.freeze_at = None
 
     def sensor_log(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.n_sensor

@@ -1,0 +1,85 @@
+"""The sensor-rate guard on the simulated rig: a controller that keeps pushing into the tissue at the speed limit is
+stopped by the force (or the OCT distance) within the bound the arm's model allows, at the sensor's time rather
+than the next action tick; without the guard the same controller pushes far past the limit."""
+import numpy as np
+import pytest
+
+from vla_lib.config import RunConfig
+from vla_lib.data.scenarios import PREROLL_S, chunk_from_speed, contact_force, oct_distance, sample_episode
+from vla_lib.evaluation.closed_loop import ControllerPolicy
+from vla_lib.runtime.configuration_runtime import Limits
+from vla_lib.runtime.executor import StopLatch
+from vla_lib.runtime.guard import SensorGuard
+from vla_lib.runtime.loop import Runtime, run_loop
+from vla_lib.sim.rig import SimRig
+
+SPEED = 20.0  # mm/s: the default speed limit (runtime.limits.max_speed_mm_s)
+
+
+def sensor_cfg(**limits):
+    return RunConfig.from_dict({
+        "synthetic": {"scenario": "sensor_task", "image_width": 160, "image_height": 90},
+        "data": {"views": ["View1_left"]},
+        "runtime": {"limits": {"force_limit_n": 1.5, **limits}}})
+
+
+def push(cfg, seed: int, guard: bool = True):
+    """A controller that ignores the sensor and descends at the speed limit, through the runtime."""
+    task = cfg.synthetic.task
+    rig = SimRig(sample_episode(task, seed), cfg.synthetic, views=cfg.data.views, data_cfg=cfg.data)
+    cfg.runtime.guard = guard
+    runtime = Runtime(cfg.runtime, cfg.data.action_dt_s, rig, oct_distance=lambda a: oct_distance(a, task))
+    pusher = ControllerPolicy(lambda io: chunk_from_speed(SPEED, cfg.data.horizon, cfg.data.action_dt_s), rig)
+    rig.clock.sleep_until(PREROLL_S)
+    run_loop(pusher, rig, runtime, "", 3.0, clock=rig.clock)
+    t, depth = rig.depth_trace()
+    return rig, runtime, contact_force(rig.ep, rig.ep.surface_z - depth)
+
+
+def overshoot_bound_s(rig) -> float:
+    """Time the tip may still travel after the true crossing: the longest gap between sensor samples (the crossing
+    is seen at the next sample), the arm's latency (the stop starts then) and its tracking lag (the pose still closes
+    on the frozen set point)."""
+    return float(np.diff(rig.sensor_times).max()) + rig.task.action_latency_s + rig.task.tracking_tau_s
+
+
+@pytest.mark.parametrize("seed", [1000, 1001, 1002])
+def test_the_force_guard_stops_a_controller_that_keeps_pushing(seed):
+    cfg = sensor_cfg()
+    rig, runtime, force = push(cfg, seed)
+    bound = rig.ep.stiffness * SPEED * overshoot_bound_s(rig)  # N past the limit the model allows
+    assert runtime.latch.stopped and runtime.latch.reason.startswith("force")
+    assert force.max() <= 1.5 + bound + 0.05, (force.max(), bound)  # + 5 sigma of the force noise
+    stop = rig.stops[0]
+    assert stop["freeze_at"] == pytest.approx(stop["t_sample"] + rig.task.action_latency_s)
+    # at the sensor's time: the arm froze before the next action tick would even have seen the crossing
+    next_tick = PREROLL_S + np.ceil((stop["t_sample"] - PREROLL_S) / 0.1) * 0.1
+    assert stop["freeze_at"] < next_tick + rig.task.action_latency_s - 1e-6
+    assert runtime.events["stopped_ticks"] > 0 and len(runtime.guard.trips) == 1
+
+
+def test_without_the_guard_the_same_controller_pushes_far_past_the_limit():
+    rig, runtime, force = push(sensor_cfg(), 1000, guard=False)
+    assert not runtime.latch.stopped and force.max() > 3 * 1.5
+
+
+def test_the_oct_guard_stops_at_the_depth_limit():
+    cfg = sensor_cfg(force_limit_n=100.0, min_oct_distance_mm=-2.0)
+    rig, runtime, _ = push(cfg, 1001)
+    assert runtime.latch.reason.startswith("OCT distance")
+    depth = rig.depth_trace()[1].max()
+    assert 2.0 <= depth <= 2.0 + SPEED * overshoot_bound_s(rig) + 0.05
+
+
+def test_tare_release_and_one_trip_per_latch():
+    latch, stops = StopLatch(), []
+    guard = SensorGuard(Limits(force_limit_n=1.0, tare_s=0.1), latch, lambda t, r: stops.append(t))
+    t = np.arange(0, 0.2, 0.0015)
+    assert not guard.check(t, np.full(len(t), -3.0)) and guard.baseline == -3.0  # tare in free air
+    assert not guard.check([0.21, 0.22], [-2.5, -2.1])  # 0.9 N: within
+    assert guard.check([0.23, 0.24, 0.25], [-2.0, -1.5, -1.0]) and stops == [0.24]  # the first sample past 1.0 N
+    assert not guard.check([0.26], [0.0]) and len(stops) == 1  # latched: one stop
+    latch.release()
+    assert guard.check([0.27], [0.0]) and stops == [0.24, 0.27]
+    fixed = SensorGuard(Limits(force_limit_n=1.0, force_baseline_n=-2.0), StopLatch())
+    assert fixed.check([0.0], [-3.2])  # |-3.2 - -2.0| > 1.0, no tare

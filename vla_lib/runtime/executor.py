@@ -1,0 +1,183 @@
+"""Chunk execution: which step of which predicted chunk goes out at each tick, limited.
+
+Chunks arrive with the time of the observations they were computed from (`t_obs`) and the time they became usable
+(`t_ready`: after the inference delay). A step sent at `t_send` executes at `t_exec = t_send +
+execution_latency_s` (the arm's latency); chunk step k covers [t_obs + k dt, t_obs + (k+1) dt). Modes
+(`runtime.execution`):
+- `first`: step 0 of the newest usable chunk, whatever its age (the original's "act on the first action": with an
+  inference delay it executes a step meant for the past);
+- `blend`: a latency-aware temporal ensemble: every usable chunk covering t_exec contributes its step
+  k = floor((t_exec - t_obs) / dt), weighted exp(-blend_decay x k), so fresher chunks weigh more;
+- `rtc`: real-time chunking's execution (Black et al. 2025, "Real-Time Execution of Action Chunking Flow
+  Policies"): while a chunk is being inferred (delay d steps) the previous chunk's steps run on (the committed
+  prefix); once the new chunk is usable the executor switches to it at its step d, never re-executing the steps
+  that went out meanwhile. Valid while d <= H - 1; a chunk whose horizon has run out is a hold (`horizon_exhausted`).
+(The flow-matching inpainting half of RTC has nothing to act on here: the Action Expert is a regression head.)
+
+Then the limits (`Limits`, config `runtime.limits`): workspace (the commanded target clipped), step size and speed
+(translation scaled down, angles clipped, both against min(step limit, speed x dt)). The latched stop (`StopLatch`,
+also tripped by the sensor guard) and the tick's fault responses (`hold` / `stop`) come first.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vla_lib.data.timeline import wrap_deg
+from vla_lib.runtime.configuration_runtime import EXECUTION_MODES, Limits
+
+
+class StopLatch:
+    """A latched stop: tripped by the sensor guard or a `stop` fault, released only by `release()` (an operator's
+    explicit action). Thread-safe: the guard trips it from the sensor thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reason: str | None = None
+        self.t: float | None = None  # robot-clock time of what tripped it
+        self.trips: list[dict] = []
+
+    def trip(self, reason: str, t: float) -> bool:
+        """True if this call tripped it (False: already stopped)."""
+        with self._lock:
+            if self.reason is not None:
+                return False
+            self.reason, self.t = reason, float(t)
+            self.trips.append({"reason": reason, "t": float(t)})
+            return True
+
+    def release(self) -> str | None:
+        with self._lock:
+            was, self.reason, self.t = self.reason, None, None
+            return was
+
+    @property
+    def stopped(self) -> bool:
+        return self.reason is not None
+
+
+@dataclass
+class Command:
+    """What goes to the actuator for one tick."""
+
+    t: float  # tick time (robot clock), the observations' time
+    t_send: float
+    kind: str  # "move" | "hold" | "stop"
+    delta: np.ndarray  # (6,) the limited step (zero for hold / stop)
+    target: np.ndarray  # (6,) measured pose + delta (NaN without a pose)
+    raw: np.ndarray  # (6,) the chosen step before the limits
+    reasons: list[str] = field(default_factory=list)
+    chunk_id: int = -1  # which chunk the step came from (the newest contributing one), -1: none
+    chunk_step: int = -1  # its step index
+    delay_steps: float = 0.0  # inference delay of the newest usable chunk, in action steps
+    pose: np.ndarray | None = None  # the measured pose the step was limited against
+
+
+class ChunkExecutor:
+    def __init__(self, limits: Limits, period: float, mode: str = "first", blend_decay: float = 0.5,
+                 execution_latency_s: float = 0.0, latch: StopLatch | None = None):
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"runtime.execution must be one of {list(EXECUTION_MODES)}, got {mode!r}")
+        self.limits, self.dt, self.mode = limits, period, mode
+        self.blend_decay, self.latency = blend_decay, execution_latency_s
+        self.latch = latch or StopLatch()
+        self.pending: collections.deque = collections.deque()  # (t_ready, id, t_obs, chunk) not yet usable
+        self.chunks: collections.deque = collections.deque(maxlen=32)  # usable: (id, t_obs, t_ready, chunk)
+        self._next_id = 0
+
+    # -- chunks --------------------------------------------------------------------------------------------------
+    def add_chunk(self, t_obs: float, chunk: np.ndarray, t_ready: float | None = None) -> int:
+        cid = self._next_id
+        self._next_id += 1
+        self.pending.append((t_obs if t_ready is None else t_ready, cid, t_obs, np.asarray(chunk, np.float64)[:, :6]))
+        return cid
+
+    def _promote(self, t: float) -> None:
+        while self.pending and self.pending[0][0] <= t + 1e-9:
+            t_ready, cid, t_obs, chunk = self.pending.popleft()
+            self.chunks.append((cid, t_obs, t_ready, chunk))
+
+    def _k(self, t_exec: float, t_obs: float) -> int:
+        return int(math.floor((t_exec - t_obs) / self.dt + 1e-9))
+
+    def choose(self, t_send: float) -> tuple[np.ndarray, int, int, float, list[str]]:
+        """(the 6 deltas, chunk id, step index, delay in steps of the newest usable chunk, reasons)."""
+        self._promote(t_send)
+        if not self.chunks:
+            return np.zeros(6), -1, -1, 0.0, ["no_chunk"]
+        cid, t_obs, t_ready, chunk = self.chunks[-1]
+        delay = (t_ready - t_obs) / self.dt
+        if self.mode == "first":
+            return chunk[0].copy(), cid, 0, delay, []
+        t_exec = t_send + self.latency
+        if self.mode == "rtc":
+            k = self._k(t_exec, t_obs)
+            if k >= len(chunk):
+                return np.zeros(6), cid, k, delay, ["horizon_exhausted"]
+            return chunk[max(k, 0)].copy(), cid, max(k, 0), delay, []
+        total, weight, newest, newest_k = np.zeros(6), 0.0, -1, -1
+        for c_id, tc, _, c in self.chunks:
+            k = self._k(t_exec, tc)
+            if 0 <= k < len(c):
+                w = math.exp(-self.blend_decay * k)
+                total += w * c[k]
+                weight += w
+                newest, newest_k = c_id, k
+        if weight == 0.0:  # no chunk covers t_exec (delay beyond the horizon): hold
+            return np.zeros(6), cid, -1, delay, ["horizon_exhausted"]
+        return total / weight, newest, newest_k, delay, []
+
+    # -- limits --------------------------------------------------------------------------------------------------
+    def step_limits(self) -> tuple[float, float]:
+        lim = self.limits
+        return min(lim.max_step_mm, lim.max_speed_mm_s * self.dt), min(lim.max_step_deg, lim.max_speed_deg_s * self.dt)
+
+    def out_of_limits(self, chunk: np.ndarray) -> bool:
+        """A chunk with a step far beyond the limits (a policy fault, not something to clamp and execute)."""
+        steps = np.asarray(chunk, np.float64).reshape(-1, np.shape(chunk)[-1])[:, :6]
+        max_t, max_r = self.step_limits()
+        f = self.limits.out_of_limits_factor
+        return bool(np.any(np.linalg.norm(steps[:, :3], axis=1) > f * max_t) or np.any(np.abs(steps[:, 3:]) > f * max_r))
+
+    def limit(self, delta: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        lim = self.limits
+        delta = np.array(delta, np.float64)
+        reasons: list[str] = []
+        target = pose[:3] + delta[:3]
+        clipped = np.clip(target, lim.workspace_min, lim.workspace_max)
+        if not np.array_equal(clipped, target):
+            delta[:3] = clipped - pose[:3]
+            reasons.append("workspace")
+        max_t, max_r = self.step_limits()
+        norm = float(np.linalg.norm(delta[:3]))
+        if norm > max_t:
+            delta[:3] *= max_t / norm
+            reasons.append("step_mm")
+        if np.any(np.abs(delta[3:]) > max_r):
+            delta[3:] = np.clip(delta[3:], -max_r, max_r)
+            reasons.append("step_deg")
+        return delta, reasons
+
+    # -- one tick ------------------------------------------------------------------------------------------------
+    def step(self, t: float, t_send: float, pose: np.ndarray | None, holds: list[str] = ()) -> Command:
+        """The command for this tick: stopped (latched) > held (`holds`: this tick's faults answered with hold, or
+        no pose) > the chosen step, limited."""
+        raw, cid, k, delay, reasons = self.choose(t_send)
+        pose = None if pose is None else np.asarray(pose, np.float64)
+        zero = np.zeros(6)
+        target = np.full(6, np.nan) if pose is None else pose.copy()
+        if self.latch.stopped:
+            return Command(t, t_send, "stop", zero, target, raw, [f"stopped: {self.latch.reason}"], cid, k, delay, pose)
+        if pose is None:
+            holds = [*holds, "no_pose"]
+        if holds or reasons:
+            return Command(t, t_send, "hold", zero, target, raw, [*holds, *reasons], cid, k, delay, pose)
+        delta, limited = self.limit(raw, pose)
+        target = pose + delta
+        target[3:] = wrap_deg(target[3:])
+        return Command(t, t_send, "move", delta, target, raw, limited, cid, k, delay, pose)
+
