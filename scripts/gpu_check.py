@@ -124,6 +124,8 @@ class Check:
         row = f"[gpu_check] {status:6s} {name:18s} {time.time() - start:7.1f} s  peak {mem.text():>9s}  {detail}"
         self.rows.append(row)
         print(row, flush=True)
+        with open(self.log_dir / "summary.txt", "a") as f:  # step by step: a run cut short keeps what it measured
+            f.write(row + "\n")
 
 
 # -- the steps -------------------------------------------------------------------------------------------------------
@@ -310,6 +312,7 @@ def main() -> int:
             shutil.rmtree(run, ignore_errors=True)
     log_dir = Path(RUN + "_logs")
     log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "summary.txt").unlink(missing_ok=True)
     import transformers
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -330,7 +333,8 @@ def main() -> int:
     total = time.time() - start
     verdict = "PASSED" if not check.failed else f"FAILED ({', '.join(check.failed)})"
     print(f"[gpu_check] {verdict} in {total:.0f} s", flush=True)
-    (log_dir / "summary.txt").write_text("\n".join(check.rows + [f"[gpu_check] {verdict} in {total:.0f} s"]) + "\n")
+    with open(log_dir / "summary.txt", "a") as f:
+        f.write(f"[gpu_check] {verdict} in {total:.0f} s\n")
     return 0 if not check.failed else 1
 
 

@@ -323,7 +323,8 @@ class EvalConfig:
 
 @dataclass
 class LiveConfig:
-    """The live rig (`--mode live`): endpoints, rates, safety limits. Dry run unless `send_actions` (`--send-actions`).
+    """The live rig (`--mode live`): endpoints, streams, buffers. Dry run unless `send_actions` (`--send-actions`);
+    execution, limits and fault responses are the `runtime:` section (the same for every loop).
 
     Endpoints are ZMQ addresses (robot: SUB connects to the robot PC's PUB; cameras: PULL binds, the senders PUSH to
     it; actions: PUB binds) and a UDP host:port the sensor receiver binds. The defaults are loopback with the

@@ -137,3 +137,34 @@ def test_actions_and_stops_leave_the_process_only_with_send_actions(live_cfg, tm
     else:
         assert not got and pub.sent == 0 and pub.dry == 40 and len(lines) == 41 and '"sent": false' in lines[0]
     assert '"kind": "stop"' in lines[-1] and pub.stops == 1
+
+
+def test_a_move_decided_before_a_stop_goes_out_as_a_hold(live_cfg):
+    """The guard's stop (receiver thread) lands between the tick's step and its publish: what follows the stop on
+    the wire moves nothing, until the release."""
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(live_cfg.action_endpoint)
+    pub = ActionPublisher(live_cfg.action_endpoint, send=True)
+    ex = ChunkExecutor(LOOSE, 0.1)
+    try:
+        for _ in range(200):  # PUB/SUB joins late: a bounded handshake
+            pub.apply(run(ex, 0.0, chunk([0.5, 0, 0, 0, 0, 0]), 0.0))
+            if sub.poll(10):
+                break
+        while sub.poll(50):
+            sub.recv_multipart()
+        cmd = run(ex, 1.0, chunk([0.5, 0, 0, 0, 0, 0]), 1.0)
+        assert cmd.kind == "move"
+        pub.stop(1.01, "force")  # ... the guard trips now
+        pub.apply(cmd)
+        got = [sub.recv_multipart() for _ in range(2) if sub.poll(1000)]
+        pub.release()
+        pub.apply(run(ex, 1.1, chunk([0.5, 0, 0, 0, 0, 0]), 1.1))
+        got += [sub.recv_multipart() for _ in range(2) if sub.poll(1000)]
+    finally:
+        pub.close()
+        sub.close(linger=0)
+    assert [g[0] for g in got] == [wire.STOP_TOPIC, wire.ACTION_TOPIC, wire.RELEASE_TOPIC, wire.ACTION_TOPIC]
+    assert not wire.unpack_action(got[1])[2].any()  # the stale move went out as zero deltas
+    assert wire.unpack_action(got[3])[2][0] == pytest.approx(0.5)  # released: moves again

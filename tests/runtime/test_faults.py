@@ -71,21 +71,29 @@ def test_a_tick_overrun_is_counted_and_answered_on_the_next_tick():
     assert report["stopped"].startswith("tick_overrun")
 
 
-def test_a_released_stop_moves_again():
-    from vla_lib.data.scenarios import PREROLL_S, sample_episode
+def test_a_released_stop_moves_the_arm_again():
+    """A latched stop freezes the arm until the operator's release, and only then does it move again."""
+    from vla_lib.data.scenarios import PREROLL_S, ReactiveDemonstrator, sample_episode
     from vla_lib.evaluation.closed_loop import ControllerPolicy
-    from vla_lib.data.scenarios import ReactiveDemonstrator
-    from vla_lib.runtime.loop import Runtime
+    from vla_lib.runtime.loop import Features, Runtime
     from vla_lib.sim.rig import SimRig
 
     cfg = cfg_with()
     rig = SimRig(sample_episode(cfg.synthetic.task, 1000), cfg.synthetic, views=cfg.data.views, data_cfg=cfg.data)
     runtime = Runtime(cfg.runtime, 0.1, rig)
     policy = ControllerPolicy(ReactiveDemonstrator(cfg.synthetic.task), rig)
+
+    def ticks(n):
+        kinds = []
+        for _ in range(n):
+            kinds.append(runtime.tick(policy, rig, Features(captured=rig.now()), simulated=True)["command"].kind)
+            rig.clock.sleep_until(rig.now() + 0.1)
+        return kinds
+
     rig.clock.sleep_until(PREROLL_S)
     runtime.fault("robot_stale", PREROLL_S, "rehearsal")
-    from vla_lib.runtime.loop import Features
-
-    cmds = [runtime.tick(policy, rig, Features(captured=rig.now()), simulated=True)["command"].kind]
-    assert cmds == ["stop"] and runtime.release().startswith("robot_stale")
-    assert runtime.tick(policy, rig, Features(captured=rig.now()), simulated=True)["command"].kind == "move"
+    z0 = rig.robot_pose()[2]
+    assert ticks(5) == ["stop"] * 5 and abs(rig.robot_pose()[2] - z0) < 1e-6  # stopped: not a micron
+    assert runtime.release().startswith("robot_stale")
+    z1 = rig.robot_pose()[2]
+    assert ticks(5) == ["move"] * 5 and z1 - rig.robot_pose()[2] > 1.0  # descending again (5 mm/s)

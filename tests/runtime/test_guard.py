@@ -83,3 +83,26 @@ def test_tare_release_and_one_trip_per_latch():
     assert guard.check([0.27], [0.0]) and stops == [0.24, 0.27]
     fixed = SensorGuard(Limits(force_limit_n=1.0, force_baseline_n=-2.0), StopLatch())
     assert fixed.check([0.0], [-3.2])  # |-3.2 - -2.0| > 1.0, no tare
+
+
+def test_contact_during_the_tare_trips_instead_of_becoming_the_baseline():
+    """Free air at -3 N, then a 3 N contact 9 ms in, inside the 100 ms tare: seen against the first sample, and the
+    tare it spoiled is never used as the baseline."""
+    latch = StopLatch()
+    guard = SensorGuard(Limits(force_limit_n=1.0, tare_s=0.1), latch)
+    t = np.arange(0, 0.2, 0.0015)
+    f = np.where(t < 0.009, -3.0, 0.0)
+    for i in range(0, len(t), 3):  # 3-sample batches, as the rig sends them
+        guard.check(t[i:i + 3], f[i:i + 3])
+    assert latch.stopped and latch.t == pytest.approx(t[t >= 0.009][0]) and guard.baseline != 0.0
+    slow = SensorGuard(Limits(force_limit_n=1.0, tare_s=0.1), StopLatch())  # a slow press below the limit
+    ramp = -3.0 + 0.95 * t / 0.05  # 0.95 N within 50 ms, then pressed there: never above the 1 N limit
+    for i in range(0, len(t), 3):
+        slow.check(t[i:i + 3], np.minimum(ramp[i:i + 3], -2.05))
+    assert slow.latch.reason.startswith("tare not in free air")
+
+
+def test_a_non_finite_force_sample_trips_the_guard():
+    latch = StopLatch()
+    guard = SensorGuard(Limits(force_limit_n=1.0, force_baseline_n=-3.0), latch)
+    assert guard.check([0.0, 0.0015], [-3.0, np.nan]) and latch.reason == "non-finite force sample"

@@ -11,8 +11,8 @@ timing for every predictor), and every predictor runs through the runtime that w
 - `demonstrator`: the reactive demonstrator itself (the reference the policy imitates), on request.
 Per episode: final tip depth below the surface, depth error, peak contact force, overshoot past the target depth,
 time to finish (from the start until the depth stays within tolerance), success (|depth error| <= tolerance and the
-contact force never above the limit), the runtime's interventions per kind, the inference delay and the jerk at
-chunk boundaries. `closed_loop.guard_off_too` runs each predictor again with the guard off (its peak force beside).
+contact force never above the limit), the runtime's interventions per kind, the inference delay and the velocity
+jump at chunk switches. `closed_loop.guard_off_too` runs each predictor again with the guard off (its peak force beside).
 Aggregated to `metrics.json` under `closed_loop/<predictor>/`.
 """
 from __future__ import annotations
@@ -126,7 +126,7 @@ class EpisodeResult:
     interventions: dict = field(default_factory=dict)  # the runtime's counts per kind
     stopped: str | None = None  # what latched a stop, if anything did
     inference_delay_steps: float = 0.0  # median over the ticks
-    jerk_boundary_mm_s3: float | None = None  # mean jerk at chunk switches
+    switch_jump_mm_s: float | None = None  # mean velocity jump at chunk switches (mm/s)
     peak_force_n_guard_off: float | None = None  # closed_loop.guard_off_too: the same episode without the guard
     trace: dict = field(default_factory=dict, repr=False)  # t, depth_mm, force_n at 10 ms (for plots)
     report: dict = field(default_factory=dict, repr=False)  # the control loop's summary (runtime/loop.py)
@@ -209,7 +209,7 @@ def run_episode(predictor: str, seed: int, cfg, policy=None, instruction: str = 
     result = episode_metrics(rig, predictor, task)
     s = report.summary
     result.interventions, result.stopped = s["interventions"], s["stopped"]
-    result.inference_delay_steps, result.jerk_boundary_mm_s3 = s["inference_delay_steps_p50"], s["jerk_boundary_mm_s3"]
+    result.inference_delay_steps, result.switch_jump_mm_s = s["inference_delay_steps_p50"], s["switch_jump_mm_s"]
     result.report = s
     return result
 
@@ -240,7 +240,7 @@ def summarise(results: list[EpisodeResult]) -> dict:
         "interventions": dict(sum((Counter(r.interventions) for r in results), Counter())),
         "stopped_episodes": int(sum(r.stopped is not None for r in results)),
         "inference_delay_steps": float(np.median([r.inference_delay_steps for r in results])),
-        "jerk_boundary_mm_s3": _mean([r.jerk_boundary_mm_s3 for r in results]),
+        "switch_jump_mm_s": _mean([r.switch_jump_mm_s for r in results]),
         "peak_force_n_guard_off": _mean([r.peak_force_n_guard_off for r in results]),
         "peak_force_n_max_guard_off": _max([r.peak_force_n_guard_off for r in results]),
         "per_episode": [{k: v for k, v in vars(r).items() if k not in ("trace", "report", "predictor")}

@@ -14,7 +14,7 @@ import numpy as np
 from vla_lib.evaluation.closed_loop import evaluate_closed_loop
 
 COLUMNS = ("success_rate", "depth_error_mm", "peak_force_n", "peak_force_n_max", "peak_force_n_guard_off",
-           "stopped_episodes", "jerk_boundary_mm_s3", "inference_delay_steps")
+           "peak_force_n_max_guard_off", "stopped_episodes", "switch_jump_mm_s", "inference_delay_steps")
 
 
 def delay_sweep(cfg, policy, delays_s=(0.0, 0.1, 0.2, 0.3), modes=("first", "blend", "rtc"),
@@ -48,9 +48,9 @@ def plot_delay_sweep(table, task):
                 continue
             a.plot(part["delay_ms"], part["success_rate"], style, color=f"C{i}", label=f"{name}, {mode}")
             b.plot(part["delay_ms"], part["peak_force_n_max"], style, color=f"C{i}", label=f"{name}, {mode}")
-            if part["peak_force_n_guard_off"].notna().any():
-                b.plot(part["delay_ms"], part["peak_force_n_guard_off"], ":", color=f"C{i}", alpha=0.6,
-                       label=f"{name}, {mode}, guard off (mean)")
+            if part["peak_force_n_max_guard_off"].notna().any():
+                b.plot(part["delay_ms"], part["peak_force_n_max_guard_off"], ":", color=f"C{i}", alpha=0.6,
+                       label=f"{name}, {mode}, guard off")
     a.axhline(0.9, color="g", ls=":", label="target 0.9")
     a.set(xlabel="injected inference delay (ms)", ylabel="success rate", ylim=(-0.05, 1.05),
           title="closed loop: success against inference delay")

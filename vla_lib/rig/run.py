@@ -1,4 +1,4 @@
-"""`--mode live`: the real-time loop on the rig's streams (or on simulated senders replaying a session), dry run
+"""`--mode live`: the runtime's control loop (vla_lib/runtime) on the rig's streams (or on simulated senders replaying a session), dry run
 unless `live.send_actions`; writes `outputs/<run>/live/report.json`, `ticks.jsonl` and `actions.jsonl`.
 
 report.json: `action_hz` (measured), `action_steps`, `deadline_misses` (+ `deadline_miss_fraction`),
@@ -78,6 +78,9 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
     recorder = SessionRecorder(out) if live.record else None
     io = LiveRobotIO(live, cfg.data, recorder, action_log=out / "actions.jsonl").start()
     runtime = Runtime.from_config(cfg, io.actuator)  # the same runtime as the closed loop's, the rig's actuator
+    if cfg.runtime.limits.min_oct_distance_mm is not None:
+        log("warning: runtime.limits.min_oct_distance_mm is set but the live path has no A-line decoder for your OCT: "
+            "the OCT distance stop is off (the force stop is on)")
     rig = None
     try:
         if live.simulate_senders and senders_factory is not None:
@@ -147,7 +150,7 @@ def summarise(report, io, ticks_path, senders, rss_start, rss_end, udp0, udp1, l
         "clock_offsets_to_robot_s": {"camera": io.offset("camera"), "sensor": io.offset("sensor")},
         "runtime": {k: s[k] for k in ("execution", "guard", "interventions", "stopped", "stops", "guard_trips",
                                       "force_baseline_n", "inference_delay_steps_p50", "inference_delay_steps_max",
-                                      "jerk_boundary_mm_s3")},
+                                      "switch_jump_mm_s", "jerk_mm_s3")},
         "senders": senders, "udp_rcvbuf_errors": None if udp0 is None or udp1 is None else udp1 - udp0,
         "rss_mb_start": rss_start, "rss_mb_end": rss_end,
         "endpoints": {"robot": live.robot_endpoint, "camera": live.camera_endpoint, "sensor": live.sensor_endpoint},

@@ -10,7 +10,9 @@
   t (robot clock) f64, send time f64 (receiver clock), the 6 pose deltas to execute over the next step (mm, deg) and
   the commanded absolute target pose (mm, deg) f32. A hold is an action with zero deltas (target = measured pose).
 - Stops (ours), on the same PUB socket, topic `stop`: [b"stop", `<dd` (time of the sample that tripped it, robot
-  clock; send time), the reason as UTF-8]. The arm stops at once and moves again only after an operator's release.
+  clock; send time), the reason as UTF-8]. The arm stops at once and moves again only after an operator's release,
+  which is announced as [b"release", `<d` send time]. Actions carry deltas: the rig integrates them (the target pose
+  is the measured pose + delta, for logging and checks; a hold's target is the measured pose).
 
 Every `unpack_*` raises `WireError` (with a short reason used as the drop counter's key) on anything malformed:
 wrong size, non-finite numbers, bad JSON, a payload that is not a JPEG. Parsing uses `struct` / numpy `frombuffer`
@@ -37,6 +39,7 @@ SENSOR_MAX_PER_DATAGRAM = (UDP_MAX_PAYLOAD - SENSOR_COUNT.size) // SENSOR_PACKET
 ACTION_TOPIC = b"action"
 STOP_TOPIC = b"stop"
 STOP_STRUCT = struct.Struct("<dd")
+RELEASE_TOPIC = b"release"
 ACTION_STRUCT = struct.Struct("<dd6f6f")
 ACTION_SIZE = ACTION_STRUCT.size  # 64
 
@@ -179,6 +182,10 @@ def unpack_stop(frames: list[bytes]) -> tuple[float, float, str]:
         raise WireError("bad_framing", "expected [b'stop', 16-B payload, reason]")
     t_sample, send_ts = STOP_STRUCT.unpack(frames[1])
     return t_sample, send_ts, frames[2].decode(errors="replace")
+
+
+def pack_release(send_ts: float) -> list[bytes]:
+    return [RELEASE_TOPIC, struct.pack("<d", float(send_ts))]
 
 
 # ---------------------------------------------------------------------------------------------------------------

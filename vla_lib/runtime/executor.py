@@ -75,6 +75,9 @@ class Command:
     chunk_step: int = -1  # its step index
     delay_steps: float = 0.0  # inference delay of the newest usable chunk, in action steps
     pose: np.ndarray | None = None  # the measured pose the step was limited against
+    # where the executed chunk changed: |this step - the previous chunk's step for the same time| / period (mm/s),
+    # the velocity jump a chunk switch causes (None: no switch, or the previous chunk had no step for this time)
+    switch_jump_mm_s: float | None = None
 
 
 class ChunkExecutor:
@@ -88,6 +91,7 @@ class ChunkExecutor:
         self.pending: collections.deque = collections.deque()  # (t_ready, id, t_obs, chunk) not yet usable
         self.chunks: collections.deque = collections.deque(maxlen=32)  # usable: (id, t_obs, t_ready, chunk)
         self._next_id = 0
+        self._last_cid = -1
 
     # -- chunks --------------------------------------------------------------------------------------------------
     def add_chunk(self, t_obs: float, chunk: np.ndarray, t_ready: float | None = None) -> int:
@@ -163,21 +167,35 @@ class ChunkExecutor:
         return delta, reasons
 
     # -- one tick ------------------------------------------------------------------------------------------------
+    def _switch_jump(self, cid: int, raw: np.ndarray, t_send: float) -> float | None:
+        last, self._last_cid = self._last_cid, cid
+        if cid == last or last < 0:
+            return None
+        prev = next(((tc, c) for c_id, tc, _, c in self.chunks if c_id == last), None)
+        if prev is None:
+            return None
+        k = self._k(t_send + self.latency, prev[0]) if self.mode != "first" else 0
+        if not 0 <= k < len(prev[1]):
+            return None
+        return float(np.linalg.norm(raw[:3] - prev[1][k][:3]) / self.dt)
+
     def step(self, t: float, t_send: float, pose: np.ndarray | None, holds: list[str] = ()) -> Command:
         """The command for this tick: stopped (latched) > held (`holds`: this tick's faults answered with hold, or
         no pose) > the chosen step, limited."""
         raw, cid, k, delay, reasons = self.choose(t_send)
+        jump = self._switch_jump(cid, raw, t_send) if cid >= 0 else None
         pose = None if pose is None else np.asarray(pose, np.float64)
         zero = np.zeros(6)
         target = np.full(6, np.nan) if pose is None else pose.copy()
         if self.latch.stopped:
-            return Command(t, t_send, "stop", zero, target, raw, [f"stopped: {self.latch.reason}"], cid, k, delay, pose)
+            return Command(t, t_send, "stop", zero, target, raw, [f"stopped: {self.latch.reason}"], cid, k, delay, pose,
+                           jump)
         if pose is None:
             holds = [*holds, "no_pose"]
         if holds or reasons:
-            return Command(t, t_send, "hold", zero, target, raw, [*holds, *reasons], cid, k, delay, pose)
+            return Command(t, t_send, "hold", zero, target, raw, [*holds, *reasons], cid, k, delay, pose, jump)
         delta, limited = self.limit(raw, pose)
         target = pose + delta
         target[3:] = wrap_deg(target[3:])
-        return Command(t, t_send, "move", delta, target, raw, limited, cid, k, delay, pose)
+        return Command(t, t_send, "move", delta, target, raw, limited, cid, k, delay, pose, jump)
 

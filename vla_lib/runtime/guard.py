@@ -7,7 +7,9 @@ endpoint). `trips` records, per trip, the crossing sample's time and the seconds
 actuator's stop having been issued (`reaction_s`). Only `StopLatch.release()` (an operator) moves the arm again.
 
 The force baseline: `limits.force_baseline_n`, or the median of the first `limits.tare_s` of samples (a tare in
-free air at start; until it is done only samples beyond the limit from the first sample's value trip the guard).
+free air at start). During the tare every sample is checked against the very first sample's value, and a tare whose
+median moved more than half the limit from it (contact while taring) trips the stop instead of becoming the
+baseline. A non-finite force sample trips the stop too (a saturated or failing sensor is not "no contact").
 """
 from __future__ import annotations
 
@@ -27,17 +29,25 @@ class SensorGuard:
         self.baseline = limits.force_baseline_n
         self._tare: list[np.ndarray] = []
         self._tare_t0: float | None = None
+        self._first: float | None = None  # the first sample's force: the reference until the tare is done
         self.samples = 0
         self.peak_excess_n = 0.0
         self.trips: list[dict] = []
 
-    def _update_tare(self, times: np.ndarray, forces: np.ndarray) -> None:
+    def _update_tare(self, times: np.ndarray, forces: np.ndarray) -> str | None:
+        """Collect the tare; when complete, set the baseline or return why it cannot be one."""
         if self._tare_t0 is None:
-            self._tare_t0 = float(times[0])
+            self._tare_t0, self._first = float(times[0]), float(forces[0])
         self._tare.append(forces[times < self._tare_t0 + self.limits.tare_s])
-        if times[-1] >= self._tare_t0 + self.limits.tare_s:
-            self.baseline = float(np.median(np.concatenate(self._tare)))
-            self._tare = []
+        if times[-1] < self._tare_t0 + self.limits.tare_s:
+            return None
+        median = float(np.median(np.concatenate(self._tare)))
+        self._tare = []
+        if abs(median - self._first) > 0.5 * self.limits.force_limit_n:
+            self.baseline = self._first  # the reference stays the first sample; the stop is latched
+            return f"tare not in free air: median {median:.3f} N moved {median - self._first:+.3f} N from the first sample"
+        self.baseline = median
+        return None
 
     def check(self, times, forces, alines=None, arrived: float | None = None) -> bool:
         """One batch (robot-clock times, forces, A-lines). True when this batch tripped the stop."""
@@ -46,14 +56,19 @@ class SensorGuard:
         if not len(times) or not self.enabled:
             return False
         self.samples += len(times)
-        if self.baseline is None:
-            self._update_tare(times, forces)
-        base = self.baseline if self.baseline is not None else float(np.median(forces[:1]))
-        excess = np.abs(forces - base)
+        i, reason = None, None
+        bad = np.nonzero(~np.isfinite(forces))[0]
+        if len(bad):
+            i, reason = int(bad[0]), "non-finite force sample"
+        tare_problem = self._update_tare(times, forces) if self.baseline is None else None
+        base = self.baseline if self.baseline is not None else self._first
+        excess = np.abs(np.where(np.isfinite(forces), forces, base) - base)
         self.peak_excess_n = max(self.peak_excess_n, float(excess.max()))
         over = np.nonzero(excess > self.limits.force_limit_n)[0]
-        i, reason = (int(over[0]), f"force {excess[over[0]]:.3f} N above limit {self.limits.force_limit_n:g} N") \
-            if len(over) else (None, None)
+        if len(over) and (i is None or over[0] < i):
+            i, reason = int(over[0]), f"force {excess[over[0]]:.3f} N above limit {self.limits.force_limit_n:g} N"
+        if tare_problem and i is None:
+            i, reason = len(times) - 1, tare_problem
         if self.oct_distance is not None and self.limits.min_oct_distance_mm is not None and alines is not None:
             dist = self.oct_distance(np.asarray(alines))
             close = np.nonzero(dist < self.limits.min_oct_distance_mm)[0]

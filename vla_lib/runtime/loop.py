@@ -48,7 +48,8 @@ class Runtime:
         self.executor = ChunkExecutor(cfg.limits, period, cfg.execution, cfg.blend_decay, cfg.execution_latency_s,
                                       self.latch)
         self.guard = SensorGuard(cfg.limits, self.latch, self._guard_trip, oct_distance, enabled=cfg.guard)
-        self.events: Counter = Counter()  # ticks per fault and per intervention kind
+        self.events: Counter = Counter()  # ticks per fault and per intervention kind (the guard adds from its thread)
+        self._events_lock = threading.Lock()
         self.fault_log: list[dict] = []  # the first 100 faults, with their detail
         self.vl_error: str | None = None  # the VL encoder's last error, until an encode succeeds
         self._overran = False
@@ -59,13 +60,17 @@ class Runtime:
         return cls(cfg.runtime, cfg.data.action_dt_s, actuator, oct_distance)
 
     def _guard_trip(self, t_sample: float, reason: str) -> None:
-        self.events["guard_stop"] += 1
-        self.actuator.stop(t_sample, reason)
+        self.actuator.stop(t_sample, reason)  # first: nothing stands between the crossing and the stop
+        self.count("guard_stop")
+
+    def count(self, kind: str) -> None:
+        with self._events_lock:
+            self.events[kind] += 1
 
     def fault(self, kind: str, t: float, detail: str = "") -> str:
         """Count a fault, apply its response (a `stop` trips the latch and the actuator's stop); returns it."""
         response = getattr(self.responses, kind)
-        self.events[kind] += 1
+        self.count(kind)
         if len(self.fault_log) < 100:
             self.fault_log.append({"kind": kind, "t": float(t), "detail": detail, "response": response})
         if response == "stop" and self.latch.trip(f"{kind}{': ' + detail if detail else ''}", t):
@@ -73,8 +78,11 @@ class Runtime:
         return response
 
     def release(self) -> str | None:
-        """The operator releases a latched stop (returns what had stopped it)."""
-        return self.latch.release()
+        """The operator releases a latched stop (returns what had stopped it): the latch, then the actuator (the
+        simulated arm's frozen set point; live: a `release` message on the action endpoint)."""
+        reason = self.latch.release()
+        self.actuator.release()
+        return reason
 
     # -- one tick ------------------------------------------------------------------------------------------------
     def tick(self, policy, io, latest: Features, simulated: bool = False, inject_delay_s: float = 0.0) -> dict:
@@ -120,18 +128,23 @@ class Runtime:
         self.actuator.apply(cmd)
         for r in cmd.reasons:
             if r in LIMIT_REASONS:
-                self.events[r] += 1
+                self.count(r)
         if cmd.kind == "stop":
-            self.events["stopped_ticks"] += 1
+            self.count("stopped_ticks")
         latency = time.perf_counter() - started
-        if latency > self.limits.overrun_factor * self.period:
+        # on the simulated clock a tick costs what the policy says it did (`last_cost_s`, default nothing): the wall
+        # time of a simulation on a busy CPU says nothing about the robot's deadline
+        cost = getattr(policy, "last_cost_s", 0.0) if simulated else latency
+        if cost > self.limits.overrun_factor * self.period:
             self._overran = True  # answered at the next tick (this one's command is out)
         return {"t": t, "latency_ms": latency * 1e3, "staleness_s": t - latest.captured,
                 "feature_age_s": t - latest.ready, "ident": latest.ident, "window": window, "history": history,
                 "chunk": chunk, "command": cmd}
 
     def summary(self) -> dict:
-        return {"execution": self.cfg.execution, "guard": self.cfg.guard, "interventions": dict(self.events),
+        with self._events_lock:
+            events = dict(self.events)
+        return {"execution": self.cfg.execution, "guard": self.cfg.guard, "interventions": events,
                 "stopped": self.latch.reason, "stops": list(self.latch.trips), "guard_trips": list(self.guard.trips),
                 "force_baseline_n": self.guard.baseline, "faults_first": self.fault_log[:20]}
 
@@ -143,6 +156,7 @@ class TickColumns:
     def __init__(self):
         self.t, self.latency_ms, self.staleness_s = array("d"), array("d"), array("d")
         self.delay_steps, self.chunk_id, self.move = array("d"), array("q"), array("d")
+        self.switch_jump = array("d")  # mm/s, at the ticks where the executed chunk changed
         self.missed = self.skipped = 0
 
     def add(self, tick: dict) -> None:
@@ -153,6 +167,8 @@ class TickColumns:
         self.delay_steps.append(cmd.delay_steps)
         self.chunk_id.append(cmd.chunk_id)
         self.move.extend(cmd.delta[:3].tolist())
+        if cmd.switch_jump_mm_s is not None:
+            self.switch_jump.append(cmd.switch_jump_mm_s)
         self.missed += bool(tick["missed"])
         self.skipped += tick.get("skipped_ticks", 0)
 
@@ -174,13 +190,14 @@ class LoopReport:
 
 def run_loop(policy, io, runtime: Runtime, instruction: str, duration_s: float, vl_rate_hz: float = 0.0,
              end: float | None = None, clock=None, vl_latency_s: float = 0.0, inject_delay_s: float = 0.0,
-             tick_sink=None) -> LoopReport:
+             tick_sink=None, until=None) -> LoopReport:
     """Run for `duration_s` wall seconds (or until the robot clock passes `end`), one tick per `runtime.period`.
     With `clock` (`now()`, `sleep_until(t)`: `SimRig.clock`) on that clock instead: single-threaded, deterministic,
     VL features usable `vl_latency_s` after their frames were read, chunks `inject_delay_s` after their tick.
 
     With `tick_sink`, each tick goes to `tick_sink(tick)` and is not kept (the summary comes from
-    `report.columns`): a live run of any length keeps no per-tick objects (kept, they fragmented the heap)."""
+    `report.columns`): a live run of any length keeps no per-tick objects (kept, they fragmented the heap).
+    `until()` true ends a wall-clock run early (an operator ending the run, a benchmark)."""
     io.attach_guard(runtime.guard)
     if clock is not None:
         return _run_on_clock(policy, io, runtime, instruction, duration_s, clock, vl_latency_s, inject_delay_s, end,
@@ -190,29 +207,32 @@ def run_loop(policy, io, runtime: Runtime, instruction: str, duration_s: float, 
     report = LoopReport()
 
     def vl_worker():
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            images, ident, captured = io.views()
-            if ident == latest.ident and vl_rate_hz == 0:  # nothing new to see: do not burn the accelerator
-                time.sleep(0.002)
-                continue
-            try:
-                encoded = policy.encode([instruction], [images])
-            except Exception as e:  # a fault of the run (runtime.faults.vl_error), retried after a pause
-                runtime.vl_error = f"{type(e).__name__}: {e}"
-                stop.wait(0.1)
-                continue
-            if encoded is None:  # an encoder with nothing new (a stalled one): the features age (vl_stall)
-                stop.wait(0.01)
-                continue
-            feats, mask = encoded
-            with lock:
-                latest.features, latest.mask, latest.ident = feats, mask, ident
-                latest.captured, latest.ready = captured, io.now()
-                runtime.vl_error = None
-            report.refreshes.append({"t": latest.ready, "encode_ms": (time.perf_counter() - t0) * 1e3})
-            if vl_rate_hz:
-                stop.wait(max(0.0, 1.0 / vl_rate_hz - (time.perf_counter() - t0)))
+        try:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                images, ident, captured = io.views()
+                if ident == latest.ident and vl_rate_hz == 0:  # nothing new to see: do not burn the accelerator
+                    time.sleep(0.002)
+                    continue
+                try:
+                    encoded = policy.encode([instruction], [images])
+                except Exception as e:  # a fault of the run (runtime.faults.vl_error), retried after a pause
+                    runtime.vl_error = f"{type(e).__name__}: {e}"
+                    stop.wait(0.1)
+                    continue
+                if encoded is None:  # an encoder with nothing new (a stalled one): the features age (vl_stall)
+                    stop.wait(0.01)
+                    continue
+                feats, mask = encoded
+                with lock:
+                    latest.features, latest.mask, latest.ident = feats, mask, ident
+                    latest.captured, latest.ready = captured, io.now()
+                    runtime.vl_error = None
+                report.refreshes.append({"t": latest.ready, "encode_ms": (time.perf_counter() - t0) * 1e3})
+                if vl_rate_hz:
+                    stop.wait(max(0.0, 1.0 / vl_rate_hz - (time.perf_counter() - t0)))
+        except BaseException as e:  # anything else ends the thread: a vl_error on every tick from now on
+            runtime.vl_error = f"VL thread ended: {type(e).__name__}: {e}"
 
     io.begin()
     worker = threading.Thread(target=vl_worker, name="vl-refresh", daemon=True)
@@ -223,12 +243,13 @@ def run_loop(policy, io, runtime: Runtime, instruction: str, duration_s: float, 
     wall_end = time.perf_counter() + duration_s
     next_tick = time.perf_counter()
     try:
-        while latest.features is not None and time.perf_counter() < wall_end and (end is None or io.now() < end):
+        while latest.features is not None and time.perf_counter() < wall_end and (end is None or io.now() < end) \
+                and not (until is not None and until()):
             time.sleep(max(0.0, next_tick - time.perf_counter()))
             started = time.perf_counter()
             with lock:
                 snapshot = Features(latest.features, latest.mask, latest.ident, latest.captured, latest.ready)
-            tick = runtime.tick(policy, io, snapshot)
+            tick = runtime.tick(policy, io, snapshot, inject_delay_s=inject_delay_s)
             tick.update({"late_start_ms": (started - next_tick) * 1e3,
                          "missed": tick["latency_ms"] / 1e3 > period or started - next_tick > period})
             next_tick += period
@@ -237,6 +258,9 @@ def run_loop(policy, io, runtime: Runtime, instruction: str, duration_s: float, 
                 tick["skipped_ticks"] = skipped
                 next_tick += skipped * period
             report.add_tick(tick, tick_sink)
+    except BaseException as e:  # the loop itself failed: the arm is stopped before the error goes up
+        runtime.actuator.stop(io.now(), f"control loop error: {type(e).__name__}: {e}")
+        raise
     finally:
         stop.set()
         worker.join(timeout=30)
@@ -293,18 +317,16 @@ def _run_on_clock(policy, io, runtime: Runtime, instruction: str, duration_s: fl
     return report
 
 
-def boundary_jerk(columns: TickColumns, period: float) -> dict:
-    """Jerk (mm/s^3, norm of the translation's third difference) of the executed steps at the ticks where the
-    executed chunk changes, beside its value at the other ticks."""
+def smoothness(columns: TickColumns, period: float) -> dict:
+    """Jerk of the executed steps (mm/s^3, norm of the translation's third difference, mean over the ticks) and the
+    velocity jump at chunk switches (mm/s: this step against the previous chunk's step for the same time). A new
+    chunk arrives every tick, so every tick is a chunk boundary: the jump says what switching to it cost."""
     v = np.asarray(columns.move).reshape(-1, 3) / period  # mm/s per tick
-    ids = np.asarray(columns.chunk_id)
-    if len(v) < 3:
-        return {"jerk_boundary_mm_s3": None, "jerk_other_mm_s3": None, "chunk_switches": 0}
-    jerk = np.linalg.norm(v[2:] - 2 * v[1:-1] + v[:-2], axis=1) / period ** 2  # centred on ticks 1..n-2
-    switch = ids[1:-1] != ids[:-2]
-    return {"jerk_boundary_mm_s3": float(jerk[switch].mean()) if switch.any() else None,
-            "jerk_other_mm_s3": float(jerk[~switch].mean()) if (~switch).any() else None,
-            "chunk_switches": int(switch.sum())}
+    jumps = np.asarray(columns.switch_jump)
+    jerk = np.linalg.norm(v[2:] - 2 * v[1:-1] + v[:-2], axis=1) / period ** 2 if len(v) >= 3 else np.zeros(0)
+    return {"jerk_mm_s3": float(jerk.mean()) if len(jerk) else None,
+            "switch_jump_mm_s": float(jumps.mean()) if len(jumps) else None,
+            "switch_jump_mm_s_max": float(jumps.max()) if len(jumps) else None, "chunk_switches": len(jumps)}
 
 
 def summarise(report: LoopReport, runtime: Runtime) -> dict:
@@ -326,5 +348,5 @@ def summarise(report: LoopReport, runtime: Runtime) -> dict:
         "vl_max_rate_hz": 1e3 / float(np.median(enc)) if len(enc) else None,
         "staleness_s_p50": float(np.median(stale)), "staleness_s_max": float(stale.max()),
         "inference_delay_steps_p50": float(np.median(delay)), "inference_delay_steps_max": float(delay.max()),
-        **boundary_jerk(c, period), **runtime.summary(),
+        **smoothness(c, period), **runtime.summary(),
     }

@@ -16,6 +16,8 @@ class Actuator(Protocol):
 
     def stop(self, t_sample: float, reason: str) -> None: ...  # a latched stop, now (any thread)
 
+    def release(self) -> None: ...  # the operator released the stop: move again
+
 
 class RobotIO(Protocol):
     actuator: Actuator
@@ -49,3 +51,6 @@ class RecordingActuator:
 
     def stop(self, t_sample: float, reason: str) -> None:
         self.stops.append((t_sample, reason))
+
+    def release(self) -> None:
+        self.stops.append((None, "released"))

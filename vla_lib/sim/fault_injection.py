@@ -4,7 +4,6 @@ policy (the VL encoder raising or stalling, NaN chunks, a step far beyond the li
 are on the rig's clock (seconds); None = that fault never happens."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ class Faults:
     vl_stalls_at: float | None = None  # every encode from then on returns nothing (it never finishes)
     nan_at: float | None = None  # the policy's chunks are NaN from then on
     jump_at: float | None = None  # one chunk with a 50 mm step, at the first tick from then on
-    overrun_at: float | None = None  # one tick's act() takes 1.5 periods of wall time
+    overrun_at: float | None = None  # one tick's act() costs 1.5 periods (reported as last_cost_s, no sleep)
 
 
 def _after(t, at) -> bool:
@@ -90,6 +89,7 @@ class FaultyPolicy:
     def __init__(self, policy, faults: Faults, clock, period: float = 0.1):
         self.policy, self.faults, self.clock, self.period = policy, faults, clock, period
         self._jumped = self._overran = False
+        self.last_cost_s = 0.0  # what the last act() cost on the rig's clock (the loop's overrun check reads it)
 
     @property
     def history_steps(self) -> int:
@@ -111,7 +111,8 @@ class FaultyPolicy:
         if _after(t, f.jump_at) and not self._jumped:
             self._jumped = True
             chunk[..., 2] = -50.0
+        self.last_cost_s = 0.0
         if _after(t, f.overrun_at) and not self._overran:
             self._overran = True
-            time.sleep(1.5 * self.period)
+            self.last_cost_s = 1.5 * self.period
         return chunk
