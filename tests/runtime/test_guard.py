@@ -106,3 +106,35 @@ def test_a_non_finite_force_sample_trips_the_guard():
     latch = StopLatch()
     guard = SensorGuard(Limits(force_limit_n=1.0, force_baseline_n=-3.0), latch)
     assert guard.check([0.0, 0.0015], [-3.0, np.nan]) and latch.reason == "non-finite force sample"
+
+
+def test_a_trip_during_a_release_is_never_undone():
+    """The operator releases while the guard trips (another thread): the stop that wins is never followed by a
+    release of the arm."""
+    import threading
+
+    events = []
+    latch = StopLatch(on_trip=lambda t, r: events.append("stop"), on_release=lambda: events.append("release"))
+    guard = SensorGuard(Limits(force_limit_n=1.0, force_baseline_n=-3.0), latch)
+    for i in range(200):
+        latch.trip("first", 0.0)
+        th = threading.Thread(target=guard.check, args=([float(i)], [0.0]))
+        th.start()
+        latch.release()
+        th.join()
+        # whatever the interleaving, the actuator's last word matches the latch
+        assert events[-1] == ("stop" if latch.stopped else "release")
+    assert not StopLatch(on_release=lambda: events.append("x")).release() and events[-1] != "x"  # nothing latched
+
+
+def test_non_finite_samples_in_the_tare_never_blind_the_guard():
+    latch = StopLatch()
+    guard = SensorGuard(Limits(force_limit_n=1.0, tare_s=0.1), latch)
+    t = np.arange(0, 0.2, 0.0015)
+    f = np.full(len(t), -3.0)
+    f[0], f[7] = np.nan, np.nan
+    for i in range(0, len(t), 3):
+        guard.check(t[i:i + 3], f[i:i + 3])
+    assert latch.reason == "non-finite force sample" and guard.baseline == pytest.approx(-3.0)
+    latch.release()
+    assert guard.check([0.3], [2.5])  # 5.5 N above the (finite) baseline

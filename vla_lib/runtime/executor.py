@@ -33,10 +33,13 @@ from vla_lib.runtime.configuration_runtime import EXECUTION_MODES, Limits
 
 class StopLatch:
     """A latched stop: tripped by the sensor guard or a `stop` fault, released only by `release()` (an operator's
-    explicit action). Thread-safe: the guard trips it from the sensor thread."""
+    explicit action). Thread-safe: the guard trips it from the sensor thread. `on_trip(t, reason)` (the actuator's
+    stop) and `on_release()` run inside the latch's lock, so a trip and a release never interleave: a crossing during
+    a release is either before it (released with it, by the operator's choice) or after it (a new stop)."""
 
-    def __init__(self):
-        self._lock = threading.Lock()
+    def __init__(self, on_trip=None, on_release=None):
+        self._lock = threading.RLock()
+        self.on_trip, self.on_release = on_trip, on_release
         self.reason: str | None = None
         self.t: float | None = None  # robot-clock time of what tripped it
         self.trips: list[dict] = []
@@ -48,11 +51,16 @@ class StopLatch:
                 return False
             self.reason, self.t = reason, float(t)
             self.trips.append({"reason": reason, "t": float(t)})
+            if self.on_trip is not None:
+                self.on_trip(float(t), reason)
             return True
 
     def release(self) -> str | None:
+        """Release a latched stop (and the actuator); nothing happens when none is latched."""
         with self._lock:
             was, self.reason, self.t = self.reason, None, None
+            if was is not None and self.on_release is not None:
+                self.on_release()
             return was
 
     @property
@@ -167,35 +175,35 @@ class ChunkExecutor:
         return delta, reasons
 
     # -- one tick ------------------------------------------------------------------------------------------------
-    def _switch_jump(self, cid: int, raw: np.ndarray, t_send: float) -> float | None:
+    def _previous_step(self, cid: int, t_send: float) -> np.ndarray | None:
+        """Where the executed chunk changes: the previous chunk's step for this time (None: no change, or it has none)."""
         last, self._last_cid = self._last_cid, cid
-        if cid == last or last < 0:
+        if cid == last or last < 0 or cid < 0:
             return None
         prev = next(((tc, c) for c_id, tc, _, c in self.chunks if c_id == last), None)
         if prev is None:
             return None
         k = self._k(t_send + self.latency, prev[0]) if self.mode != "first" else 0
-        if not 0 <= k < len(prev[1]):
-            return None
-        return float(np.linalg.norm(raw[:3] - prev[1][k][:3]) / self.dt)
+        return prev[1][k] if 0 <= k < len(prev[1]) else None
 
     def step(self, t: float, t_send: float, pose: np.ndarray | None, holds: list[str] = ()) -> Command:
         """The command for this tick: stopped (latched) > held (`holds`: this tick's faults answered with hold, or
         no pose) > the chosen step, limited."""
         raw, cid, k, delay, reasons = self.choose(t_send)
-        jump = self._switch_jump(cid, raw, t_send) if cid >= 0 else None
+        prev = self._previous_step(cid, t_send)
         pose = None if pose is None else np.asarray(pose, np.float64)
         zero = np.zeros(6)
         target = np.full(6, np.nan) if pose is None else pose.copy()
         if self.latch.stopped:
-            return Command(t, t_send, "stop", zero, target, raw, [f"stopped: {self.latch.reason}"], cid, k, delay, pose,
-                           jump)
+            return Command(t, t_send, "stop", zero, target, raw, [f"stopped: {self.latch.reason}"], cid, k, delay, pose)
         if pose is None:
             holds = [*holds, "no_pose"]
         if holds or reasons:
-            return Command(t, t_send, "hold", zero, target, raw, [*holds, *reasons], cid, k, delay, pose, jump)
+            return Command(t, t_send, "hold", zero, target, raw, [*holds, *reasons], cid, k, delay, pose)
         delta, limited = self.limit(raw, pose)
         target = pose + delta
         target[3:] = wrap_deg(target[3:])
+        # the jump is taken on what is executed (limited) against what the previous chunk would have executed
+        jump = None if prev is None else float(np.linalg.norm(delta[:3] - self.limit(prev, pose)[0][:3]) / self.dt)
         return Command(t, t_send, "move", delta, target, raw, limited, cid, k, delay, pose, jump)
 

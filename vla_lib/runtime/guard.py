@@ -36,14 +36,18 @@ class SensorGuard:
 
     def _update_tare(self, times: np.ndarray, forces: np.ndarray) -> str | None:
         """Collect the tare; when complete, set the baseline or return why it cannot be one."""
+        finite = np.isfinite(forces)
         if self._tare_t0 is None:
-            self._tare_t0, self._first = float(times[0]), float(forces[0])
-        self._tare.append(forces[times < self._tare_t0 + self.limits.tare_s])
+            if not finite.any():
+                return None  # no reference yet (the non-finite samples trip the stop themselves)
+            self._tare_t0, self._first = float(times[finite][0]), float(forces[finite][0])
+        self._tare.append(forces[finite & (times < self._tare_t0 + self.limits.tare_s)])
         if times[-1] < self._tare_t0 + self.limits.tare_s:
             return None
-        median = float(np.median(np.concatenate(self._tare)))
+        samples = np.concatenate(self._tare)
         self._tare = []
-        if abs(median - self._first) > 0.5 * self.limits.force_limit_n:
+        median = float(np.median(samples)) if len(samples) else float("nan")
+        if not np.isfinite(median) or abs(median - self._first) > 0.5 * self.limits.force_limit_n:
             self.baseline = self._first  # the reference stays the first sample; the stop is latched
             return f"tare not in free air: median {median:.3f} N moved {median - self._first:+.3f} N from the first sample"
         self.baseline = median
@@ -62,7 +66,7 @@ class SensorGuard:
             i, reason = int(bad[0]), "non-finite force sample"
         tare_problem = self._update_tare(times, forces) if self.baseline is None else None
         base = self.baseline if self.baseline is not None else self._first
-        excess = np.abs(np.where(np.isfinite(forces), forces, base) - base)
+        excess = np.zeros(len(forces)) if base is None else np.abs(np.where(np.isfinite(forces), forces, base) - base)
         self.peak_excess_n = max(self.peak_excess_n, float(excess.max()))
         over = np.nonzero(excess > self.limits.force_limit_n)[0]
         if len(over) and (i is None or over[0] < i):

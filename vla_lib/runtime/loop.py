@@ -44,7 +44,8 @@ class Runtime:
     def __init__(self, cfg, period: float, actuator, oct_distance=None):
         self.cfg, self.period, self.actuator = cfg, period, actuator
         self.limits, self.responses = cfg.limits, cfg.faults
-        self.latch = StopLatch()
+        # the actuator's stop and release run inside the latch's lock: a trip and a release never interleave
+        self.latch = StopLatch(on_trip=actuator.stop, on_release=actuator.release)
         self.executor = ChunkExecutor(cfg.limits, period, cfg.execution, cfg.blend_decay, cfg.execution_latency_s,
                                       self.latch)
         self.guard = SensorGuard(cfg.limits, self.latch, self._guard_trip, oct_distance, enabled=cfg.guard)
@@ -60,8 +61,7 @@ class Runtime:
         return cls(cfg.runtime, cfg.data.action_dt_s, actuator, oct_distance)
 
     def _guard_trip(self, t_sample: float, reason: str) -> None:
-        self.actuator.stop(t_sample, reason)  # first: nothing stands between the crossing and the stop
-        self.count("guard_stop")
+        self.count("guard_stop")  # the actuator's stop already went out, from the latch (StopLatch.on_trip)
 
     def count(self, kind: str) -> None:
         with self._events_lock:
@@ -73,16 +73,14 @@ class Runtime:
         self.count(kind)
         if len(self.fault_log) < 100:
             self.fault_log.append({"kind": kind, "t": float(t), "detail": detail, "response": response})
-        if response == "stop" and self.latch.trip(f"{kind}{': ' + detail if detail else ''}", t):
-            self.actuator.stop(t, kind)
+        if response == "stop":
+            self.latch.trip(f"{kind}{': ' + detail if detail else ''}", t)  # the actuator's stop, through the latch
         return response
 
     def release(self) -> str | None:
         """The operator releases a latched stop (returns what had stopped it): the latch, then the actuator (the
         simulated arm's frozen set point; live: a `release` message on the action endpoint)."""
-        reason = self.latch.release()
-        self.actuator.release()
-        return reason
+        return self.latch.release()
 
     # -- one tick ------------------------------------------------------------------------------------------------
     def tick(self, policy, io, latest: Features, simulated: bool = False, inject_delay_s: float = 0.0) -> dict:
@@ -258,9 +256,11 @@ def run_loop(policy, io, runtime: Runtime, instruction: str, duration_s: float, 
                 tick["skipped_ticks"] = skipped
                 next_tick += skipped * period
             report.add_tick(tick, tick_sink)
-    except BaseException as e:  # the loop itself failed: the arm is stopped before the error goes up
-        runtime.actuator.stop(io.now(), f"control loop error: {type(e).__name__}: {e}")
-        raise
+    except BaseException as e:  # the loop itself failed: the arm is stopped (latched) before the error goes up
+        try:
+            runtime.latch.trip(f"control loop error: {type(e).__name__}: {e}", time.time())
+        finally:
+            raise
     finally:
         stop.set()
         worker.join(timeout=30)
