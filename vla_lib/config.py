@@ -366,6 +366,9 @@ class LiveConfig:
                               "vl_rate_hz >= 0")
 
 
+PREDICTORS = ("policy", "policy_no_sensor", "scripted", "demonstrator")  # evaluation/closed_loop.py runs them
+
+
 @dataclass
 class ClosedLoopConfig:
     """Closed-loop evaluation on the simulated rig (vla_lib/evaluation/closed_loop.py), on held-out episodes drawn
@@ -384,9 +387,8 @@ class ClosedLoopConfig:
         self.validate()
 
     def validate(self) -> None:
-        known = ("policy", "policy_no_sensor", "scripted", "demonstrator")  # evaluation/closed_loop.PREDICTORS
         for name in self.predictors:
-            _choice("closed_loop.predictors[]", name, known)
+            _choice("closed_loop.predictors[]", name, PREDICTORS)
         if self.episodes < 1:
             raise ConfigError(f"closed_loop.episodes must be >= 1, got {self.episodes}")
 

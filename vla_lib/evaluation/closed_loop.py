@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from vla_lib.atomic import atomic_write_text
+from vla_lib.config import PREDICTORS  # one list: the config validates closed_loop.predictors against it
 
 from vla_lib.data.scenarios import (PREROLL_S, ReactiveDemonstrator, ScriptedBaseline, contact_force, oct_distance,
                                     sample_episode)
 from vla_lib.runtime.loop import Runtime, run_loop
 from vla_lib.sim.rig import SimRig
 
-PREDICTORS = ("policy", "policy_no_sensor", "scripted", "demonstrator")
 
 
 class NoSensor:
