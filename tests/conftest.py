@@ -31,7 +31,10 @@ def ci_config(data_root: Path, base: Path) -> RunConfig:
 
 def run_cli(args, out_dir, extra=(), launcher=(sys.executable, "-m", "vla_lib"), wait=True, timeout=600):
     """`python -m vla_lib ARGS --output-dir OUT_DIR EXTRA` from the repository root, deterministic on the CPU: its
-    output (asserting success), or the running process (`wait=False`, e.g. to kill it)."""
+    output (asserting success), or the running process (`wait=False`, e.g. to kill it). The run's folder is under
+    OUT_DIR too (output_root), so a test never writes into the repository's outputs/."""
+    if not any(str(a).startswith("output_root=") for a in (*args, *extra)):
+        extra = (*extra, "--set", f"output_root={out_dir}")
     cmd = [*launcher, *args, "--output-dir", str(out_dir), *extra]
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
     if wait:

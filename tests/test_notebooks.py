@@ -35,7 +35,7 @@ def test_notebook_01_runs_under_papermill(tmp_path):
     params = _params(tmp_path)
     out = tmp_path / "01.ipynb"
     pm.execute_notebook(str(REPO / "notebooks/01_dataset_audit.ipynb"), str(out),
-                        parameters={"params_file": "params/ci.yaml", **params}, cwd=str(REPO), kernel_name="python3",
+                        parameters=params, cwd=str(REPO), kernel_name="python3",
                         progress_bar=False)
     audit_dir = tmp_path / "ci" / "01_audit"
     summary = yaml.safe_load((audit_dir / "audit.json").read_text())
@@ -52,7 +52,7 @@ def test_notebooks_02_to_04_run_under_papermill(tmp_path):
     params = _params(tmp_path)
     for name in ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency"]:
         pm.execute_notebook(str(REPO / f"notebooks/{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
-                            parameters={"params_file": "params/ci.yaml", **params}, cwd=str(REPO),
+                            parameters=params, cwd=str(REPO),
                             kernel_name="python3", progress_bar=False)
     cache = yaml.safe_load((tmp_path / "ci/02_cache/cache.json").read_text())
     assert cache["verify_problems"] == [] and cache["hits"] > 0 and cache["tokens_per_view"] == 66

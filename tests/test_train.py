@@ -101,7 +101,7 @@ def test_a_finished_run_is_never_rewritten_and_other_settings_are_refused(prepar
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for change in (["--epochs", "3"], ["--lr", "1e-6"], ["--batch-size", "4"]):
         done = subprocess.run([sys.executable, "-m", "vla_lib", *prepared, "--output-dir", str(tmp_path),
-                               *extra, *change], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                               "--set", f"output_root={tmp_path}", *extra, *change], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 2, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("error:") and "other settings" in last and "--run-name" in last, done.stderr
@@ -124,7 +124,7 @@ def test_logged_step_loss_is_the_mean_over_the_accumulation_window(prepared, tmp
             seen.append(float(out[0].detach()))
         return out
     monkeypatch.setattr(training, "loss_fn", spy)
-    args = prepared + ["--output-dir", str(tmp_path), "--epochs", "1", "--batch-size", "4", "--grad-accum-steps", "4"]
+    args = prepared + ["--output-dir", str(tmp_path), "--set", f"output_root={tmp_path}", "--epochs", "1", "--batch-size", "4", "--grad-accum-steps", "4"]
     summary = training.train(config_from_args(build_parser().parse_args(args)), log=lambda *a: None)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [r["train/loss_step"] for r in rows if "train/loss_step" in r]
@@ -199,7 +199,7 @@ def test_a_non_finite_loss_stops_the_run_at_its_step_and_nothing_after_it_is_sav
     from vla_lib.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(
-        prepared + ["--output-dir", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--save-every-steps", "1"]))
+        prepared + ["--output-dir", str(tmp_path), "--set", f"output_root={tmp_path}", "--epochs", "2", "--batch-size", "4", "--save-every-steps", "1"]))
     stock, calls = training.Trainer.loss, []
 
     def loss(self, batch):  # the second training batch's loss turns NaN (validation never runs before it)
@@ -227,7 +227,8 @@ def _cli_error(args, env=None) -> str:
 
 
 def test_a_split_without_validation_samples_is_one_line_with_the_fix(prepared, tmp_path):
-    line = _cli_error(prepared + ["--output-dir", str(tmp_path), "--set", "data.val_fraction=0"])
+    line = _cli_error(prepared + ["--output-dir", str(tmp_path), "--set", f"output_root={tmp_path}", "--set",
+                                  "data.val_fraction=0"])
     assert "no validation samples" in line and "data.val_fraction" in line and "data.val_sessions" in line
 
 
@@ -249,7 +250,7 @@ def test_gradients_stay_in_their_own_tensors_across_steps(prepared, tmp_path):
     from vla_lib.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(
-        prepared + ["--output-dir", str(tmp_path), "--batch-size", "2", "--grad-accum-steps", "2", "--max-steps", "3"]))
+        prepared + ["--output-dir", str(tmp_path), "--set", f"output_root={tmp_path}", "--batch-size", "2", "--grad-accum-steps", "2", "--max-steps", "3"]))
     run = training.Trainer(cfg, log=lambda *a: None)
     run.setup()
     run.resume_or_start()

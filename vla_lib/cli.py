@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        if args.mode in ("cache", "train", "demo"):
+            from vla_lib.commands import check_same_run
+
+            check_same_run(cfg)  # before anything is written: never repoint a finished run
         code = run_mode(args, cfg)
         if code == 0 and args.mode in ("cache", "train"):
             from vla_lib.commands import run_params_file
@@ -183,9 +187,9 @@ def run_mode(args, cfg) -> int:
     elif args.mode == "sweep":
         from vla_lib.sweep import run_sweep
 
-        if not args.params:
-            raise ConfigError("--mode sweep needs --params (the file with the sweep: section)")
-        run_sweep(args.params)
+        if not cfg.sweep.grid:
+            raise ConfigError("--mode sweep needs a sweep grid (a params file with a sweep: section, or --set)")
+        run_sweep(cfg)
     elif args.mode == "live":
         from vla_lib.rig.run import run_live
 

@@ -1,9 +1,9 @@
 """The full command that fixes a problem, printed by every hint: the resolved settings are written to the run's
 folder, so the command reproduces exactly these settings (flags, --set values and all).
 
-`outputs/<run>/params.yaml` holds the settings the run was made with: it is written once, and later only with the
-same settings (up to ones the weights do not depend on). A step or hint with other settings writes its own
-`params.<hash>.yaml` beside it, so a finished run's settings file always describes its weights."""
+`outputs/<run>/params.yaml` holds the settings the run was made with: it is written once and never rewritten. A step
+or hint with other settings writes its own `params.<hash>.yaml` beside it, so a finished run's settings file always
+describes its weights; one that would put the run's files somewhere else is refused (it is another run)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,21 +13,35 @@ from pathlib import Path
 import yaml
 
 from vla_lib.atomic import atomic_write_text
-from vla_lib.config import settings_changed
+from vla_lib.config import ConfigError
 
 
 def run_params_file(cfg) -> Path:
-    """A file holding exactly these settings in the run's folder: `params.yaml` when it is this run's (or does not
-    exist yet), else `params.<hash>.yaml`. Returns its path."""
+    """A file holding exactly these settings in the run's folder: `params.yaml` when it does not exist yet or holds
+    them, else `params.<hash>.yaml`. Returns its path."""
     path = Path(cfg.run_dir) / "params.yaml"
     text = _yaml(cfg)
     if path.exists() and path.read_text() != text:
-        if settings_changed(yaml.safe_load(path.read_text()) or {}, cfg.to_dict()):
-            path = path.with_name(f"params.{hashlib.sha1(text.encode()).hexdigest()[:8]}.yaml")
+        check_same_run(cfg)
+        path = path.with_name(f"params.{hashlib.sha1(text.encode()).hexdigest()[:8]}.yaml")
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)  # several ranks may write it at once
     return path
+
+
+def check_same_run(cfg) -> None:
+    """A command may change how a run is evaluated, never where its files are: that would be another run. Raises
+    ConfigError before anything is written if the run folder's params.yaml puts its training files elsewhere."""
+    path = Path(cfg.run_dir) / "params.yaml"
+    if not path.exists():
+        return
+    stored = yaml.safe_load(path.read_text()) or {}
+    where = (stored.get("train") or {}).get("output_dir") or str(Path(cfg.run_dir) / "train")
+    if Path(where).resolve() != Path(cfg.train.output_dir).resolve():
+        raise ConfigError(f"{path} is the run whose training files are in {where}; this command puts them in "
+                          f"{cfg.train.output_dir}. Give it its own run (--run-name NAME, or run_name in the params "
+                          "file) instead of repointing this one")
 
 
 def command_for(cfg, mode: str) -> str:

@@ -630,11 +630,27 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_params(path: str | Path, _seen: tuple = ()) -> dict:
-    """A parameter file's values. `extends: other.yaml` (relative to this file) takes that file's values first and
-    this file's on top, section by section: a variant run (Stage 2, a sweep member) names only what differs, so each
-    value has one source."""
+def load_params(path: str | Path) -> dict:
+    """A parameter file's values, its `extends:` resolved (see `resolve_extends`)."""
     path = Path(path)
+    return resolve_extends(_read_params(path), path.parent, (path.resolve(),))
+
+
+def resolve_extends(values: dict, base_dir: str | Path, _seen: tuple = ()) -> dict:
+    """`extends: other.yaml` (relative to `base_dir`, the file's folder) takes that file's values first and these on
+    top, section by section: a variant run (Stage 2, a sweep member) names only what differs, so each value has one
+    source."""
+    values = dict(values)
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    base_path = (Path(base_dir) / base).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"extends {base}: the files extend each other in a circle ({' -> '.join(map(str, _seen))})")
+    return deep_merge(resolve_extends(_read_params(base_path), base_path.parent, (*_seen, base_path)), values)
+
+
+def _read_params(path: Path) -> dict:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as e:
@@ -643,13 +659,7 @@ def load_params(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    base = values.pop("extends", None)
-    if base is None:
-        return values
-    base_path = (path.parent / base).resolve()
-    if base_path in _seen:
-        raise ConfigError(f"{path}: extends {base} extends itself in a circle")
-    return deep_merge(load_params(base_path, (*_seen, path.resolve())), values)
+    return values
 
 
 def settings_changed(stored: dict, current: dict, free_only: bool = False) -> list[str]:

@@ -5,8 +5,8 @@ import time
 from pathlib import Path
 
 
-from vla_lib.config import RunConfig, load_params
-from vla_lib.notebook import repo_root
+from vla_lib.config import RunConfig
+from vla_lib.notebook import execute, repo_root
 from vla_lib.sim.demonstrations import write_dataset
 
 NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "05_compare_runs", "06_live_rig",
@@ -29,11 +29,11 @@ class NotebookError(RuntimeError):
 
 
 def run_notebooks(params_file: str, only: list[str] | None = None, log=print) -> Path:
-    import papermill as pm  # heavy (nbclient, jupyter): only when notebooks run
+    """Each notebook gets the params file and nothing else; what it prints streams to the terminal as it runs."""
+    import papermill as pm
 
     root = repo_root()
-    params = load_params(root / params_file)  # `extends:` resolved
-    cfg = RunConfig.from_dict(params)
+    cfg = RunConfig.from_yaml(root / params_file)
     out = root / cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)
     for name in NOTEBOOKS:
@@ -51,8 +51,7 @@ def run_notebooks(params_file: str, only: list[str] | None = None, log=print) ->
         start = time.time()
         log(f"[demo] {name} ...")
         try:
-            pm.execute_notebook(str(src), str(out / f"{name}.ipynb"), parameters={"params_file": params_file,
-                                **params}, cwd=str(root), kernel_name="python3", progress_bar=False)
+            execute(src, out / f"{name}.ipynb", params_file, cwd=root, prefix=f"[demo {name[:2]}] ")
         except pm.PapermillExecutionError as e:
             raise NotebookError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                                 f"(the executed notebook with the traceback: {out / (name + '.ipynb')})") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from vla_lib.config import RunConfig, load_params
-from vla_lib.notebook import repo_root
+from vla_lib.notebook import execute, repo_root
 
 MEMBER_NOTEBOOK = "notebooks/sweep_member.ipynb"
 DONE = "sweep_done.json"
@@ -73,10 +73,15 @@ def expand(base: dict) -> list[tuple[str, dict]]:
     return members
 
 
-def write_params(base_file: str | Path, root: Path | None = None) -> list[tuple[str, Path]]:
+def _base(source: RunConfig | str | Path, root: Path) -> dict:
+    """The sweep's base values: a config as built (flags and --set included), or a params file (`extends:` resolved)."""
+    return source.to_dict() if isinstance(source, RunConfig) else load_params(root / source)
+
+
+def write_params(source: RunConfig | str | Path, root: Path | None = None) -> list[tuple[str, Path]]:
     """Write one params file per member under outputs/<sweep>/params/; returns (member, path relative to root)."""
     root = root or repo_root()
-    base = load_params(root / base_file)  # `extends:` resolved
+    base = _base(source, root)
     cfg = RunConfig.from_dict(base)
     out = Path(cfg.output_root) / sweep_name(cfg) / "params"
     (root / out).mkdir(parents=True, exist_ok=True)
@@ -97,27 +102,27 @@ def frame_cache_path(cfg: RunConfig) -> Path:
     return Path(cfg.output_root) / "sim_vl_features.pt"
 
 
-def run_sweep(params_file: str, log=print) -> list[dict]:
+def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
     """Run every member not done yet through papermill (notebooks/sweep_member.ipynb); returns one status row each."""
-    import papermill as pm
-
     root = repo_root()
-    cfg = RunConfig.from_yaml(root / params_file)
-    rows = []
-    for member, path in write_params(params_file, root):
+    cfg = RunConfig.from_dict(_base(source, root))
+    rows, ran = [], []
+    members = write_params(source, root)
+    for k, (member, path) in enumerate(members, 1):
         out = root / member_dir(cfg, member)
         if (out / DONE).exists():
-            log(f"[sweep] {member}: done already, skipped")
+            log(f"[sweep] member {k}/{len(members)} {member}: done already, skipped")
             rows.append({"member": member, "status": "skipped (done)", "seconds": 0.0})
             continue
         out.mkdir(parents=True, exist_ok=True)
+        left = len(members) - k + 1
+        eta = f", about {sum(ran) / len(ran) * left / 60:.1f} min left" if ran else ""
+        log(f"[sweep] member {k}/{len(members)} {member} ...{eta}")
         start = time.time()
-        log(f"[sweep] {member} ...")
-        pm.execute_notebook(str(root / MEMBER_NOTEBOOK), str(out / "sweep_member.ipynb"),
-                            parameters={"params_file": str(path)}, cwd=str(root), kernel_name="python3",
-                            progress_bar=False)
-        log(f"[sweep] {member} done in {time.time() - start:.0f} s")
-        rows.append({"member": member, "status": "ran", "seconds": time.time() - start})
+        execute(root / MEMBER_NOTEBOOK, out / "sweep_member.ipynb", path, cwd=root)
+        ran.append(time.time() - start)
+        log(f"[sweep] member {k}/{len(members)} {member} done in {ran[-1]:.0f} s")
+        rows.append({"member": member, "status": "ran", "seconds": ran[-1]})
     return rows
 
 
@@ -147,14 +152,13 @@ def run_member(cfg: RunConfig, log=print) -> dict:
     return {"closed_loop": closed, **done}
 
 
-def collect(params_file: str) -> dict:
+def collect(source: RunConfig | str | Path) -> dict:
     """Loss curves (one DataFrame, a `member` column), a per-member metrics table, and its mean ± std over the
     members that differ only in `train.seed`."""
-    import numpy as np
     import pandas as pd
 
     root = repo_root()
-    base = load_params(root / params_file)
+    base = _base(source, root)
     cfg = RunConfig.from_dict(base)
     curves, rows = [], []
     grid = list(cfg.sweep.grid)
@@ -191,7 +195,7 @@ def collect(params_file: str) -> dict:
     else:
         agg = pd.DataFrame()
     return {"curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), "table": table,
-            "mean_std": agg, "grid": grid, "np": np}
+            "mean_std": agg, "grid": grid}
 
 
 def mean_std_table(collected: dict, columns: list[str]):
@@ -231,23 +235,22 @@ def group_label(row, grid: list[str]) -> str:
 
 
 def plot_loss_curves(collected: dict):
-    """Train and validation loss per epoch, every member overlaid (colour = grid group, one line per seed)."""
+    """Train and validation loss per epoch, every member overlaid: one colour per member (its seed), one line style
+    per grid group, a legend on both panels."""
     import matplotlib.pyplot as plt
 
     curves, table, grid = collected["curves"], collected["table"], collected["grid"]
     groups = {m: group_label(r, grid) for m, r in table.set_index("member").iterrows()}
-    colours = {g: f"C{i}" for i, g in enumerate(sorted(set(groups.values())))}
+    styles = {g: ("-", "--", ":", "-.")[i % 4] for i, g in enumerate(sorted(set(groups.values())))}
     fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
-    for member, part in curves.groupby("member"):
-        c = colours[groups[member]]
-        axes[0].plot(part["epoch"], part["train/loss_epoch"], color=c, alpha=0.7)
-        axes[1].plot(part["epoch"], part["val/loss_epoch"], color=c, alpha=0.7)
-    for g, c in colours.items():
-        axes[1].plot([], [], color=c, label=g)
-    axes[0].set(title="train loss per epoch (every seed)", xlabel="epoch", ylabel="weighted MSE (normalised)",
-                yscale="log")
+    for i, (member, part) in enumerate(curves.groupby("member")):
+        style = dict(color=f"C{i}", linestyle=styles[groups[member]], marker="o", markersize=3, label=member)
+        axes[0].plot(part["epoch"], part["train/loss_epoch"], **style)
+        axes[1].plot(part["epoch"], part["val/loss_epoch"], **style)
+    axes[0].set(title="train loss per epoch", xlabel="epoch", ylabel="weighted MSE (normalised)", yscale="log")
     axes[1].set(title="validation loss per epoch", xlabel="epoch", yscale="log")
-    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=8, title="member")
     fig.tight_layout()
     return fig
 

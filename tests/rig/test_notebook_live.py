@@ -16,7 +16,7 @@ def test_notebook_05_replays_and_plots(rig_root, tmp_path):
     params["backbone"]["tiny_model_dir"] = str(tmp_path / "tiny")
     params["train"]["output_dir"] = str(tmp_path / "train")  # no checkpoint there: random heads
     pm.execute_notebook(str(REPO / "notebooks/06_live_rig.ipynb"), str(tmp_path / "06.ipynb"),
-                        parameters={"params_file": "params/ci.yaml", **params, "replay_s": 3.0}, cwd=str(REPO),
+                        parameters={**params, "replay_s": 3.0}, cwd=str(REPO),
                         kernel_name="python3", progress_bar=False)
     report = json.loads((tmp_path / "ci/live/report.json").read_text())
     assert report["actions_sent"] == 0 and report["action_steps"] >= 20 and report["lost"]["sensor"] == 0

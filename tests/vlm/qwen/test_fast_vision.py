@@ -42,7 +42,7 @@ def _batches(bb):
     return {"mixed": mixed, "single": single, "no_images": no_images, "with_blind": with_blind}
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.quality)], ids=["eager", "compiled"])
 def test_fast_encoder_matches_stock_and_patches_nothing(backbone, compile):
     bb, _ = backbone
     batches = _batches(bb)
