@@ -60,6 +60,11 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
     from vla_lib.runtime.loop import Runtime, run_loop
 
     live = cfg.live
+    if live.simulate_senders and not _all_loopback(live):
+        # the senders play the robot PC, cameras and sensor here: a rig's addresses (tcp://ROBOT_PC:5556) are not ours
+        free_loopback_endpoints(live)
+        log(f"simulated senders: every endpoint on loopback (robot {live.robot_endpoint}, cameras "
+            f"{live.camera_endpoint}, sensor {live.sensor_endpoint}, actions {live.action_endpoint})")
     out = Path(cfg.run_dir) / "live"
     out.mkdir(parents=True, exist_ok=True)
     if live.torch_threads:
@@ -209,6 +214,12 @@ def untrained_policy(cfg, seed: int = 0):
     heads = Stage1Policy(replace(cfg.model, vl_dim=backbone.hidden_size), *stats.action_arrays(),
                          *stats.sensor_arrays()).eval()
     return VLAPolicy(heads, cfg, stats, backbone, "cpu")
+
+
+def _all_loopback(live) -> bool:
+    hosts = [e.split("://")[-1].rsplit(":", 1)[0] for e in
+             (live.robot_endpoint, live.camera_endpoint, live.sensor_endpoint, live.action_endpoint)]
+    return all(h in ("127.0.0.1", "localhost") for h in hosts)
 
 
 def free_loopback_endpoints(live) -> None:
