@@ -219,7 +219,9 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
         rel = [abs(a - b) / abs(b) for a, b in zip(losses, ref)]
         out[mode if bf16 else f"{mode}/fp32"] = {
             "loss_last": losses[-1], "eager_last": ref[-1], "rel_diff_last": rel[-1], "rel_diff_max": max(rel),
-            "loss_first": losses[0], "eager_first": ref[0]}
+            "loss_first": losses[0], "eager_first": ref[0], "rel_diff_first": rel[0],
+            # how far this run ends from the fp32 eager trajectory (None without an fp32 reference)
+            "rel_to_fp32_last": abs(losses[-1] - eager[False][-1]) / abs(eager[False][-1]) if eager[False] else None}
     if eager[False] is not None:
         out["bf16_noise_floor"] = abs(eager[True][-1] - eager[False][-1]) / abs(eager[False][-1])
     return out

@@ -225,9 +225,12 @@ def train_eager(check: Check) -> str:
 
 def heads_equivalence(check: Check) -> str:
     """The heads (`original` preset, stage1.yaml's model section, dropout 0) trained 50 AdamW steps at batch 64 on the
-    same batches, compiled against eager: in fp32 (no TF32) within 1e-3 relative at the last step (the compiled graph
-    computes the same function); in bf16, both compile modes, within 1e-2 or within bf16's own noise (eager bf16
-    against eager fp32), whichever is larger. All finite."""
+    same batches, compiled against eager. The first step (same weights, same batch) shows whether the compiled graph
+    computes the same function: within 1e-5 relative in fp32 (no TF32), 1e-3 in bf16. Later steps drift apart as any
+    two float orders of the same training do, so they are held against bf16's own noise, the `floor` (eager bf16
+    against eager fp32 after 50 steps): a compiled bf16 run must end no further from the fp32 trajectory than twice
+    the floor (it approximates it no worse than eager bf16 does; the triangle inequality allows 2x), and a compiled
+    fp32 run within a quarter of the floor of eager fp32 (limits at least 1e-2 and 1e-3). All finite."""
     import torch
 
     from benchmarks.train_throughput import compare_compiled_to_eager
@@ -236,13 +239,20 @@ def heads_equivalence(check: Check) -> str:
     res = compare_compiled_to_eager(PARAMS, steps=50 if cuda else 5, batch_size=64 if cuda else 8,
                                     modes=("default", "reduce-overhead") if cuda else ("default",))
     floor = res.pop("bf16_noise_floor")
-    bf16_limit = max(1e-2, floor) if cuda else 1e-3  # on the CPU both "bf16" runs are fp32
     for mode, r in res.items():
-        limit = 1e-3 if mode.endswith("/fp32") else bf16_limit
-        expect(r["rel_diff_last"] <= limit, f"{mode}: compiled differs from eager by {r['rel_diff_last']:.2e} "
-               f"relative at the last step (limit {limit:.1e}): {res}")
-    return "; ".join(f"{m}: loss {r['loss_last']:.5f} vs eager {r['eager_last']:.5f} ({r['rel_diff_last']:.1e})"
-                     for m, r in res.items()) + f"; bf16 noise floor {floor:.1e}"
+        fp32 = mode.endswith("/fp32") or not cuda  # on the CPU the "bf16" runs are fp32 too
+        first = 1e-5 if fp32 else 1e-3
+        expect(r["rel_diff_first"] <= first, f"{mode}: compiled differs from eager by {r['rel_diff_first']:.2e} "
+               f"relative at the first step (limit {first:.0e}): not the same function: {res}")
+        if mode.endswith("/fp32"):
+            drift, limit, what = r["rel_diff_last"], max(1e-3, floor / 4), "from eager fp32"
+        else:
+            drift, limit, what = r["rel_to_fp32_last"], max(1e-2, 2 * floor), "from the fp32 trajectory"
+        expect(drift <= limit, f"{mode}: ends {drift:.2e} relative {what} after the last step (limit {limit:.1e}, "
+               f"bf16 noise floor {floor:.1e}): {res}")
+    return "; ".join(f"{m}: first step {r['rel_diff_first']:.0e}, last {r['loss_last']:.5f} vs eager "
+                     f"{r['eager_last']:.5f} (to fp32 {r['rel_to_fp32_last']:.1e})" for m, r in res.items()) \
+        + f"; bf16 noise floor {floor:.1e}"
 
 
 def evaluate(check: Check) -> str:
