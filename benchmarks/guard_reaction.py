@@ -51,7 +51,7 @@ def measure(trips: int = 300, every: int = 4, timeout_s: float = 60.0, loop: boo
     from vla_lib.config import RunConfig
     from vla_lib.rig import wire
     from vla_lib.rig.receivers import parse_udp_endpoint
-    from vla_lib.rig.run import free_loopback_endpoints
+    from vla_lib.live import free_loopback_endpoints
     from vla_lib.runtime.live_io import LiveRobotIO
     from vla_lib.runtime.loop import Runtime
 

@@ -24,7 +24,7 @@ from vla_lib.config import DataConfig, RunConfig, SyntheticConfig
 from vla_lib.data.recorder_formats import read_session
 from vla_lib.data.synthetic import _make_spec, write_recv_all_session
 from vla_lib.rig.memory import MemoryTrace, memory_verdict
-from vla_lib.rig.run import free_loopback_endpoints, run_live, untrained_policy
+from vla_lib.live import free_loopback_endpoints, run_live, untrained_policy
 from vla_lib.rig.senders import RigProcess
 
 

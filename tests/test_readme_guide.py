@@ -35,7 +35,8 @@ def _guide() -> tuple[list[str], dict]:
 
 def test_the_guide_is_short_and_starts_from_a_copy_of_the_real_settings():
     commands, edit = _guide()
-    assert commands[0].startswith("cp params/stage1.yaml ") and len(commands) <= 9
+    assert commands[0] == ". .venv/bin/activate" and commands[1].startswith("cp params/stage1.yaml ")
+    assert len(commands) <= 9 and not any("accelerate launch" in c for c in commands)  # exit 2 + one line, as said
     assert {"run_name", "data"} <= set(edit) and edit["data"]["groups"]
     assert len((REPO / "README.md").read_text().splitlines()) <= 250
 
@@ -49,13 +50,15 @@ def test_every_command_of_the_guide_runs_as_pasted(tmp_path):
     root.mkdir()
     (root / "params").mkdir()
     (root / "params" / "stage1.yaml").write_text((REPO / "params/stage1.yaml").read_text())
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    first = shlex.split(commands[0])
-    mine = root / first[-1]
+    os.symlink(REPO / ".venv", root / ".venv")  # the environment scripts/setup.sh made; nothing else on PATH
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent)
+    activate, *commands = commands
+    mine = root / shlex.split(commands[0])[-1]
     edit = deep_merge(edit, {"data": {"root": str(recordings)}})
-    for i, command in enumerate(commands):
-        done = subprocess.run(command, shell=True, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    for i, command in enumerate(commands):  # one terminal: the environment stays active from command to command
+        done = subprocess.run(f"{activate} && {command}", shell=True, executable="/bin/bash", cwd=root, env=env,
+                              capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"step {i + 1}: {command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         assert "Traceback" not in done.stderr, command
         if i == 0:  # the hand edit of step 1, then what a 2-core CPU needs

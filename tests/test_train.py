@@ -259,3 +259,16 @@ def test_gradients_stay_in_their_own_tensors_across_steps(prepared, tmp_path):
     run.train_epoch()
     assert run.progress["global_step"] == 3
     assert [p.grad.data_ptr() if p.grad is not None else None for p in params] == before
+
+
+def test_a_checkpoint_says_which_stage_wrote_it_and_older_formats_are_refused(prepared, tmp_path):
+    from vla_lib.models.checkpoint import checkpoint_stage
+
+    _run(prepared, tmp_path, ["--epochs", "1", "--batch-size", "8"])
+    path = tmp_path / "checkpoints" / "qwen_vla_sensor_final.pt"
+    assert checkpoint_stage(path) == "stage1" and load_checkpoint(path).stage == "stage1"
+    blob = torch.load(path, weights_only=True)
+    for change in ({"format": "vla_lib.stage1/1"}, {"stage": None}):
+        torch.save({**blob, **change}, tmp_path / "old.pt")
+        with pytest.raises(CheckpointMismatchError, match="train it again"):
+            load_checkpoint(tmp_path / "old.pt")

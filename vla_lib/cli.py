@@ -135,8 +135,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+_BUILD_MODES = ("synth", "audit", "demo", "cache", "verify", "train")  # the rest: eval, closed_loop, sweep, live
+
+
 def run_mode(args, cfg) -> int:
     cfg.validate()  # every section, whatever the mode (a notebook or a caller may have changed it since it was built)
+    if args.mode in _BUILD_MODES:
+        return _run_build_mode(args, cfg)
+    return _run_evaluation_mode(args, cfg)
+
+
+def _run_build_mode(args, cfg) -> int:
+    """The modes that make data, features or a trained policy: synth, audit, demo, cache, verify, train."""
     if args.mode == "synth":
         from vla_lib.pipeline import ensure_synthetic
 
@@ -168,7 +178,12 @@ def run_mode(args, cfg) -> int:
         from vla_lib import train
 
         train.train(cfg)  # Stage 1 or Stage 2, as train.training_stage says
-    elif args.mode == "eval":
+    return 0
+
+
+def _run_evaluation_mode(args, cfg) -> int:
+    """The modes that run a policy: eval, closed_loop, sweep, live (any other mode does nothing and returns 0)."""
+    if args.mode == "eval":
         from vla_lib.evaluation import run
         from vla_lib.evaluation.offline import summary_table
 
@@ -191,7 +206,7 @@ def run_mode(args, cfg) -> int:
             raise ConfigError("--mode sweep needs a sweep grid (a params file with a sweep: section, or --set)")
         run_sweep(cfg)
     elif args.mode == "live":
-        from vla_lib.rig.run import run_live
+        from vla_lib.live import run_live
 
         summary = run_live(cfg)
         keys = ("action_hz", "deadline_misses", "action_latency_ms_p50", "action_latency_ms_p99", "actions_sent",

@@ -23,7 +23,7 @@ from vla_lib.config import RunConfig
 from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
 from vla_lib.models.action_graph import ActionStep
 from vla_lib.models.inputs import inputs_from_observation
-from vla_lib.stage2.policy import apply_adapter, is_stage2
+from vla_lib.stage2.policy import apply_adapter
 from vla_lib.vlm.cache_build import store_parts
 from vla_lib.vlm.feature_store import fingerprint_of
 from vla_lib.vlm.interface import load_backbone as _load_backbone
@@ -67,7 +67,7 @@ class VLAPolicy:
             setattr(cfg.backbone, k, v)
         dev = resolve_device(device)
         cfg.backbone.device = str(dev)
-        if is_stage2(ckpt.features) and "image_prep" not in ckpt.features["parts"]:
+        if ckpt.stage == "stage2" and "image_prep" not in ckpt.features["parts"]:
             cfg.backbone.image_prep = "cpu"  # Stage 2 trained on CPU-prepared pixels (its vision cache): the same here
         vl = None
         identity = ckpt.features.get("fingerprint", "")
@@ -78,10 +78,10 @@ class VLAPolicy:
                     f"{path}: the heads expect {heads.config.vl_dim}-d VL features but backbone "
                     f"{cfg.backbone.name_or_path!r} gives {vl.hidden_size}-d")
             if not ckpt.features:
-                warnings.warn(f"{path} records no feature-store parts (written by an earlier version): whether "
+                warnings.warn(f"{path} records no feature-store parts (saved without them): whether "
                               "this backbone gives the features its heads were trained on cannot be checked")
             live = store_parts(cfg, vl.parts())
-            if is_stage2(ckpt.features):  # Stage 2: the LoRA adapter beside the heads, on the named backbone
+            if ckpt.stage == "stage2":  # Stage 2: the LoRA adapter beside the heads, on the named backbone
                 live.update(apply_adapter(vl, path, ckpt.features["parts"]["adapter"]))
             differs = feature_mismatch(ckpt.features.get("parts", {}), live) if ckpt.features else []
             adapter = [d for d in differs if d.startswith(("adapter:", "lora:"))]

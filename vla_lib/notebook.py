@@ -2,13 +2,13 @@
 figure saving, metrics."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 from vla_lib.config import ConfigError, RunConfig, load_params, resolve_extends
+from vla_lib.jsonio import write_json
 
 # What a notebook's parameters cell declares (every notebook the same, each None unless given): the params file's
 # path (`papermill -p params_file FILE`), or the file's own top-level keys (`papermill -f FILE` injects each one).
@@ -82,6 +82,10 @@ class _Prefixed:
     def flush(self) -> None:
         self.stream.flush()
 
+    def close(self) -> None:
+        """What is left of a last line printed without a newline."""
+        self.write("\n")
+
 
 def execute(src: str | Path, dst: str | Path, params_file: str | Path, cwd: str | Path,
             prefix: str | None = None) -> None:
@@ -96,9 +100,13 @@ def execute(src: str | Path, dst: str | Path, params_file: str | Path, cwd: str 
         config = Config()
         config.KernelManager.transport = "ipc"
         config.KernelManager.ip = str(Path(sockets) / "kernel")  # the socket files, not in the repository
-        pm.execute_notebook(str(src), str(dst), parameters={"params_file": str(params_file)}, cwd=str(cwd),
-                            kernel_name="python3", progress_bar=False, stdout_file=_Prefixed(prefix) if prefix else None,
-                            config=config)
+        stream = _Prefixed(prefix) if prefix else None
+        try:
+            pm.execute_notebook(str(src), str(dst), parameters={"params_file": str(params_file)}, cwd=str(cwd),
+                                kernel_name="python3", progress_bar=False, stdout_file=stream, config=config)
+        finally:
+            if stream is not None:
+                stream.close()
 
 
 def save_fig(fig, out_dir: str | Path, name: str) -> Path:
@@ -110,8 +118,4 @@ def save_fig(fig, out_dir: str | Path, name: str) -> Path:
 
 
 def write_metrics(out_dir: str | Path, name: str, metrics: dict) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    path.write_text(json.dumps(metrics, indent=1, default=float))
-    return path
+    return write_json(Path(out_dir) / name, metrics)

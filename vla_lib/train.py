@@ -12,9 +12,8 @@ import importlib
 import json
 import math
 import os
-import random
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,210 +22,23 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vla_lib.commands import command_for
 from vla_lib.data.batches import FeatureJoinedDataset, collate
-from vla_lib.data.normalization import NormStats, compute_stats
-from vla_lib.data.sampler import DistributedWeightedSampler
-from vla_lib.data.samples import SampleDataset, build_index
-from vla_lib.data.split import split_sessions
-from vla_lib.config import settings_changed
-from vla_lib.dims import POSE_DIMS
-from vla_lib.errors import ConfigError
+from vla_lib.data.samples import SampleDataset
 from vla_lib.finite_guard import FiniteGuard, NonFiniteError  # noqa: F401  (NonFiniteError: raised through train)
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
 from vla_lib.models.inputs import inputs_from_batch
-from vla_lib.models.modeling_policy import Stage1Policy
-from vla_lib.vlm.cache_build import build_cache, link_store, open_store
-from vla_lib.vlm.feature_store import CacheMissError, FeatureTable
-
-LOSS_DIMS = POSE_DIMS  # the constant gripper (7th) carries no signal: excluded from loss and metrics
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------------------------------------------
-def sample_weights(has_sensor: torch.Tensor, cfg) -> torch.Tensor:
-    """Per-sample loss weights: sensor_loss_weight for samples with sensor, the original's confidence (0.5) for
-    samples without. Normalised by the *training-set* mean weight (a constant), not per micro-batch, so they really
-    change the gradient at batch size 1 (the original's per-batch renormalisation made them a no-op)."""
-    return torch.where(has_sensor, cfg.sensor_loss_weight, cfg.nonsensor_confidence).float()
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
-    """Per-sample MSE over the valid horizon steps and the 6 pose dims."""
-    err = (pred[..., :LOSS_DIMS] - target[..., :LOSS_DIMS]) ** 2
-    m = step_mask.unsqueeze(-1).to(err.dtype)
-    return (err * m).sum((1, 2)) / (m.sum((1, 2)) * LOSS_DIMS).clamp(min=1)
+# The steps of a run live in these modules; they are named here too, as `vla_lib.train`'s own (Stage 2 and the
+# benchmarks import them from this module).
+from vla_lib.train_data import build_model, load_data, load_features, make_loader, make_sampler
+from vla_lib.train_objective import LOSS_DIMS, lr_lambda, masked_mse, param_groups, sample_weights  # noqa: F401
+from vla_lib.train_state import (RunStateError, epoch_rows, load_resume, read_resume, rng_state,  # noqa: F401
+                                 seed_everything, trim_metrics)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Optimiser and schedule
+# The loss of a batch: here, not with its pieces in train_objective, because the Trainer looks it up in this
+# module at each call (a replaced `vla_lib.train.loss_fn` is the one Stage 1 trains with).
 # ---------------------------------------------------------------------------------------------------------------
-def param_groups(model: Stage1Policy, cfg) -> list[dict]:
-    groups = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        sensor = name.startswith(("sensor_encoder.", "null_sensor"))
-        decay = p.ndim >= 2 and "queries" not in name and "null_sensor" not in name  # no decay on norms, biases
-        key = ("sensor" if sensor else "expert", decay)
-        groups.setdefault(key, []).append(p)
-    return [{"params": ps, "lr": cfg.sensor_lr if part == "sensor" else cfg.lr,
-             "weight_decay": cfg.weight_decay if decay else 0.0, "name": f"{part}_{'decay' if decay else 'no_decay'}"}
-            for (part, decay), ps in sorted(groups.items())]
-
-
-def lr_lambda(total_steps: int, cfg):
-    """Warmup -> hold -> cosine down to min_lr/lr, per optimiser step (applied to each group's own lr)."""
-    warm = max(1, int(cfg.warmup_ratio * total_steps))
-    hold = int(cfg.hold_ratio * total_steps)
-    floor = cfg.min_lr / cfg.lr
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if step < warm + hold:
-            return 1.0
-        progress = min(1.0, (step - warm - hold) / max(1, total_steps - warm - hold))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Resume state
-# ---------------------------------------------------------------------------------------------------------------
-def _rng_state() -> dict:
-    """Every generator's state as tensors and plain numbers, so the resume state loads with weights_only=True."""
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
-             "numpy_pos": int(np_pos), "numpy_has_gauss": int(np_has_gauss), "numpy_gauss": float(np_gauss),
-             "python_version": int(py_version), "python_state": torch.tensor(py_state, dtype=torch.int64),
-             "python_gauss": py_gauss}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
-                         state["numpy_has_gauss"], state["numpy_gauss"]))
-    random.setstate((state["python_version"], tuple(state["python_state"].tolist()), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-
-
-class RunStateError(RuntimeError):
-    """A run folder that cannot be continued with these settings (finished, or other settings)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The steps of a run
-# ---------------------------------------------------------------------------------------------------------------
-def load_data(cfg, say, is_main: bool, resume: dict | None = None):
-    """(train index, val index, split, stats): the episode split and the training-split statistics. A resumed run
-    keeps the split and statistics it started with (an added, removed or damaged recording cannot change them)."""
-    index = build_index(cfg.data, verbose=is_main)  # prints each added and each skipped session
-    if resume is None:
-        train_ids, val_ids = split_sessions(index, cfg.data)
-        stats = None
-    else:
-        train_ids, val_ids = resume["split"]["train"], resume["split"]["val"]
-        lost = sorted(set(train_ids + val_ids) - set(index.sessions))
-        if lost:
-            raise RunStateError(f"sessions of the recorded split (of the run being resumed, or of the Stage-1 "
-                                f"checkpoint) are not usable now: {lost} (see the skipped sessions above); restore them, or start "
-                                "a new run with --run-name NAME")
-        stats = NormStats.from_dict(resume["stats"])
-    train_index, val_index = index.subset(train_ids), index.subset(val_ids)
-    if len(val_index) == 0:
-        raise RunStateError(f"the split left no validation samples ({len(train_ids)} usable session(s), "
-                            f"data.val_fraction {cfg.data.val_fraction:g}): name validation sessions with "
-                            "--set 'data.val_sessions=[SESSION_FOLDER]', or raise data.val_fraction (each of "
-                            "the sensor and no-sensor groups gives one once it has 2 sessions), or record more")
-    say(f"Train: {len(train_index)} samples / Val: {len(val_index)} samples (split by episode: "
-        f"{len(train_ids)} / {len(val_ids)} sessions)")
-    return train_index, val_index, {"train": train_ids, "val": val_ids}, stats or compute_stats(train_index)
-
-
-def load_features(cfg, train_index, val_index, say):
-    """(train FeatureTable, val FeatureTable, store) from the VL cache; a miss or damaged shard stops with the
-    command that builds them (or encodes inline when cache.allow_inline_encoding)."""
-    store = open_store(cfg)
-    keys = list(train_index.table.cache_key) + list(val_index.table.cache_key)
-    missing = store.missing(keys)
-    if missing and not cfg.cache.allow_inline_encoding:
-        raise CacheMissError(missing, store.dir, command_for(cfg, "cache"), store.bad_shards)
-    if missing:
-        say(f"{len(missing)} cache misses: encoding inline (cache.allow_inline_encoding)")
-        build_cache(cfg)
-        store = open_store(cfg)
-    fix = command_for(cfg, "cache")
-    link_store(cfg, store, replace=True)
-    return FeatureTable(store, train_index.table.cache_key, fix), FeatureTable(store, val_index.table.cache_key, fix), \
-        store
-
-
-def build_model(cfg, stats, vl_dim: int) -> Stage1Policy:
-    """The heads for features of width `vl_dim` (the backbone's hidden size, read from the store)."""
-    if cfg.model.vl_dim not in (0, vl_dim):
-        raise ConfigError(f"model.vl_dim is {cfg.model.vl_dim} but the feature store holds {vl_dim}-d features: "
-                          "leave model.vl_dim unset (it comes from the backbone)")
-    return Stage1Policy(replace(cfg.model, vl_dim=int(vl_dim)), *stats.action_arrays(), *stats.sensor_arrays())
-
-
-def read_resume(path: Path, cfg, processes: int, say=print) -> dict | None:
-    """The saved resume state of this run folder, or None. Refuses a run with other settings or another number of
-    processes (the sampler's split of each epoch and the effective batch depend on it), saying what differs; says
-    which free settings changed."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickle
-    except Exception as e:  # the pickled format of earlier versions, or a damaged file
-        raise RunStateError(f"{path} cannot be resumed ({type(e).__name__}: written by an earlier version, or "
-                            "damaged); start a new run with --run-name NAME") from None
-    if "split" not in state:
-        raise RunStateError(f"{path} was written by an earlier version; start a new run with --run-name NAME")
-    changed = settings_changed(state["run_config"], cfg.to_dict())
-    if changed:
-        raise RunStateError(f"{path.parent.parent} holds a run with other settings ({'; '.join(changed)}). Start a new "
-                            "run with --run-name NAME (or another train.output_dir), or restore those settings")
-    if state["processes"] != processes:
-        raise RunStateError(f"{path.parent.parent} was trained with {state['processes']} process(es), not {processes}: "
-                            "an exact resume needs the same number (or start a new run with --run-name NAME)")
-    free = settings_changed(state["run_config"], cfg.to_dict(), free_only=True)
-    if free:
-        say(f"Resuming with changed settings the weights do not depend on: {'; '.join(free)}")
-    return state
-
-
-def load_resume(state: dict, model, optimizer, scheduler, acc) -> dict:
-    """Restore weights, optimiser, schedule and this rank's RNG; returns the progress with the epoch's running sums
-    so far (so the epoch's train loss stays exact across the restart)."""
-    acc.unwrap_model(model).load_state_dict(state["model"])
-    optimizer.optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    mine = state["ranks"][acc.process_index]
-    _set_rng_state(mine["rng"])
-    return {**state["progress"], "totals": mine["totals"]}
-
-
-def trim_metrics(path: Path, progress: dict) -> None:
-    """Drop the rows logged after the resume state was saved: they are about to be logged again."""
-    if not path.exists():
-        return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if (r["epoch"] <= progress["epoch"] if "train/loss_epoch" in r
-                                else r["step"] <= progress["global_step"])]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-
-
 def loss_fn(model, batch: dict, cfg, mean_weight: float, device, **model_inputs) -> tuple[torch.Tensor, ...]:
     """(loss, per-sample MSE, per-sample weight, has-sensor) of a collated batch: the one loss of training and
     validation, of both stages (`model_inputs`: what Stage 2's model needs besides the heads' inputs)."""
@@ -285,7 +97,7 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=tc.grad_accum_steps,
                                cpu=not self.on_cuda)
         self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
-        _seed_everything(tc.seed)
+        seed_everything(tc.seed)
         self.out = Path(tc.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -321,8 +133,7 @@ class Trainer:
         model, groups, train_set, self.val_set, train_index = self.build()
         # fused AdamW on CUDA: one kernel for all parameters (the step is a visible share of a 28 ms batch-64 step)
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=self.on_cuda or None)
-        self.sampler = DistributedWeightedSampler(train_index.table["weight"], num_replicas=acc.num_processes,
-                                                  rank=acc.process_index, seed=tc.seed)
+        self.sampler = make_sampler(train_index, acc, tc)
         self.micro_per_epoch = (self.sampler.per_rank // tc.batch_size) // tc.grad_accum_steps * tc.grad_accum_steps
         self.steps_per_epoch = self.micro_per_epoch // tc.grad_accum_steps
         if self.steps_per_epoch == 0:
@@ -340,15 +151,7 @@ class Trainer:
         self.guard = FiniteGuard(acc.device)
         self.mean_weight = float(np.mean(np.where(train_index.table.has_sensor, tc.sensor_loss_weight,
                                                   tc.nonsensor_confidence)))
-        # One loader for the whole run, its workers kept between epochs (starting them costs ~1 s an epoch). The
-        # sampler is set before each epoch's iter(): it runs in this process, so position and epoch are what we set.
-        # Its own generator: iter() on a loader without one draws from the global RNG, which a resumed run would
-        # then draw at another point than the uninterrupted one. Workers hold no randomness (sample loading is
-        # deterministic): their seeds do not affect a resumed run.
-        self.loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=self.sampler,
-                                 num_workers=tc.num_workers, collate_fn=self.collate, drop_last=True,
-                                 pin_memory=self.on_cuda, persistent_workers=tc.num_workers > 0,
-                                 generator=torch.Generator().manual_seed(tc.seed))
+        self.loader = make_loader(train_set, self.sampler, tc, self.collate, pin_memory=self.on_cuda)
         self.history: list[dict] = []
 
     def build(self):
@@ -502,7 +305,7 @@ class Trainer:
         states and running epoch sums (tensors and plain values: loadable with weights_only=True)."""
         acc = self.acc
         self.guard.check("the resume state was not written")
-        mine = {"rng": _rng_state(), "totals": totals.tolist()}
+        mine = {"rng": rng_state(), "totals": totals.tolist()}
         ranks = acc.gather_for_metrics([mine], use_gather_object=True) if acc.num_processes > 1 else [mine]
         if acc.is_main_process:
             state = {k: v for k, v in self.progress.items() if k != "totals"}
@@ -534,7 +337,7 @@ class Trainer:
         if self.wandb_run is not None:
             self.wandb_run.finish()
         acc.wait_for_everyone()
-        summary = {"history": _epoch_rows(self.metrics_file) if acc.is_main_process else self.history,
+        summary = {"history": epoch_rows(self.metrics_file) if acc.is_main_process else self.history,
                    "best_val": progress["best_val"], "global_step": progress["global_step"],
                    "epochs_done": progress["epoch"], "finished": progress["epoch"] >= self.cfg.train.epochs,
                    "parameter_counts": self.counts, "weights_equal_across_ranks": equal,
@@ -543,13 +346,6 @@ class Trainer:
         if acc.is_main_process:
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
         return summary
-
-
-def _epoch_rows(metrics_file: Path) -> list[dict]:
-    """Every epoch of the run (also those before a resume), from its metrics log."""
-    if not metrics_file.exists():
-        return []
-    return [r for r in map(json.loads, metrics_file.read_text().splitlines()) if "train/loss_epoch" in r]
 
 
 def _weights_equal_across_ranks(model, acc) -> bool:

@@ -13,7 +13,7 @@ from tests.conftest import REPO, ci_config
 def checkpoint(rig_root, tmp_path_factory):
     """Random heads (real stats, tiny backbone) saved as a checkpoint: the rig I/O does not need a trained one."""
     from vla_lib.models.checkpoint import save_checkpoint
-    from vla_lib.rig.run import untrained_policy
+    from vla_lib.live import untrained_policy
 
     tmp = tmp_path_factory.mktemp("live_ckpt")
     cfg = ci_config(rig_root, tmp)

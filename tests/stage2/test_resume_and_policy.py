@@ -13,6 +13,8 @@ from tests.conftest import run_cli
 
 
 def _run(flags, out_dir, extra=(), wait=True):
+    # each Stage-2 run its own run folder (the Stage-1 run's would be repointed: refused)
+    extra = [*extra, "--set", f"output_root={out_dir}"]
     return run_cli(["--mode", "train", *flags], out_dir, extra, wait=wait, timeout=900)
 
 
@@ -108,10 +110,11 @@ def test_stage2_checkpoint_refuses_the_stage1_feature_store(stage2_trained, tmp_
 
     from vla_lib.evaluation.run import held_out
     from vla_lib.inference import VLAPolicy
-    from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
+    from vla_lib.models.checkpoint import CheckpointMismatchError, checkpoint_stage, feature_mismatch, load_checkpoint
     from vla_lib.vlm.cache_build import open_store
 
     cfg, ckpt = stage2_trained
+    assert checkpoint_stage(ckpt) == "stage2" and checkpoint_stage(cfg.train.stage1_checkpoint) == "stage1"
     ecfg = copy.deepcopy(cfg)
     ecfg.eval.checkpoint, ecfg.eval.allow_backbone_mismatch = str(ckpt), True
     with pytest.raises(CheckpointMismatchError, match="Stage-2 checkpoint"):

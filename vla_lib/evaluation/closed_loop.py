@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_lib.atomic import atomic_write_text
+from vla_lib.jsonio import write_json
 from vla_lib.config import PREDICTORS  # one list: the config validates closed_loop.predictors against it
 
 from vla_lib.data.scenarios import (PREROLL_S, ReactiveDemonstrator, ScriptedBaseline, contact_force, oct_distance,
@@ -133,27 +133,21 @@ class EpisodeResult:
 
 
 def save_results(result: "ClosedLoopResult", path: str | Path) -> Path:
-    """A closed-loop result as JSON (metrics, every episode, its traces as lists): data, never pickle."""
-    def plain(x):
-        if isinstance(x, np.ndarray):
-            return x.tolist()
-        if isinstance(x, (np.floating, np.integer, np.bool_)):
-            return x.item()
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-    payload = {"metrics": result.metrics,
-               "results": {name: [plain(asdict(e)) for e in eps] for name, eps in result.results.items()}}
-    return atomic_write_text(path, json.dumps(payload))
+    """A closed-loop result as JSON (metrics, every episode, its traces as lists; NaN as null)."""
+    return write_json(path, {"metrics": result.metrics, "results": {
+        name: [asdict(e) for e in eps] for name, eps in result.results.items()}}, indent=None)
 
 
 def load_results(path: str | Path) -> "ClosedLoopResult":
     payload = json.loads(Path(path).read_text())
-    results = {name: [EpisodeResult(**{**e, "trace": {k: np.asarray(v) for k, v in e["trace"].items()}})
+    results = {name: [EpisodeResult(**{**e, "trace": {k: _array(v) for k, v in e["trace"].items()}})
                       for e in eps] for name, eps in payload["results"].items()}
     return ClosedLoopResult(payload["metrics"], results)
+
+
+def _array(values: list) -> np.ndarray:
+    a = np.asarray(values)
+    return np.asarray(values, dtype=float) if a.dtype == object else a  # null (NaN in the trace) back to NaN
 
 
 def episode_metrics(rig: SimRig, predictor: str, task, start: float = PREROLL_S) -> EpisodeResult:
@@ -296,7 +290,7 @@ def _run_all(cfg, policy, predictors, n, instruction, results, metrics, log) -> 
 
 def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | None = None) -> ClosedLoopResult:
     """Load the run's checkpoint (unless given), evaluate, merge into outputs/<run>/metrics.json["closed_loop"]."""
-    from vla_lib.evaluation.run import load_policy, write_json
+    from vla_lib.evaluation.run import load_policy
 
     if policy is None and any(p.startswith("policy") for p in cfg.closed_loop.predictors):
         # the backbone's device (auto: the GPU where there is one): heads trained on GPU features (bf16, images
@@ -307,7 +301,7 @@ def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | Non
     if cached is not None:
         cached.save()
         log(f"VL features: {cached.misses} frame sets encoded, {cached.hits} served from the frame cache")
-    write_json(Path(cfg.run_dir) / "metrics.json", {"closed_loop": result.metrics})
+    write_json(Path(cfg.run_dir) / "metrics.json", merge=True, values={"closed_loop": result.metrics})
     return result
 
 

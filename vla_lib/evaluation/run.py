@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import platform
 import warnings
 from dataclasses import asdict
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vla_lib.atomic import atomic_write_text
+from vla_lib.jsonio import write_json
 from vla_lib.commands import command_for
 from vla_lib.data.recorder_formats import DataError
 from vla_lib.data import scenarios
@@ -23,7 +22,7 @@ from vla_lib.evaluation.replay_accuracy import fresh_vs_stale
 from vla_lib.runtime.loop import Runtime, run_loop
 from vla_lib.runtime.replay_io import ReplayIO
 from vla_lib.inference import VLAPolicy
-from vla_lib.stage2.policy import EncodedFeatures, is_stage2
+from vla_lib.stage2.policy import EncodedFeatures
 from vla_lib.models.checkpoint import CHECKPOINT_NAMES, CheckpointMismatchError, feature_mismatch, load_checkpoint
 from vla_lib.vlm.cache_build import open_store
 from vla_lib.vlm.feature_store import FeatureTable
@@ -41,7 +40,7 @@ def split(cfg, ckpt=None):
     index = build_index(cfg.data)  # the same data.check_images policy as training
     trained_on = set(ckpt.split.get("train", []))
     if cfg.eval.sessions and not trained_on:
-        warnings.warn(f"{checkpoint_path(cfg)} records no training sessions (written by an earlier version): "
+        warnings.warn(f"{checkpoint_path(cfg)} records no training sessions (saved without a split): "
                       "eval.sessions cannot be checked against them")
     if cfg.eval.sessions:
         wanted = [s for s in sorted(index.sessions) if s in cfg.eval.sessions or s.split("/")[-1] in cfg.eval.sessions]
@@ -70,7 +69,7 @@ def held_out(cfg, ckpt=None, held=None):
     """(held-out SampleIndex, its FeatureTable), from the feature store the heads were trained on. `held`: the
     (index, held-out ids) of `split`, when the caller has it already (building the index reads every session)."""
     ckpt = ckpt or load_checkpoint(checkpoint_path(cfg))
-    if is_stage2(ckpt.features):  # never a feature store: the adapter changes every feature
+    if ckpt.stage == "stage2":  # never a feature store: the adapter changes every feature
         raise CheckpointMismatchError(
             f"{checkpoint_path(cfg)} is a Stage-2 checkpoint (LoRA adapter {ckpt.features['parts']['adapter']}): "
             "its heads need the adapted backbone's features, not the Stage-1 feature store; run_offline encodes them")
@@ -78,7 +77,7 @@ def held_out(cfg, ckpt=None, held=None):
     val = index.subset(val_ids)
     store = open_store(cfg, create=False)
     if not ckpt.features:
-        warnings.warn(f"{checkpoint_path(cfg)} records no feature-store parts (written by an earlier version): "
+        warnings.warn(f"{checkpoint_path(cfg)} records no feature-store parts (saved without them): "
                       "whether these features are the ones its heads were trained on cannot be checked")
     differs = feature_mismatch(ckpt.features.get("parts", {}), store.parts) if ckpt.features else []
     if differs and not cfg.eval.allow_backbone_mismatch:
@@ -91,7 +90,7 @@ def held_out(cfg, ckpt=None, held=None):
 def run_offline(cfg, device: str = "cpu", held=None):
     """Offline metrics of the configured checkpoint on the held-out sessions -> outputs/<run>/metrics.json."""
     ckpt = load_checkpoint(checkpoint_path(cfg))
-    if is_stage2(ckpt.features):  # Stage 2: held-out features from the adapted backbone, no store
+    if ckpt.stage == "stage2":  # Stage 2: held-out features from the adapted backbone, no store
         index, val_ids = held or split(cfg, ckpt)
         val = index.subset(val_ids)
         features = EncodedFeatures(load_policy(cfg, device=device), val, max(cfg.cache.batch_size, 16))
@@ -100,7 +99,7 @@ def run_offline(cfg, device: str = "cpu", held=None):
     result = evaluate_offline(ckpt.heads, val, cfg.data, features, ckpt.stats, device=device,
                               phases=sample_phases(cfg, val))
     result.metrics["checkpoint"] = str(checkpoint_path(cfg))
-    write_json(Path(cfg.run_dir) / "metrics.json", {"offline": result.metrics})
+    write_json(Path(cfg.run_dir) / "metrics.json", merge=True, values={"offline": result.metrics})
     return result
 
 
@@ -110,26 +109,6 @@ def sample_phases(cfg, index):
     if cfg.synthetic.scenario == "sensor_task":
         return scenarios.sample_phases(index, cfg.synthetic.task)
     return phase_labels(index)
-
-
-def write_json(path: Path, values: dict) -> Path:
-    """Merge `values` into a JSON file (offline, realtime and latency results share metrics.json)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    current = json.loads(path.read_text()) if path.exists() else {}
-    current.update(values)
-    atomic_write_text(path, json.dumps(_finite(current), indent=1))
-    return path
-
-
-def _finite(x):
-    """NaN/inf are not JSON: written as null."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def load_policy(cfg, device: str = "auto"):
@@ -160,7 +139,7 @@ def run_realtime_replay(cfg, policy, session_id: str | None = None, held=None, l
                       end=replay.end)
     report.summary.update(fresh_vs_stale(policy, replay, instruction, report))
     report.summary["session"] = session_id
-    write_json(Path(cfg.run_dir) / "metrics.json", {"realtime": report.summary})
+    write_json(Path(cfg.run_dir) / "metrics.json", merge=True, values={"realtime": report.summary})
     return report
 
 
@@ -172,7 +151,7 @@ def run_latency(cfg, policy, log=print) -> dict:
     result = {"device": _device_name(policy.device), "backbone": policy.backbone.name,
               "vl_update": table.to_dict("records"),
               "action_step": action}
-    write_json(Path(cfg.run_dir) / "metrics.json", {"latency": result})
+    write_json(Path(cfg.run_dir) / "metrics.json", merge=True, values={"latency": result})
     return {"table": table, **result}
 
 

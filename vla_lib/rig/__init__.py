@@ -1,1 +1,1 @@
-"""Live rig I/O in the original wire formats (see README "Live rig (dry run by default)")."""
+"""Live rig I/O in the original wire formats (see docs/live_rig.md)."""

@@ -200,40 +200,11 @@ def run_loop(policy, io, runtime: Runtime, instruction: str, duration_s: float, 
     if clock is not None:
         return _run_on_clock(policy, io, runtime, instruction, duration_s, clock, vl_latency_s, inject_delay_s, end,
                              tick_sink)
-    period = runtime.period
     latest, lock, stop = Features(), threading.Lock(), threading.Event()
     report = LoopReport()
-
-    def vl_worker():
-        try:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                images, ident, captured = io.views()
-                if ident == latest.ident and vl_rate_hz == 0:  # nothing new to see: do not burn the accelerator
-                    time.sleep(0.002)
-                    continue
-                try:
-                    encoded = policy.encode([instruction], [images])
-                except Exception as e:  # a fault of the run (runtime.faults.vl_error), retried after a pause
-                    runtime.vl_error = f"{type(e).__name__}: {e}"
-                    stop.wait(0.1)
-                    continue
-                if encoded is None:  # an encoder with nothing new (a stalled one): the features age (vl_stall)
-                    stop.wait(0.01)
-                    continue
-                feats, mask = encoded
-                with lock:
-                    latest.features, latest.mask, latest.ident = feats, mask, ident
-                    latest.captured, latest.ready = captured, io.now()
-                    runtime.vl_error = None
-                report.refreshes.append({"t": latest.ready, "encode_ms": (time.perf_counter() - t0) * 1e3})
-                if vl_rate_hz:
-                    stop.wait(max(0.0, 1.0 / vl_rate_hz - (time.perf_counter() - t0)))
-        except BaseException as e:  # anything else ends the thread: a vl_error on every tick from now on
-            runtime.vl_error = f"VL thread ended: {type(e).__name__}: {e}"
-
     io.begin()
-    worker = threading.Thread(target=vl_worker, name="vl-refresh", daemon=True)
+    worker = threading.Thread(target=_vl_worker, name="vl-refresh", daemon=True,
+                              args=(policy, io, runtime, instruction, vl_rate_hz, latest, lock, stop, report))
     worker.start()
     first_deadline = time.perf_counter() + duration_s
     while latest.features is None and time.perf_counter() < first_deadline:  # the first features gate the first tick
@@ -241,21 +212,8 @@ def run_loop(policy, io, runtime: Runtime, instruction: str, duration_s: float, 
     wall_end = time.perf_counter() + duration_s
     next_tick = time.perf_counter()
     try:
-        while latest.features is not None and time.perf_counter() < wall_end and (end is None or io.now() < end) \
-                and not (until is not None and until()):
-            time.sleep(max(0.0, next_tick - time.perf_counter()))
-            started = time.perf_counter()
-            with lock:
-                snapshot = Features(latest.features, latest.mask, latest.ident, latest.captured, latest.ready)
-            tick = runtime.tick(policy, io, snapshot, inject_delay_s=inject_delay_s)
-            tick.update({"late_start_ms": (started - next_tick) * 1e3,
-                         "missed": tick["latency_ms"] / 1e3 > period or started - next_tick > period})
-            next_tick += period
-            if next_tick < time.perf_counter():  # fell behind: skip the ticks we cannot make, count them
-                skipped = int((time.perf_counter() - next_tick) // period) + 1
-                tick["skipped_ticks"] = skipped
-                next_tick += skipped * period
-            report.add_tick(tick, tick_sink)
+        _wall_ticks(policy, io, runtime, latest, lock, report, next_tick, wall_end, end, until, inject_delay_s,
+                    tick_sink)
     except BaseException as e:  # the loop itself failed: the arm is stopped (latched) before the error goes up
         try:
             runtime.latch.trip(f"control loop error: {type(e).__name__}: {e}", time.time())
@@ -266,6 +224,59 @@ def run_loop(policy, io, runtime: Runtime, instruction: str, duration_s: float, 
         worker.join(timeout=30)
     report.summary = summarise(report, runtime)
     return report
+
+
+def _vl_worker(policy, io, runtime: Runtime, instruction: str, vl_rate_hz: float, latest: Features,
+               lock: threading.Lock, stop: threading.Event, report: LoopReport) -> None:
+    """The VL refresh thread of the wall-clock loop: encodes the newest frames into `latest` until `stop`."""
+    try:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            images, ident, captured = io.views()
+            if ident == latest.ident and vl_rate_hz == 0:  # nothing new to see: do not burn the accelerator
+                time.sleep(0.002)
+                continue
+            try:
+                encoded = policy.encode([instruction], [images])
+            except Exception as e:  # a fault of the run (runtime.faults.vl_error), retried after a pause
+                runtime.vl_error = f"{type(e).__name__}: {e}"
+                stop.wait(0.1)
+                continue
+            if encoded is None:  # an encoder with nothing new (a stalled one): the features age (vl_stall)
+                stop.wait(0.01)
+                continue
+            feats, mask = encoded
+            with lock:
+                latest.features, latest.mask, latest.ident = feats, mask, ident
+                latest.captured, latest.ready = captured, io.now()
+                runtime.vl_error = None
+            report.refreshes.append({"t": latest.ready, "encode_ms": (time.perf_counter() - t0) * 1e3})
+            if vl_rate_hz:
+                stop.wait(max(0.0, 1.0 / vl_rate_hz - (time.perf_counter() - t0)))
+    except BaseException as e:  # anything else ends the thread: a vl_error on every tick from now on
+        runtime.vl_error = f"VL thread ended: {type(e).__name__}: {e}"
+
+
+def _wall_ticks(policy, io, runtime: Runtime, latest: Features, lock: threading.Lock, report: LoopReport,
+                next_tick: float, wall_end: float, end: float | None, until, inject_delay_s: float,
+                tick_sink) -> None:
+    """The wall-clock ticks, one per period from `next_tick`; run_loop's try around it stops the arm on an error."""
+    period = runtime.period
+    while latest.features is not None and time.perf_counter() < wall_end and (end is None or io.now() < end) \
+            and not (until is not None and until()):
+        time.sleep(max(0.0, next_tick - time.perf_counter()))
+        started = time.perf_counter()
+        with lock:
+            snapshot = Features(latest.features, latest.mask, latest.ident, latest.captured, latest.ready)
+        tick = runtime.tick(policy, io, snapshot, inject_delay_s=inject_delay_s)
+        tick.update({"late_start_ms": (started - next_tick) * 1e3,
+                     "missed": tick["latency_ms"] / 1e3 > period or started - next_tick > period})
+        next_tick += period
+        if next_tick < time.perf_counter():  # fell behind: skip the ticks we cannot make, count them
+            skipped = int((time.perf_counter() - next_tick) // period) + 1
+            tick["skipped_ticks"] = skipped
+            next_tick += skipped * period
+        report.add_tick(tick, tick_sink)
 
 
 def _run_on_clock(policy, io, runtime: Runtime, instruction: str, duration_s: float, clock, vl_latency_s: float,

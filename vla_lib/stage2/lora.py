@@ -10,10 +10,12 @@ the base weights; its SHA-1 over the saved tensors is its identity in the checkp
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,7 +61,8 @@ def inject_lora(model, lcfg):
 
         raise ConfigError(f"lora.targets {list(lcfg.targets)} match no linear module of the backbone")
     model.requires_grad_(False)
-    peft_model = get_peft_model(model, peft_config(lcfg))
+    with _quiet_peft():
+        peft_model = get_peft_model(model, peft_config(lcfg))
     for name, p in peft_model.named_parameters():
         p.requires_grad_("lora_" in name)
     return peft_model
@@ -139,5 +142,15 @@ def load_adapter(model, folder: str | Path, merge: bool = False):
     peft model."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    with _quiet_peft():
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     return peft_model.merge_and_unload() if merge else peft_model
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft's PeftModel reads transformers' deprecated `is_gradient_checkpointing` (transformers 5.x warns on every
+    wrap): a FutureWarning about peft's code, not ours, that would land in every executed Stage-2 notebook."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield

@@ -12,10 +12,6 @@ from pathlib import Path
 import torch
 
 
-def is_stage2(features: dict) -> bool:
-    return bool(features.get("parts", {}).get("adapter"))
-
-
 def apply_adapter(backbone, checkpoint: str | Path, sha: str, merge: bool | None = None) -> dict:
     """Load the adapter folder `<checkpoint stem>.adapter-<sha>/` onto `backbone.model`; returns its live parts
     ({"adapter": the sha of the tensors found there, "lora"}). `merge` (default: in fp32 only) folds it into the base

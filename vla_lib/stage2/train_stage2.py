@@ -202,7 +202,7 @@ def load_stage1(cfg, backbone_parts: dict):
         raise ConfigError(f"train.stage1_checkpoint: {path} does not exist (train Stage 1 first: --mode train "
                           "--training-stage stage1)")
     ckpt = load_checkpoint(path)
-    if ckpt.features.get("parts", {}).get("adapter"):
+    if ckpt.stage != "stage1":
         raise ConfigError(f"{path} is a Stage-2 checkpoint: Stage 2 starts from Stage-1 heads")
     # where Stage 1 prepared its images (CPU, or the device's decoder and resize) differs by rounding only: Stage 2
     # starts from heads of either and trains on CPU-prepared pixels
@@ -304,6 +304,6 @@ class Stage2Trainer(Trainer):
             parts = stage2_parts(self.base_parts, self.cfg.lora, sha)
             save_checkpoint(path, model.heads, self.stats, self.cfg, self.progress["epoch"],
                             self.progress["global_step"], val_loss, self.split,
-                            {"fingerprint": fingerprint_of(parts), "parts": parts})
+                            {"fingerprint": fingerprint_of(parts), "parts": parts}, stage="stage2")
             prune_adapters(path, sha)
         return path

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vla_lib.commands import command_for
 from vla_lib.data.samples import build_index
+from vla_lib.progress import logged
 from vla_lib.vlm.feature_store import CacheMissError, FeatureStore
 from vla_lib.vlm.interface import backbone_parts, load_backbone, resolve_device, resolve_dtype
 
@@ -116,48 +117,35 @@ def _healthy_store(cfg, backbone, state, say) -> FeatureStore:
     return store
 
 
-def build_cache(cfg, log=print) -> dict:
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
-    cfg.validate()
-    state = PartialState(cpu=not torch.cuda.is_available())
-    main = state.is_main_process
-    say = log if main else (lambda *a, **k: None)
+def _announce_index(cfg, state, say):
+    """The sample index this build encodes, after the lines saying what the build runs with and what it holds."""
     say(f"Running in CACHE mode on {state.num_processes} process(es) ({state.device})")
     say(f"  sensor enabled: {cfg.data.sensor_enabled}, window: {cfg.data.sensor_window_size} samples = "
         f"{cfg.data.sensor_window_s * 1e3:.0f} ms; image resize: {cfg.backbone.image_resize_width}x"
         f"{cfg.backbone.image_resize_height}; priority weights: "
         + ", ".join(f"{g.name} {g.weight:g}x" for g in cfg.data.groups))
-    index = build_index(cfg.data, verbose=main)
+    index = build_index(cfg.data, verbose=state.is_main_process)
     weighted = index.table["weight"].sum()
     say(f"Integrated dataset: {len(index)} samples ({weighted:.0f} with priority datasets counted "
         f"{index.table['weight'].max():g}x), {index.table['cache_key'].nunique()} distinct VL inputs")
+    return index
 
-    cfg.backbone.device = str(state.device) if cfg.backbone.device == "auto" else cfg.backbone.device
-    backbone = load_backbone(cfg.backbone)
-    store = _healthy_store(cfg, backbone, state, say)
-    say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view, "
-        f"{backbone.describe()}); store {store.dir}")
-    unique = index.unique_cache_keys()
-    todo = _by_layout(index, [int(i) for i, k in zip(unique["index"], unique["cache_key"]) if k not in store])
-    mine = todo[state.process_index::state.num_processes]
-    say(f"{len(unique) - len(todo)} cached, {len(todo)} to encode ({len(mine)} on this rank)")
-    # Every rank must split the same `todo`: without this barrier a rank that loads its backbone late sees the
-    # shards an early rank already wrote, splits a shorter list, and some keys fall to no rank.
-    state.wait_for_everyone()
+
+def _encode_rows(cfg, index, mine: list[int], backbone, store, rank: int, say) -> tuple:
+    """Encode this rank's rows into its own shards: (seconds, first, loader wait s, encode-call s), `first` the
+    (inputs, seconds) of the first batch, which compiles and captures, or None when the rank had nothing to do."""
     in_workers = backbone.preparer()  # None: prepared on the device here, the workers only read
     decode = in_workers is None and cfg.cache.worker_decode
     loader = DataLoader(_EncodeInputs(index, mine, backbone.image_reader(decode)), batch_size=cfg.cache.batch_size,
                         num_workers=cfg.cache.num_workers,
                         pin_memory=backbone.device.type == "cuda" and (decode or in_workers is not None),
                         collate_fn=_collate(in_workers))
-    writer = store.writer(state.process_index, cfg.cache.shard_size)
+    writer = store.writer(rank, cfg.cache.shard_size)
     start = time.time()
     pending, first = None, None  # first: (inputs, seconds) of the first batch, which compiles and captures
     waited = in_encode = 0.0  # after the first batch: host seconds waiting on the loader, inside encode calls
     asked = time.time()
-    for keys, inputs in tqdm(loader, disable=not main, desc="encoding"):
+    for keys, inputs in logged(loader, len(loader), "encoding batch", say):
         got = time.time()
         if in_workers is None:
             inputs = backbone.prepare(inputs)
@@ -172,7 +160,31 @@ def build_cache(cfg, log=print) -> dict:
     if pending is not None:
         pending.write_to(writer)
     writer.flush()
-    elapsed = time.time() - start
+    return time.time() - start, first, waited, in_encode
+
+
+def build_cache(cfg, log=print) -> dict:
+    from accelerate import PartialState
+
+    cfg.validate()
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main = state.is_main_process
+    say = log if main else (lambda *a, **k: None)
+    index = _announce_index(cfg, state, say)
+
+    cfg.backbone.device = str(state.device) if cfg.backbone.device == "auto" else cfg.backbone.device
+    backbone = load_backbone(cfg.backbone)
+    store = _healthy_store(cfg, backbone, state, say)
+    say(f"VL model {backbone.name} ready ({backbone.dtype}, pixel budget {backbone.pixel_budget:,} per view, "
+        f"{backbone.describe()}); store {store.dir}")
+    unique = index.unique_cache_keys()
+    todo = _by_layout(index, [int(i) for i, k in zip(unique["index"], unique["cache_key"]) if k not in store])
+    mine = todo[state.process_index::state.num_processes]
+    say(f"{len(unique) - len(todo)} cached, {len(todo)} to encode ({len(mine)} on this rank)")
+    # Every rank must split the same `todo`: without this barrier a rank that loads its backbone late sees the
+    # shards an early rank already wrote, splits a shorter list, and some keys fall to no rank.
+    state.wait_for_everyone()
+    elapsed, first, waited, in_encode = _encode_rows(cfg, index, mine, backbone, store, state.process_index, say)
     warmup = backbone.warmup_s
     if warmup:
         say(f"  one-off compile and capture: {warmup:.1f} s ({backbone.describe()})")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_lib.jsonio import json_safe
 from vla_lib.rig.memory import rss_mb
 
 
@@ -51,13 +52,53 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
     """`senders_factory(live, session)` -> a started sender object with `stop()` -> counts (default: `SimulatedSenders`
     threads in this process, when `live.simulate_senders`); `on_tick_monitor(io)` is started in a thread after the
     receivers (the soak benchmark samples memory with it)."""
-    import torch
-
     from vla_lib.rig.receivers import udp_rcvbuf_errors
     from vla_lib.rig.record import SessionRecorder
     from vla_lib.rig.senders import SimulatedSenders
     from vla_lib.runtime.live_io import LiveRobotIO
-    from vla_lib.runtime.loop import Runtime, run_loop
+    from vla_lib.runtime.loop import Runtime
+
+    live = cfg.live
+    out, policy, session, instruction = _prepare(cfg, policy, session, log)
+    rss_start = rss_mb()
+    udp_errors_start = udp_rcvbuf_errors()
+    recorder = SessionRecorder(out) if live.record else None
+    io = LiveRobotIO(live, cfg.data, recorder, action_log=out / "actions.jsonl").start()
+    runtime = Runtime.from_config(cfg, io.actuator)  # the same runtime as the closed loop's, the rig's actuator
+    if cfg.runtime.limits.min_oct_distance_mm is not None:
+        log("warning: runtime.limits.min_oct_distance_mm is set but the live path has no A-line decoder for your OCT: "
+            "the OCT distance stop is off (the force stop is on)")
+    rig = None
+    try:
+        if live.simulate_senders and senders_factory is not None:
+            rig = senders_factory(live, session)
+            log(f"simulated senders (own process) replaying {session.path.name}")
+        elif live.simulate_senders:
+            rig = SimulatedSenders(session, live.robot_endpoint, live.camera_endpoint, live.sensor_endpoint,
+                               live.camera_views, live.replay_cameras or None, live.replay_loop,
+                               live.sim_sensor_batch_s, live.sim_sensor_drop_fraction).start()
+            log(f"simulated senders replaying {session.path.name} ({'looped' if live.replay_loop else 'once'})")
+        report = _run_ready(cfg, policy, io, runtime, instruction, out, on_tick_monitor, log)
+    finally:
+        senders = rig.stop() if rig is not None else None
+        time.sleep(0.1)  # let the last datagrams in flight land before the receivers stop
+        io.stop()
+        recorded = recorder.close({"camera_s": io.offset("camera"), "sensor_s": io.offset("sensor")}) if recorder else None
+    summary = summarise(report, io, out / "ticks.jsonl", senders, rss_start, rss_mb(), udp_errors_start,
+                        udp_rcvbuf_errors(), live)
+    if runtime.latch.stopped:
+        log(f"STOPPED: {runtime.latch.reason} (a latched stop: moves again only after an operator's release)")
+    summary["recorded_session"] = str(recorded) if recorded else None
+    summary["instruction"] = instruction
+    (out / "report.json").write_text(json.dumps(json_safe(summary), indent=1))
+    log(f"report: {out / 'report.json'}")
+    return summary
+
+
+def _prepare(cfg, policy, session, log) -> tuple:
+    """Before any stream starts: loopback endpoints for simulated senders, the output folder, torch threads, the
+    policy and the instruction. Returns (out, policy, session, instruction)."""
+    import torch
 
     live = cfg.live
     if live.simulate_senders and not _all_loopback(live):
@@ -78,53 +119,30 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
         session, replay_instruction = replay_session(cfg)
         instruction = instruction or replay_instruction
     instruction = instruction or cfg.data.groups[0].instruction
-    rss_start = rss_mb()
-    udp_errors_start = udp_rcvbuf_errors()
-    recorder = SessionRecorder(out) if live.record else None
-    io = LiveRobotIO(live, cfg.data, recorder, action_log=out / "actions.jsonl").start()
-    runtime = Runtime.from_config(cfg, io.actuator)  # the same runtime as the closed loop's, the rig's actuator
-    if cfg.runtime.limits.min_oct_distance_mm is not None:
-        log("warning: runtime.limits.min_oct_distance_mm is set but the live path has no A-line decoder for your OCT: "
-            "the OCT distance stop is off (the force stop is on)")
-    rig = None
-    try:
-        if live.simulate_senders and senders_factory is not None:
-            rig = senders_factory(live, session)
-            log(f"simulated senders (own process) replaying {session.path.name}")
-        elif live.simulate_senders:
-            rig = SimulatedSenders(session, live.robot_endpoint, live.camera_endpoint, live.sensor_endpoint,
-                               live.camera_views, live.replay_cameras or None, live.replay_loop,
-                               live.sim_sensor_batch_s, live.sim_sensor_drop_fraction).start()
-            log(f"simulated senders replaying {session.path.name} ({'looped' if live.replay_loop else 'once'})")
-        if on_tick_monitor is not None:
-            import threading
+    return out, policy, session, instruction
 
-            threading.Thread(target=on_tick_monitor, args=(io,), daemon=True, name="monitor").start()
-        missing = io.wait_ready(live.ready_timeout_s, need_sensor=live.require_sensor)
-        if missing:
-            raise TimeoutError(f"no data within {live.ready_timeout_s:g} s from: {missing} "
-                               f"(endpoints: robot {live.robot_endpoint}, cameras {live.camera_endpoint}, "
-                               f"sensor {live.sensor_endpoint})")
-        log(f"live loop for {live.duration_s:g} s at {1 / cfg.data.action_dt_s:g} Hz ({cfg.runtime.execution}, "
-            f"guard {'on' if cfg.runtime.guard else 'OFF'}), "
-            f"{'SENDING actions to ' + live.action_endpoint if live.send_actions else 'dry run (actions logged only)'}")
-        with open(out / "ticks.jsonl", "w") as ticks:  # streamed: a run of any length keeps no per-tick records
-            report = run_loop(policy, io, runtime, instruction, live.duration_s, live.vl_rate_hz,
-                              tick_sink=lambda tick: ticks.write(tick_line(tick, io.last_ages)))
-    finally:
-        senders = rig.stop() if rig is not None else None
-        time.sleep(0.1)  # let the last datagrams in flight land before the receivers stop
-        io.stop()
-        recorded = recorder.close({"camera_s": io.offset("camera"), "sensor_s": io.offset("sensor")}) if recorder else None
-    summary = summarise(report, io, out / "ticks.jsonl", senders, rss_start, rss_mb(), udp_errors_start,
-                        udp_rcvbuf_errors(), live)
-    if runtime.latch.stopped:
-        log(f"STOPPED: {runtime.latch.reason} (a latched stop: moves again only after an operator's release)")
-    summary["recorded_session"] = str(recorded) if recorded else None
-    summary["instruction"] = instruction
-    (out / "report.json").write_text(json.dumps(_json_safe(summary), indent=1))
-    log(f"report: {out / 'report.json'}")
-    return summary
+
+def _run_ready(cfg, policy, io, runtime, instruction: str, out: Path, on_tick_monitor, log):
+    """Inside run_live's try (its finally stops senders and receivers): the monitor, the wait for every stream,
+    then the control loop with its ticks streamed to ticks.jsonl. Returns the loop's report."""
+    from vla_lib.runtime.loop import run_loop
+
+    live = cfg.live
+    if on_tick_monitor is not None:
+        import threading
+
+        threading.Thread(target=on_tick_monitor, args=(io,), daemon=True, name="monitor").start()
+    missing = io.wait_ready(live.ready_timeout_s, need_sensor=live.require_sensor)
+    if missing:
+        raise TimeoutError(f"no data within {live.ready_timeout_s:g} s from: {missing} "
+                           f"(endpoints: robot {live.robot_endpoint}, cameras {live.camera_endpoint}, "
+                           f"sensor {live.sensor_endpoint})")
+    log(f"live loop for {live.duration_s:g} s at {1 / cfg.data.action_dt_s:g} Hz ({cfg.runtime.execution}, "
+        f"guard {'on' if cfg.runtime.guard else 'OFF'}), "
+        f"{'SENDING actions to ' + live.action_endpoint if live.send_actions else 'dry run (actions logged only)'}")
+    with open(out / "ticks.jsonl", "w") as ticks:  # streamed: a run of any length keeps no per-tick records
+        return run_loop(policy, io, runtime, instruction, live.duration_s, live.vl_rate_hz,
+                        tick_sink=lambda tick: ticks.write(tick_line(tick, io.last_ages)))
 
 
 def summarise(report, io, ticks_path, senders, rss_start, rss_end, udp0, udp1, live) -> dict:
@@ -169,7 +187,7 @@ def summarise(report, io, ticks_path, senders, rss_start, rss_end, udp0, udp1, l
 def tick_line(tick: dict, ages: dict) -> str:
     """One line of ticks.jsonl: the tick's timing, per-stream ages, what the policy said and what went out."""
     cmd = tick["command"]
-    return json.dumps(_json_safe({
+    return json.dumps(json_safe({
         "t": tick["t"], "latency_ms": tick["latency_ms"], "late_start_ms": tick["late_start_ms"],
         "missed": bool(tick["missed"]), "skipped_ticks": tick.get("skipped_ticks", 0),
         "frames_age_s": tick["staleness_s"], "ages": ages, "chunk0": tick["chunk"][0, :6], "kind": cmd.kind,
@@ -179,22 +197,6 @@ def tick_line(tick: dict, ages: dict) -> str:
 
 def read_ticks(path) -> list[dict]:
     return [json.loads(line) for line in open(path)]
-
-
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def untrained_policy(cfg, seed: int = 0):

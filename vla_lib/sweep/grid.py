@@ -1,0 +1,84 @@
+"""The grid: a sweep's grid of parameter values expanded into member parameter dicts and files, their folders."""
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import yaml
+
+from vla_lib.config import RunConfig, load_params
+from vla_lib.notebook import repo_root
+
+
+def _set(values: dict, dotted: str, value) -> None:
+    node = values
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+
+
+def _label(key: str, value) -> str:
+    leaf = key.split(".")[-1]
+    if isinstance(value, bool):
+        return f"{leaf.replace('_enabled', '')}_{'on' if value else 'off'}"
+    return f"{leaf}{value}"
+
+
+def sweep_name(cfg: RunConfig) -> str:
+    return cfg.sweep.name if cfg.sweep.name != "sweep" else f"{cfg.run_name}_sweep"
+
+
+def expand(base: dict) -> list[tuple[str, dict]]:
+    """(member name, full parameter dict) for every combination of the grid (validated as RunConfigs)."""
+    cfg = RunConfig.from_dict(base)
+    name = sweep_name(cfg)
+    keys = list(cfg.sweep.grid)
+    members = []
+    for combo in itertools.product(*(cfg.sweep.grid[k] for k in keys)):
+        values = copy.deepcopy(base)
+        for k, v in cfg.sweep.overrides.items():
+            _set(values, k, v)
+        for k, v in zip(keys, combo):
+            _set(values, k, v)
+        member = "-".join(_label(k, v) for k, v in zip(keys, combo)) or "base"
+        values["output_root"] = str(Path(cfg.output_root) / name)
+        values["run_name"] = member
+        _set(values, "train.output_dir", str(Path(cfg.output_root) / name / member / "train"))
+        # the shared cache may lack a member's samples (without the sensor, anchors start before the first sensor
+        # window): the member encodes those few into the same store instead of failing
+        _set(values, "cache.allow_inline_encoding", True)
+        values["sweep"] = {"name": name, "torch_threads": cfg.sweep.torch_threads}
+        RunConfig.from_dict(values)  # fail early on a bad key or value
+        members.append((member, values))
+    return members
+
+
+def _base(source: RunConfig | str | Path, root: Path) -> dict:
+    """The sweep's base values: a config as built (flags and --set included), or a params file (`extends:` resolved)."""
+    return source.to_dict() if isinstance(source, RunConfig) else load_params(root / source)
+
+
+def write_params(source: RunConfig | str | Path, root: Path | None = None) -> list[tuple[str, Path]]:
+    """Write one params file per member under outputs/<sweep>/params/; returns (member, path relative to root)."""
+    root = root or repo_root()
+    base = _base(source, root)
+    cfg = RunConfig.from_dict(base)
+    out = Path(cfg.output_root) / sweep_name(cfg) / "params"
+    (root / out).mkdir(parents=True, exist_ok=True)
+    written = []
+    for member, values in expand(base):
+        path = out / f"{member}.yaml"
+        (root / path).write_text(yaml.safe_dump(values, sort_keys=False))
+        written.append((member, path))
+    return written
+
+
+def member_dir(cfg: RunConfig, member: str) -> Path:
+    return Path(cfg.output_root) / sweep_name(cfg) / member
+
+
+def frame_cache_path(cfg: RunConfig) -> Path:
+    """The closed-loop frame cache shared by a sweep's members (a member's output_root is the sweep's folder)."""
+    return Path(cfg.output_root) / "sim_vl_features.pt"

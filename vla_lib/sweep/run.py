@@ -1,0 +1,63 @@
+"""Runs the members not done yet through papermill, resumably; `run_member` is one member's train and evaluation."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from vla_lib.config import RunConfig
+from vla_lib.notebook import execute, repo_root
+from vla_lib.sweep.grid import _base, frame_cache_path, member_dir, write_params
+
+MEMBER_NOTEBOOK = "notebooks/sweep_member.ipynb"
+DONE = "sweep_done.json"
+
+
+def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
+    """Run every member not done yet through papermill (notebooks/sweep_member.ipynb); returns one status row each."""
+    root = repo_root()
+    cfg = RunConfig.from_dict(_base(source, root))
+    rows, ran = [], []
+    members = write_params(source, root)
+    for k, (member, path) in enumerate(members, 1):
+        out = root / member_dir(cfg, member)
+        if (out / DONE).exists():
+            log(f"[sweep] member {k}/{len(members)} {member}: done already, skipped")
+            rows.append({"member": member, "status": "skipped (done)", "seconds": 0.0})
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        left = len(members) - k + 1
+        eta = f", about {sum(ran) / len(ran) * left / 60:.1f} min left" if ran else ""
+        log(f"[sweep] member {k}/{len(members)} {member} ...{eta}")
+        start = time.time()
+        execute(root / MEMBER_NOTEBOOK, out / "sweep_member.ipynb", path, cwd=root)
+        ran.append(time.time() - start)
+        log(f"[sweep] member {k}/{len(members)} {member} done in {ran[-1]:.0f} s")
+        rows.append({"member": member, "status": "ran", "seconds": ran[-1]})
+    return rows
+
+
+def run_member(cfg: RunConfig, log=print) -> dict:
+    """One member: train (resumes if a previous attempt was killed), offline and closed-loop evaluation, done marker."""
+    from vla_lib import train
+    from vla_lib.evaluation.closed_loop import run_closed_loop, save_results
+    from vla_lib.evaluation.run import run_offline
+
+    if cfg.sweep.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.sweep.torch_threads)
+    start = time.time()
+    summary = train.train(cfg, log=log)
+    trained = time.time()
+    result = run_offline(cfg)
+    offline = result.metrics
+    log("offline MSE on sensor samples per phase (policy / sensor removed): " + ", ".join(
+        f"{p} {v['mse_with_sensor']:.4f} / {v['mse_without_sensor']:.4f}"
+        for p, v in offline["sensor_ablation"]["per_phase"].items()))
+    closed = run_closed_loop(cfg, log=log, feature_cache=frame_cache_path(cfg))
+    done = {"train_s": trained - start, "eval_s": time.time() - trained, "best_val": summary["best_val"],
+            "offline_policy_mse": offline["predictors"]["policy"]["mse"]}
+    save_results(closed, Path(cfg.run_dir) / "closed_loop_results.json")
+    (Path(cfg.run_dir) / DONE).write_text(json.dumps(done, indent=1))
+    return {"closed_loop": closed, **done}
