@@ -28,6 +28,12 @@ def test_grid_expands_into_members_sharing_data_and_cache(tmp_path):
     assert [c.data.sensor_enabled for c in cfgs] == [True] * 3 + [False] * 3
     assert [c.train.seed for c in cfgs] == [0, 1, 2] * 2
     assert cfgs[4].run_dir == Path(tmp_path / "outputs" / "s" / "sensor_off-seed1")
+    # the weightless predictors (the same episodes give the same results) once per evaluation setting, not per seed
+    assert ["scripted" in c.closed_loop.predictors for c in cfgs] == [True] + [False] * 5
+    base = _base(tmp_path)
+    base["sweep"]["grid"] = {"closed_loop.seed": [1000, 2000], "train.seed": [0, 1]}  # other episodes: run again
+    cfgs = [RunConfig.from_dict(v) for _, v in sweep.expand(base)]
+    assert ["scripted" in c.closed_loop.predictors for c in cfgs] == [True, False, True, False]
 
 
 def test_bad_grid_key_fails_early(tmp_path):

@@ -129,6 +129,12 @@ class RunConfig:
         if self.runtime.inject_delay_s >= room - 1e-9:
             raise ConfigError(f"runtime.inject_delay_s ({self.runtime.inject_delay_s:g} s) must leave a step of the "
                               f"chunk to execute: < (data.horizon - 1) x data.action_dt_s = {room:g} s")
+        if self.live.send_actions:  # the arm moves: nothing that protects it may be off
+            protections = {"runtime.guard": self.runtime.guard, "live.require_sensor": self.live.require_sensor}
+            off = [k for k, on in protections.items() if not on]
+            if off:
+                raise ConfigError(f"live.send_actions moves the robot: {', '.join(off)} must be on (they are off "
+                                  "only to measure the loop, in a dry run)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; derived fields are written as null (so an override of their source carries over)."""

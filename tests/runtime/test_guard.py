@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from vla_lib.config import RunConfig
+from vla_lib.errors import ConfigError
 from vla_lib.data.scenarios import PREROLL_S, chunk_from_speed, contact_force, oct_distance, sample_episode
 from vla_lib.evaluation.closed_loop import ControllerPolicy
 from vla_lib.runtime.configuration_runtime import Limits
@@ -138,3 +139,59 @@ def test_non_finite_samples_in_the_tare_never_blind_the_guard():
     assert latch.reason == "non-finite force sample" and guard.baseline == pytest.approx(-3.0)
     latch.release()
     assert guard.check([0.3], [2.5])  # 5.5 N above the (finite) baseline
+
+
+def test_the_live_guard_sees_every_packet_before_the_receiver_drops_any():
+    """A NaN force, a crossing whose A-line has a NaN point, and a crossing stamped behind the last sample (a clock
+    step) are all dropped from the buffers, and each still trips the stop from the receiver's thread."""
+    from vla_lib.rig import wire
+    from vla_lib.rig.receivers import SensorReceiver
+    from vla_lib.runtime.configuration_runtime import Limits
+    from vla_lib.runtime.executor import StopLatch
+    from vla_lib.runtime.guard import SensorGuard
+
+    def datagram(ts, force, nan_aline=False):
+        alines = np.zeros((len(ts), wire.ALINE_POINTS), np.float32)
+        if nan_aline:
+            alines[-1, 100] = np.nan
+        return wire.pack_sensor(ts, ts, np.asarray(force, np.float32), alines)
+
+    free_t = np.arange(0.0, 0.2, 0.005)  # 40 samples in free air (the sensor reads -3 N there), 10 a datagram
+    free_air = [datagram(free_t[k:k + 10], np.full(10, -3.0)) for k in range(0, 40, 10)]
+    for bad in (datagram([0.30], [np.nan]), datagram([0.30], [7.0], nan_aline=True), datagram([0.10], [7.0])):
+        latch = StopLatch()
+        guard = SensorGuard(Limits(force_limit_n=1.5, tare_s=0.1), latch)
+        rx = SensorReceiver("127.0.0.1:0")
+        rx.on_batch = lambda t, f, a, arrived: guard.check(t, f, a, arrived)
+        rx.arrived = 0.0
+        for d in free_air:
+            rx._handle(d, 0.0)
+        assert not latch.stopped and guard.baseline == -3.0
+        rx._handle(bad, 0.0)
+        assert latch.stopped, latch.reason
+        assert rx.n == 40  # none of the bad packets reached the buffers
+
+
+def test_a_restart_in_contact_cannot_zero_the_contact_force():
+    from vla_lib.runtime.configuration_runtime import Limits
+    from vla_lib.runtime.executor import StopLatch
+    from vla_lib.runtime.guard import SensorGuard
+
+    latch = StopLatch()
+    guard = SensorGuard(Limits(force_limit_n=1.5, tare_s=0.1), latch)
+    t = np.arange(0.0, 0.2, 0.005)
+    guard.check(t, np.full(len(t), 2.0))  # the needle already in tissue at start: 2 N steady
+    assert latch.stopped and "free-air" in latch.reason
+    with pytest.raises(ConfigError, match="finite"):
+        Limits(force_baseline_n=float("nan"))
+    with pytest.raises(ConfigError, match="finite"):
+        Limits(force_limit_n=float("inf"))
+
+
+def test_moving_the_robot_needs_every_protection_on():
+    from vla_lib.config import RunConfig
+
+    for off in ({"runtime": {"guard": False}}, {"live": {"require_sensor": False}}):
+        with pytest.raises(ConfigError, match="send_actions moves the robot"):
+            RunConfig.from_dict({**off, "live": {**off.get("live", {}), "send_actions": True}})
+        RunConfig.from_dict(off)  # a dry run may measure without them

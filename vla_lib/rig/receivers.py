@@ -271,7 +271,13 @@ class SensorReceiver(_Receiver):
             self._accept(data)
 
     def _handle(self, data, recv):
-        rec, bad = wire.unpack_sensor(data)
+        raw = wire.sensor_packets(data)
+        if self.on_batch is not None:
+            # the guard first, on every packet as sent: a NaN force, a crossing whose A-line has a NaN point, or one
+            # stamped behind the last (a clock step) is dropped below, but must still stop the arm
+            stamps = np.where(np.isfinite(raw["ts"]), raw["ts"], self.last_ts)
+            self.on_batch(stamps, raw["force"], raw["aline"], self.arrived)
+        rec, bad = wire.finite_packets(raw)
         if bad:
             self._drop("non_finite", bad)
         if not len(rec):
@@ -293,8 +299,6 @@ class SensorReceiver(_Receiver):
             for s in rec["send_ts"][[0, -1]] if k > 1 else rec["send_ts"]:
                 self.clock.update(recv, float(s))
         self.stats.accepted += k
-        if self.on_batch is not None:
-            self.on_batch(rec["ts"], rec["force"], rec["aline"], self.arrived)
         if self.recorder is not None:
             self.recorder.sensor(rec)
 

@@ -141,22 +141,29 @@ def pack_sensor(ts, send_ts, force, alines) -> bytes:
     return SENSOR_COUNT.pack(n) + rec.tobytes()
 
 
-def unpack_sensor(datagram: bytes) -> tuple[np.ndarray, int]:
-    """(the well-formed packets as a SENSOR_DTYPE record array, number of packets dropped for NaN/inf).
-
-    A datagram whose length does not match its count is dropped whole (WireError): its packet boundaries cannot
-    be trusted. A packet with a non-finite number is dropped alone."""
+def sensor_packets(datagram: bytes) -> np.ndarray:
+    """Every packet of a datagram as sent (a SENSOR_DTYPE record array, NaN and all). A datagram whose length does
+    not match its count is dropped whole (WireError): its packet boundaries cannot be trusted."""
     if len(datagram) < SENSOR_COUNT.size:
         raise WireError("wrong_size", f"datagram of {len(datagram)} B")
     (n,) = SENSOR_COUNT.unpack_from(datagram)
     if n == 0 or len(datagram) != SENSOR_COUNT.size + n * SENSOR_PACKET_SIZE:
         raise WireError("wrong_size", f"datagram of {len(datagram)} B announces {n} packet(s) of {SENSOR_PACKET_SIZE} B")
-    rec = np.frombuffer(datagram, SENSOR_DTYPE, count=n, offset=SENSOR_COUNT.size)
+    return np.frombuffer(datagram, SENSOR_DTYPE, count=n, offset=SENSOR_COUNT.size)
+
+
+def finite_packets(rec: np.ndarray) -> tuple[np.ndarray, int]:
+    """(the packets without a non-finite number, how many were dropped): a packet with NaN/inf is dropped alone."""
     finite = np.isfinite(rec["ts"]) & np.isfinite(rec["send_ts"]) & np.isfinite(rec["force"])
     finite &= np.isfinite(rec["aline"]).all(1)
     if finite.all():
         return rec, 0
     return rec[finite], int((~finite).sum())
+
+
+def unpack_sensor(datagram: bytes) -> tuple[np.ndarray, int]:
+    """(the well-formed packets as a SENSOR_DTYPE record array, number of packets dropped for NaN/inf)."""
+    return finite_packets(sensor_packets(datagram))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ config (`runtime.limits`, `runtime.faults`) and used by the executor and the sen
 Nothing here imports the rest of the package (the config imports it)."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, fields
 
 from vla_lib.errors import ConfigError
@@ -27,6 +29,11 @@ class Limits:
     force_limit_n: float = 5.0  # |force - baseline| above this, in any sensor sample, latches a stop
     force_baseline_n: float | None = None  # None: tare = median of the first `tare_s` of sensor samples
     tare_s: float = 0.1
+    # The sensor's reading in free air (the recorder's OCT/force probe reads about -3 N) and how far a tare may lie from
+    # it: a tare further off is contact, not the sensor's bias, and is refused (the stop latched) instead of becoming
+    # the baseline, so a restart with the needle already in tissue cannot zero the contact force. None: no bound
+    free_air_force_n: float = -3.0
+    max_tare_offset_n: float | None = 1.0
     # OCT: a tip-to-surface distance below this (mm; negative = below the surface) latches a stop, where the sensor
     # model gives a distance (the simulated sensor task does; a rig needs its own A-line decoder). None = off.
     min_oct_distance_mm: float | None = None
@@ -50,9 +57,14 @@ class Limits:
         positive = ("max_step_mm", "max_step_deg", "max_speed_mm_s", "max_speed_deg_s", "force_limit_n", "tare_s",
                     "max_robot_age_s", "max_sensor_age_s", "max_camera_age_s", "max_feature_age_s", "overrun_factor",
                     "out_of_limits_factor")
-        bad = [f"{k} ({getattr(self, k)!r})" for k in positive if not getattr(self, k) > 0]
+        bad = [f"{k} ({getattr(self, k)!r})" for k in positive if not 0 < getattr(self, k) < math.inf]
+        if bad:  # inf or NaN would switch a protection off while it reads as on
+            raise ConfigError(f"runtime.limits: must be finite and > 0: {', '.join(bad)}")
+        given = {k: getattr(self, k) for k in ("force_baseline_n", "free_air_force_n", "max_tare_offset_n",
+                                              "min_oct_distance_mm")}
+        bad = [f"{k} ({v!r})" for k, v in given.items() if v is not None and not math.isfinite(v)]
         if bad:
-            raise ConfigError(f"runtime.limits: must be > 0: {', '.join(bad)}")
+            raise ConfigError(f"runtime.limits: must be finite (or unset): {', '.join(bad)}")
 
 
 @dataclass

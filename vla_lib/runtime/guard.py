@@ -8,8 +8,8 @@ actuator's stop having been issued (`reaction_s`). Only `StopLatch.release()` (a
 
 The force baseline: `limits.force_baseline_n`, or the median of the first `limits.tare_s` of samples (a tare in
 free air at start). During the tare every sample is checked against the very first sample's value, and a tare whose
-median moved more than half the limit from it (contact while taring) trips the stop instead of becoming the
-baseline. A non-finite force sample trips the stop too (a saturated or failing sensor is not "no contact").
+median moved more than half the limit from it (contact while taring), or is larger than `limits.max_tare_n` (contact
+at start: a restart with the needle in tissue), trips the stop instead of becoming the baseline. A non-finite force sample trips the stop too (a saturated or failing sensor is not "no contact").
 """
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ class SensorGuard:
         if not np.isfinite(median) or abs(median - self._first) > 0.5 * self.limits.force_limit_n:
             self.baseline = self._first  # the reference stays the first sample; the stop is latched
             return f"tare not in free air: median {median:.3f} N moved {median - self._first:+.3f} N from the first sample"
+        bound, free_air = self.limits.max_tare_offset_n, self.limits.free_air_force_n
+        if bound is not None and abs(median - free_air) > bound:
+            self.baseline = free_air  # contact at start (a restart in tissue): measured from free air, stop latched
+            return (f"tare {median:.3f} N lies {median - free_air:+.3f} N from the sensor's free-air reading "
+                    f"(runtime.limits.free_air_force_n {free_air:g} N, max_tare_offset_n {bound:g} N): contact at "
+                    "start, not the sensor's bias (withdraw to free air, or set runtime.limits.force_baseline_n)")
         self.baseline = median
         return None
 
@@ -71,8 +77,8 @@ class SensorGuard:
         over = np.nonzero(excess > self.limits.force_limit_n)[0]
         if len(over) and (i is None or over[0] < i):
             i, reason = int(over[0]), f"force {excess[over[0]]:.3f} N above limit {self.limits.force_limit_n:g} N"
-        if tare_problem and i is None:
-            i, reason = len(times) - 1, tare_problem
+        if tare_problem:  # the refused tare is the cause, even where the force check also fired
+            i, reason = (len(times) - 1 if i is None else i), tare_problem
         if self.oct_distance is not None and self.limits.min_oct_distance_mm is not None and alines is not None:
             dist = self.oct_distance(np.asarray(alines))
             close = np.nonzero(dist < self.limits.min_oct_distance_mm)[0]

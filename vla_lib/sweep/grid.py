@@ -35,7 +35,7 @@ def expand(base: dict) -> list[tuple[str, dict]]:
     cfg = RunConfig.from_dict(base)
     name = sweep_name(cfg)
     keys = list(cfg.sweep.grid)
-    members = []
+    members, judged = [], set()
     for combo in itertools.product(*(cfg.sweep.grid[k] for k in keys)):
         values = copy.deepcopy(base)
         for k, v in cfg.sweep.overrides.items():
@@ -50,9 +50,26 @@ def expand(base: dict) -> list[tuple[str, dict]]:
         # window): the member encodes those few into the same store instead of failing
         _set(values, "cache.allow_inline_encoding", True)
         values["sweep"] = {"name": name, "torch_threads": cfg.sweep.torch_threads}
+        _weightless_once(values, combo, keys, judged)
         RunConfig.from_dict(values)  # fail early on a bad key or value
         members.append((member, values))
     return members
+
+
+# Closed-loop predictors that use no trained weights: on the same episodes their results are the same in every member
+WEIGHTLESS = ("scripted", "demonstrator")
+# grid keys that change only the trained weights (what a weightless predictor does not read)
+TRAINING_ONLY = ("train.", "model.", "data.sensor_enabled")
+
+
+def _weightless_once(values: dict, combo: tuple, keys: list, judged: set) -> None:
+    """Run the weightless predictors only in the first member of each group that differs in training settings only
+    (a seed sweep runs the scripted descent once, not once a seed); the report reads them from that member."""
+    evaluation = tuple((k, repr(v)) for k, v in zip(keys, combo) if not k.startswith(TRAINING_ONLY))
+    if evaluation in judged:
+        predictors = values.setdefault("closed_loop", {}).get("predictors") or RunConfig().closed_loop.predictors
+        values["closed_loop"]["predictors"] = [p for p in predictors if p not in WEIGHTLESS]
+    judged.add(evaluation)
 
 
 def _base(source: RunConfig | str | Path, root: Path) -> dict:
