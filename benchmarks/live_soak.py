@@ -70,7 +70,7 @@ def main():
     cfg.live.torch_threads = args.threads
     free_loopback_endpoints(cfg.live)
     if args.checkpoint:
-        from vla_lib.evaluation.run import load_policy
+        from vla_lib.policy.loading import load_policy
 
         cfg.eval.checkpoint = args.checkpoint
         policy = load_policy(cfg, device="cpu")

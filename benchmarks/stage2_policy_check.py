@@ -18,8 +18,8 @@ import torch
 
 from vla_lib.config import RunConfig
 from vla_lib.data.samples import SampleDataset, build_index
-from vla_lib.inference import VLAPolicy
-from vla_lib.models.checkpoint import load_checkpoint
+from vla_lib.policy.vla_policy import VLAPolicy
+from vla_lib.policy.checkpoint import load_checkpoint
 from vla_lib.stage2 import train_stage2 as s2
 
 

@@ -1,5 +1,5 @@
 """Stage 2 through the real training loop on one GPU: synthetic sessions -> Stage-1 feature cache and heads (one
-epoch) -> Stage 2 (LoRA + heads) with `train.train` (Stage2Trainer: the frame-level vision cache built first, then
+epoch) -> Stage 2 (LoRA + heads) with `training.train` (Stage2Trainer: the frame-level vision cache built first, then
 data loading, the LM plan on the CPU, the step, validation and checkpoints), on the published Qwen2.5-VL-3B
 architecture with random weights (no download). Unlike `stage2_throughput.py` nothing is prepared beforehand.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from vla_lib import train
+from vla_lib import training
 from vla_lib.config import RunConfig
 from vla_lib.sim.demonstrations import write_dataset
 from vla_lib.vlm.cache_build import build_cache
@@ -59,7 +59,7 @@ def main():
     print(f"sessions written in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
     build_cache(cfg, log=lambda *a: None)
-    train.train(cfg, log=lambda *a: None)
+    training.train(cfg, log=lambda *a: None)
     print(f"Stage 1 (cache + one epoch of the heads) in {time.perf_counter() - t0:.0f} s", flush=True)
     best = Path(cfg.train.output_dir) / "checkpoints/qwen_vla_sensor_best.pt"
     for setting in args.settings:
@@ -73,7 +73,7 @@ def main():
             torch.cuda.empty_cache(), torch.cuda.reset_peak_memory_stats()
         lines = []
         t0 = time.perf_counter()
-        summary = train.train(s2, log=lines.append)
+        summary = training.train(s2, log=lines.append)
         total = time.perf_counter() - t0
         epochs = summary["history"]
         vision = next((ln for ln in lines if ln.startswith("Vision cache")), "")

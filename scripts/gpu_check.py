@@ -5,8 +5,8 @@
 It writes small synthetic sessions of every recorder layout (sensor and no-sensor, `params/gpu_check.yaml`: stage1.yaml
 as shipped, with random 3B weights), then runs the README's commands as a user types them, each in its own process:
 cache, verify, Stage-1 training compiled (as shipped) and eager, offline evaluation, closed loop, one Stage-2 epoch,
-and the README's inference snippet; and, in this process, the heads compiled (both modes) against eager on the same
-batches. It checks finite and decreasing losses, compiled = eager, the checkpoints and the metrics, and prints one
+and the README's inference snippet; and, in a process of its own beside those, the heads compiled (both modes, and
+fp32) against eager on the same weights and batch at every step. It checks finite and decreasing losses, compiled = eager, the checkpoints and the metrics, and prints one
 summary line per step (wall time, throughput, peak GPU memory). `--cpu` runs the same steps on the CPU with the tiny
 model (a check of this script, not of a GPU install).
 """
@@ -93,6 +93,7 @@ class Check:
         self.cpu, self.log_dir = cpu, log_dir
         self.rows: list[str] = []
         self.failed: list[str] = []
+        self.beside: dict[str, Beside] = {}
 
     def command(self, name: str, extra: list[str] | None = None) -> str:
         """Run one of COMMANDS in its own process; its output goes to <log_dir>/<name>.log. Returns the output."""
@@ -182,7 +183,7 @@ def _check_run(run: str, epochs: int, stage2: bool = False) -> tuple[list[dict],
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     expect(last < first, f"{run}: the training loss did not decrease (first fifth {first:.4f}, last {last:.4f})")
     ckpts = Path(run) / "train" / "checkpoints"
-    from vla_lib.models.checkpoint import CHECKPOINT_NAMES
+    from vla_lib.policy.checkpoint import CHECKPOINT_NAMES
 
     for name in CHECKPOINT_NAMES.values():
         expect((ckpts / name).exists(), f"{run}: {name} missing")
@@ -223,36 +224,65 @@ def train_eager(check: Check) -> str:
     return _train_line(steps, epoch_rows) + f"; compiled vs eager epoch loss {max(rel):.2%} apart"
 
 
-def heads_equivalence(check: Check) -> str:
-    """The heads (`original` preset, stage1.yaml's model section, dropout 0) trained 50 AdamW steps at batch 64 on the
-    same batches, compiled against eager. The first step (same weights, same batch) shows whether the compiled graph
-    computes the same function: within 1e-5 relative in fp32 (no TF32), 1e-3 in bf16. Later steps drift apart as any
-    two float orders of the same training do, so they are held against bf16's own noise, the `floor` (eager bf16
-    against eager fp32 after 50 steps): a compiled bf16 run must end no further from the fp32 trajectory than twice
-    the floor (it approximates it no worse than eager bf16 does; the triangle inequality allows 2x), and a compiled
-    fp32 run within a quarter of the floor of eager fp32 (limits at least 1e-2 and 1e-3). All finite."""
+# Compiled vs eager on the same weights, per step (`compare_compiled_to_eager`): fp32 shows the same function up to
+# reduction order; bf16 autocast adds rounding where Inductor fuses ops (it keeps fp32 inside a fused kernel)
+STEP_LIMITS = {"fp32": (1e-4, 1e-3), "bf16": (3e-3, 5e-2)}  # (loss, gradient norm), relative, at every step
+
+
+def equivalence_json(out: str) -> None:
+    """The heads (`original` preset, stage1.yaml's model section, dropout 0) 50 AdamW steps at batch 64, compiled in
+    both modes (bf16) and in fp32 against eager, written to `out` (run in its own process, beside the other steps)."""
     import torch
 
     from benchmarks.train_throughput import compare_compiled_to_eager
 
     cuda = torch.cuda.is_available()
+    start = time.time()
     res = compare_compiled_to_eager(PARAMS, steps=50 if cuda else 5, batch_size=64 if cuda else 8,
                                     modes=("default", "reduce-overhead") if cuda else ("default",))
+    Path(out).write_text(json.dumps({"result": res, "wall_s": time.time() - start, "cuda": cuda}))
+
+
+class Beside:
+    """A step that runs in its own process while the others run (the GPU has room): started early, judged later."""
+
+    def __init__(self, check: Check, name: str, args: list[str]):
+        self.out = check.log_dir / f"{name}.json"
+        self.out.unlink(missing_ok=True)
+        self.log = open(check.log_dir / f"{name}.log", "w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen([sys.executable, __file__, *args, str(self.out)], cwd=ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def result(self) -> dict:
+        code = self.proc.wait()
+        self.log.close()
+        tail = (Path(self.log.name).read_text().strip().splitlines() or [""])[-1]
+        expect(code == 0 and self.out.exists(), f"exit code {code}: {tail} (log: {self.log.name})")
+        return json.loads(self.out.read_text())
+
+
+def heads_equivalence(check: Check) -> str:
+    """Every step of the compiled runs within STEP_LIMITS of eager on the same weights and batch; all finite (the
+    child raises otherwise). The free-running trajectories' end points are reported, not judged (chaos: see
+    `compare_compiled_to_eager`)."""
+    if "heads_equivalence" not in check.beside:  # --only without synth: start it now
+        check.beside["heads_equivalence"] = Beside(check, "heads_equivalence", ["--equivalence-json"])
+    done = check.beside.pop("heads_equivalence").result()
+    res, cuda = done["result"], done["cuda"]
     floor = res.pop("bf16_noise_floor")
     for mode, r in res.items():
-        fp32 = mode.endswith("/fp32") or not cuda  # on the CPU the "bf16" runs are fp32 too
-        first = 1e-5 if fp32 else 1e-3
-        expect(r["rel_diff_first"] <= first, f"{mode}: compiled differs from eager by {r['rel_diff_first']:.2e} "
-               f"relative at the first step (limit {first:.0e}): not the same function: {res}")
-        if mode.endswith("/fp32"):
-            drift, limit, what = r["rel_diff_last"], max(1e-3, floor / 4), "from eager fp32"
-        else:
-            drift, limit, what = r["rel_to_fp32_last"], max(1e-2, 2 * floor), "from the fp32 trajectory"
-        expect(drift <= limit, f"{mode}: ends {drift:.2e} relative {what} after the last step (limit {limit:.1e}, "
-               f"bf16 noise floor {floor:.1e}): {res}")
-    return "; ".join(f"{m}: first step {r['rel_diff_first']:.0e}, last {r['loss_last']:.5f} vs eager "
-                     f"{r['eager_last']:.5f} (to fp32 {r['rel_to_fp32_last']:.1e})" for m, r in res.items()) \
-        + f"; bf16 noise floor {floor:.1e}"
+        kind = "fp32" if mode.endswith("/fp32") or not cuda else "bf16"  # on the CPU the "bf16" runs are fp32 too
+        loss_limit, grad_limit = STEP_LIMITS[kind]
+        expect(r["step_loss_rel_max"] <= loss_limit and r["step_grad_rel_max"] <= grad_limit,
+               f"{mode}: compiled differs from eager on the same weights by {r['step_loss_rel_max']:.1e} (loss) and "
+               f"{r['step_grad_rel_max']:.1e} (gradient norm) relative at worst (limits {loss_limit:.0e}, "
+               f"{grad_limit:.0e}): not the same function: {res}")
+    return (f"{done['wall_s']:.0f} s beside the other steps; per step vs eager on the same weights (loss, grad): "
+            + "; ".join(f"{m} {r['step_loss_rel_max']:.0e}, {r['step_grad_rel_max']:.0e}" for m, r in res.items())
+            + "; free-running last-step loss vs eager: "
+            + ", ".join(f"{m} {r['rel_diff_last']:.1e}" for m, r in res.items())
+            + f" (bf16 vs fp32 eager {floor:.1e})")
 
 
 def evaluate(check: Check) -> str:
@@ -277,7 +307,7 @@ def stage2(check: Check) -> str:
 def inference_snippet(check: Check) -> str:
     """The README's snippet, with this check's checkpoint and params file."""
     snippet = f"""
-from vla_lib.inference import VLAPolicy
+from vla_lib.policy import VLAPolicy
 from vla_lib.data.samples import build_index, SampleDataset
 from vla_lib.config import RunConfig
 
@@ -298,8 +328,8 @@ import numpy as np; assert chunk.shape == (8, 7) and np.isfinite(chunk).all(), c
 
 
 STEPS = [("synth", synth), ("cache", cache), ("verify", verify), ("train_compiled", train_compiled),
-         ("train_eager", train_eager), ("heads_equivalence", heads_equivalence), ("eval", evaluate),
-         ("closed_loop", closed_loop), ("stage2", stage2), ("inference", inference_snippet)]
+         ("train_eager", train_eager), ("eval", evaluate), ("closed_loop", closed_loop),
+         ("heads_equivalence", heads_equivalence), ("stage2", stage2), ("inference", inference_snippet)]
 NEEDS = {"cache": "synth", "heads_equivalence": "synth", "verify": "cache", "train_compiled": "cache", "train_eager": "cache", "eval": "train_compiled",
          "closed_loop": "train_compiled", "stage2": "train_compiled", "inference": "train_compiled"}
 
@@ -309,9 +339,13 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true", help="the tiny model on the CPU (checks this script only)")
     ap.add_argument("--only", nargs="*", help="run only these steps (their inputs must exist): "
                     + " ".join(n for n, _ in STEPS))
+    ap.add_argument("--equivalence-json", help=argparse.SUPPRESS)  # the heads_equivalence child process
     args = ap.parse_args()
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
+    if args.equivalence_json:
+        equivalence_json(args.equivalence_json)
+        return 0
     import torch
 
     if not args.cpu and not torch.cuda.is_available():
@@ -340,6 +374,8 @@ def main() -> int:
             print(check.rows[-1], flush=True)
             continue
         check.step(name, lambda fn=fn: fn(check))
+        if name == "synth" and "synth" not in check.failed and (not args.only or "heads_equivalence" in args.only):
+            check.beside["heads_equivalence"] = Beside(check, "heads_equivalence", ["--equivalence-json"])
     total = time.time() - start
     verdict = "PASSED" if not check.failed else f"FAILED ({', '.join(check.failed)})"
     print(f"[gpu_check] {verdict} in {total:.0f} s", flush=True)

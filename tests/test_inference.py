@@ -10,10 +10,10 @@ from vla_lib.data.samples import SampleDataset, build_index
 from vla_lib.evaluation.replay_accuracy import fresh_vs_stale
 from vla_lib.runtime.loop import Runtime, run_loop
 from vla_lib.runtime.replay_io import ReplayIO
-from vla_lib.inference import VLAPolicy
+from vla_lib.policy.vla_policy import VLAPolicy
 from vla_lib.models.configuration_policy import PolicyConfig
 from vla_lib.models.inputs import PolicyInputs
-from vla_lib.models.checkpoint import CheckpointMismatchError, save_checkpoint
+from vla_lib.policy.checkpoint import CheckpointMismatchError, save_checkpoint
 from vla_lib.models.modeling_policy import Stage1Policy
 from vla_lib.vlm.cache_build import store_parts
 from vla_lib.vlm.interface import load_backbone

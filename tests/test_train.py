@@ -13,7 +13,7 @@ import torch
 from tests.conftest import ci_config, run_cli
 from tests.test_config import SEED_TRAIN
 from vla_lib.config import RunConfig
-from vla_lib.models.checkpoint import CheckpointMismatchError, load_checkpoint
+from vla_lib.policy.checkpoint import CheckpointMismatchError, load_checkpoint
 from vla_lib.vlm.cache_build import build_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,18 +112,19 @@ def test_a_finished_run_is_never_rewritten_and_other_settings_are_refused(prepar
 def test_logged_step_loss_is_the_mean_over_the_accumulation_window(prepared, tmp_path, monkeypatch):
     """Defect 9: the step loss shown and logged is the optimiser step's loss (mean of its micro-batches), not a
     micro-batch's loss times the accumulation steps."""
-    import vla_lib.train as training
+    import vla_lib.train as stage1
+    from vla_lib import training
     from vla_lib.cli import build_parser, config_from_args
 
     seen = []
-    real = training.loss_fn
+    real = stage1.loss_fn
 
     def spy(model, batch, cfg, mean_weight, device):
         out = real(model, batch, cfg, mean_weight, device)
         if model.training:
             seen.append(float(out[0].detach()))
         return out
-    monkeypatch.setattr(training, "loss_fn", spy)
+    monkeypatch.setattr(stage1, "loss_fn", spy)
     args = prepared + ["--output-dir", str(tmp_path), "--set", f"output_root={tmp_path}", "--epochs", "1", "--batch-size", "4", "--grad-accum-steps", "4"]
     summary = training.train(config_from_args(build_parser().parse_args(args)), log=lambda *a: None)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -195,20 +196,20 @@ def test_run_configs_of_earlier_checkpoints_still_load():
 
 
 def test_a_non_finite_loss_stops_the_run_at_its_step_and_nothing_after_it_is_saved(prepared, tmp_path, monkeypatch):
-    from vla_lib import train as training
+    from vla_lib import train as stage1, training
     from vla_lib.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(
         prepared + ["--output-dir", str(tmp_path), "--set", f"output_root={tmp_path}", "--epochs", "2", "--batch-size", "4", "--save-every-steps", "1"]))
-    stock, calls = training.Trainer.loss, []
+    stock, calls = stage1.Trainer.loss, []
 
     def loss(self, batch):  # the second training batch's loss turns NaN (validation never runs before it)
         out = stock(self, batch)
         calls.append(1)
         return (out[0] * float("nan"), *out[1:]) if len(calls) == 2 else out
 
-    monkeypatch.setattr(training.Trainer, "loss", loss)
-    with pytest.raises(training.NonFiniteError, match="optimiser step 2: the loss and gradient norm were not finite"):
+    monkeypatch.setattr(stage1.Trainer, "loss", loss)
+    with pytest.raises(stage1.NonFiniteError, match="optimiser step 2: the loss and gradient norm were not finite"):
         training.train(cfg, log=lambda *a: None)
     ckpts = tmp_path / "checkpoints"
     assert not any((ckpts / name).exists() for name in ("qwen_vla_sensor.pt", "qwen_vla_sensor_best.pt"))
@@ -262,7 +263,7 @@ def test_gradients_stay_in_their_own_tensors_across_steps(prepared, tmp_path):
 
 
 def test_a_checkpoint_says_which_stage_wrote_it_and_older_formats_are_refused(prepared, tmp_path):
-    from vla_lib.models.checkpoint import checkpoint_stage
+    from vla_lib.policy.checkpoint import checkpoint_stage
 
     _run(prepared, tmp_path, ["--epochs", "1", "--batch-size", "8"])
     path = tmp_path / "checkpoints" / "qwen_vla_sensor_final.pt"

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     continued) end with one line naming the problem and the command that fixes it, and exit code 2."""
     from vla_lib.data.recorder_formats import DataError
     from vla_lib.finite_guard import NonFiniteError
-    from vla_lib.models.checkpoint import CheckpointMismatchError
+    from vla_lib.policy.checkpoint import CheckpointMismatchError
     from vla_lib.pipeline import NotebookError
     from vla_lib.train import RunStateError
     from vla_lib.vlm.feature_store import CacheMissError
@@ -175,9 +175,9 @@ def _run_build_mode(args, cfg) -> int:
 
         return verify(cfg)
     elif args.mode == "train":
-        from vla_lib import train
+        from vla_lib import training
 
-        train.train(cfg)  # Stage 1 or Stage 2, as train.training_stage says
+        training.train(cfg)  # Stage 1 or Stage 2, as train.training_stage says
     return 0
 
 

@@ -36,7 +36,8 @@ def replay_session(cfg):
         return session, (group.instruction if group else cfg.data.groups[0].instruction)
     from vla_lib.data.samples import build_index
     from vla_lib.data.split import split_sessions
-    from vla_lib.evaluation.run import checkpoint_path, split
+    from vla_lib.evaluation.run import split
+    from vla_lib.policy.loading import checkpoint_path
 
     if checkpoint_path(cfg).exists():
         index, val_ids = split(cfg)
@@ -111,7 +112,7 @@ def _prepare(cfg, policy, session, log) -> tuple:
     if live.torch_threads:
         torch.set_num_threads(live.torch_threads)
     if policy is None:
-        from vla_lib.evaluation.run import load_policy
+        from vla_lib.policy.loading import load_policy
 
         policy = load_policy(cfg)
     instruction = live.instruction
@@ -206,7 +207,7 @@ def untrained_policy(cfg, seed: int = 0):
 
     from vla_lib.data.normalization import compute_stats
     from vla_lib.data.samples import build_index
-    from vla_lib.inference import VLAPolicy
+    from vla_lib.policy.vla_policy import VLAPolicy
     from vla_lib.models.modeling_policy import Stage1Policy
     from vla_lib.vlm.interface import load_backbone
 

@@ -1,5 +1,6 @@
 """Stage-1 training with accelerate: the VL backbone frozen (features from the cache), SensorEncoder + Action Expert
-trained. Runs as `python -m vla_lib --mode train`, `accelerate launch -m vla_lib --mode train`, or under torchrun.
+trained. `vla_lib.training.train` runs it (`python -m vla_lib --mode train`, `accelerate launch -m vla_lib --mode
+train`, or under torchrun); `Trainer` holds the run's state and its steps.
 
 The loop, in order: data (samples, episode split, stats) -> cached VL features -> model -> optimiser/scheduler ->
 auto-resume -> epochs of (train with gradient accumulation, validate, checkpoint). Exact resume: the resume state
@@ -8,7 +9,6 @@ with the same command ends with the same weights as an uninterrupted one (CPU, d
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from vla_lib.data.batches import FeatureJoinedDataset, collate
 from vla_lib.data.samples import SampleDataset
 from vla_lib.finite_guard import FiniteGuard, NonFiniteError  # noqa: F401  (NonFiniteError: raised through train)
-from vla_lib.models.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
+from vla_lib.policy.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
 from vla_lib.models.inputs import inputs_from_batch
 # The steps of a run live in these modules; they are named here too, as `vla_lib.train`'s own (Stage 2 and the
 # benchmarks import them from this module).
@@ -55,34 +55,8 @@ def _unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-def train(cfg, log=print) -> dict:
-    """A Stage-1 run, top to bottom: the run folder, data, model and optimiser, resume, then epochs of (train,
-    validate, checkpoint). Returns the run's summary (also written to `train_summary.json`)."""
-    run = trainer_for(cfg)(cfg, log)
-    if run.finished_already():
-        return run.existing_summary()
-    run.setup()
-    run.resume_or_start()
-    while run.progress["epoch"] < cfg.train.epochs and not run.stopped:
-        if run.train_epoch():  # False: train.max_steps stopped it mid-epoch (the resume state is saved)
-            run.end_epoch(run.validate())
-    return run.finish()
-
-
-# The trainer of each train.training_stage, as "module:class": Stage 2 builds on this module (it subclasses
-# Trainer), so it is named here and imported only when asked for, like the backbone kinds of vlm.interface.
-TRAINERS = {"stage1": "vla_lib.train:Trainer", "stage2": "vla_lib.stage2.train_stage2:Stage2Trainer"}
-
-
-def trainer_for(cfg) -> type:
-    """Stage 1 (`Trainer`: heads on cached features) or Stage 2 (`Stage2Trainer`: LoRA on the backbone + heads)."""
-    module, name = TRAINERS[cfg.train.training_stage].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 class Trainer:
-    """The state of one training run and its steps; `train` above is the readable sequence of them. Stage 2
+    """The state of one training run and its steps; `training.train` is the readable sequence of them. Stage 2
     (`stage2.train_stage2.Stage2Trainer`) replaces `build`, `loss`, `model_state` and `save_heads`."""
 
     collate = staticmethod(collate)  # a batch of the datasets `build` returns

@@ -9,8 +9,8 @@ from vla_lib.data.recorder_formats import DataError
 from vla_lib.data.samples import build_index
 from vla_lib.data.split import split_sessions
 from vla_lib.evaluation.run import held_out, split
-from vla_lib.models.checkpoint import CheckpointMismatchError
-from vla_lib.models.checkpoint import save_checkpoint
+from vla_lib.policy.checkpoint import CheckpointMismatchError
+from vla_lib.policy.checkpoint import save_checkpoint
 from vla_lib.models.modeling_policy import Stage1Policy
 from vla_lib.vlm.cache_build import open_store
 

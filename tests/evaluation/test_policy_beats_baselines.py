@@ -11,7 +11,7 @@ import yaml
 from vla_lib.config import RunConfig
 from vla_lib.evaluation.run import run_offline
 from vla_lib.pipeline import ensure_synthetic
-from vla_lib.train import train
+from vla_lib.training import train
 from vla_lib.vlm.cache_build import build_cache
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from tests.conftest import REPO, ci_config
 @pytest.fixture(scope="module")
 def checkpoint(rig_root, tmp_path_factory):
     """Random heads (real stats, tiny backbone) saved as a checkpoint: the rig I/O does not need a trained one."""
-    from vla_lib.models.checkpoint import save_checkpoint
+    from vla_lib.policy.checkpoint import save_checkpoint
     from vla_lib.live import untrained_policy
 
     tmp = tmp_path_factory.mktemp("live_ckpt")

@@ -7,7 +7,7 @@ from tests.conftest import ci_config
 @pytest.fixture(scope="session")
 def stage1_run(synth_root, tmp_path_factory):
     """(Stage-2 RunConfig, the --set/flags that point the CLI at the same places, the Stage-1 best checkpoint)."""
-    from vla_lib import train
+    from vla_lib import training
     from vla_lib.vlm.cache_build import build_cache
 
     base = tmp_path_factory.mktemp("stage2")
@@ -16,7 +16,7 @@ def stage1_run(synth_root, tmp_path_factory):
     cfg.train.output_dir = str(base / "stage1")
     cfg.train.epochs, cfg.train.batch_size = 1, 8
     build_cache(cfg, log=lambda *a: None)
-    train.train(cfg, log=lambda *a: None)
+    training.train(cfg, log=lambda *a: None)
     ckpt = base / "stage1/checkpoints/qwen_vla_sensor_best.pt"
     stage2 = cfg.with_overrides({"train.training_stage": "stage2", "train.finetune_vl": "lora",
                                  "train.stage1_checkpoint": str(ckpt), "train.output_dir": str(base / "s2"),

@@ -55,7 +55,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(stage1_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def stage2_trained(stage1_run, tmp_path_factory):
-    from vla_lib.train import train
+    from vla_lib.training import train
 
     cfg, _, _ = stage1_run
     cfg = copy.deepcopy(cfg)
@@ -67,7 +67,7 @@ def stage2_trained(stage1_run, tmp_path_factory):
 
 def test_stage2_policy_gives_the_training_models_outputs(stage2_trained):
     from vla_lib.data.samples import SampleDataset, build_index
-    from vla_lib.inference import VLAPolicy
+    from vla_lib.policy.vla_policy import VLAPolicy
     from vla_lib.models.inputs import inputs_from_batch
     from vla_lib.stage2 import train_stage2 as s2
 
@@ -109,8 +109,8 @@ def test_stage2_checkpoint_refuses_the_stage1_feature_store(stage2_trained, tmp_
     import shutil
 
     from vla_lib.evaluation.run import held_out
-    from vla_lib.inference import VLAPolicy
-    from vla_lib.models.checkpoint import CheckpointMismatchError, checkpoint_stage, feature_mismatch, load_checkpoint
+    from vla_lib.policy.vla_policy import VLAPolicy
+    from vla_lib.policy.checkpoint import CheckpointMismatchError, checkpoint_stage, feature_mismatch, load_checkpoint
     from vla_lib.vlm.cache_build import open_store
 
     cfg, ckpt = stage2_trained
@@ -146,9 +146,9 @@ def test_a_crash_between_adapter_and_heads_leaves_the_checkpoint_loadable(stage2
     file still names its own adapter folder, which is still there."""
     import shutil
 
-    from vla_lib.inference import VLAPolicy
+    from vla_lib.policy.vla_policy import VLAPolicy
     from vla_lib.stage2 import train_stage2 as s2
-    from vla_lib.stage2.lora import save_adapter
+    from vla_lib.policy.adapter import save_adapter
 
     cfg, ckpt = stage2_trained
     ckpt_copy = tmp_path / ckpt.name

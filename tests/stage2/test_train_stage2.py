@@ -27,7 +27,7 @@ def _batch(cfg, model, processor, cache, rows=None):
 
 
 def test_lora_learns_base_frozen_heads_from_stage1(stage1_run):
-    from vla_lib.models.checkpoint import load_checkpoint
+    from vla_lib.policy.checkpoint import load_checkpoint
 
     cfg, _, ckpt_path = stage1_run
     model, processor, ckpt, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)

@@ -13,9 +13,9 @@ import json, sys
 import numpy as np, torch
 from vla_lib.config import RunConfig
 from vla_lib.data.samples import SampleDataset, build_index
-from vla_lib.inference import VLAPolicy
+from vla_lib.policy.vla_policy import VLAPolicy
 from vla_lib.models.inputs import inputs_from_observation
-from vla_lib.train import train
+from vla_lib.training import train
 from vla_lib.vlm.cache_build import build_cache, open_store
 cfg = RunConfig.from_yaml("params/ci.yaml").with_overrides(json.loads(sys.argv[1]))
 built = build_cache(cfg, log=lambda *a: None)

@@ -290,7 +290,7 @@ def _run_all(cfg, policy, predictors, n, instruction, results, metrics, log) -> 
 
 def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | None = None) -> ClosedLoopResult:
     """Load the run's checkpoint (unless given), evaluate, merge into outputs/<run>/metrics.json["closed_loop"]."""
-    from vla_lib.evaluation.run import load_policy
+    from vla_lib.policy.loading import load_policy
 
     if policy is None and any(p.startswith("policy") for p in cfg.closed_loop.predictors):
         # the backbone's device (auto: the GPU where there is one): heads trained on GPU features (bf16, images

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import platform
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,15 +20,11 @@ from vla_lib.evaluation.offline import evaluate_offline
 from vla_lib.evaluation.replay_accuracy import fresh_vs_stale
 from vla_lib.runtime.loop import Runtime, run_loop
 from vla_lib.runtime.replay_io import ReplayIO
-from vla_lib.inference import VLAPolicy
-from vla_lib.stage2.policy import EncodedFeatures
-from vla_lib.models.checkpoint import CHECKPOINT_NAMES, CheckpointMismatchError, feature_mismatch, load_checkpoint
+from vla_lib.evaluation.encoded_features import EncodedFeatures
+from vla_lib.policy.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
+from vla_lib.policy.loading import checkpoint_path, load_policy
 from vla_lib.vlm.cache_build import open_store
 from vla_lib.vlm.feature_store import FeatureTable
-
-
-def checkpoint_path(cfg) -> Path:
-    return Path(cfg.eval.checkpoint or Path(cfg.train.output_dir) / "checkpoints" / CHECKPOINT_NAMES["best"])
 
 
 def split(cfg, ckpt=None):
@@ -109,14 +104,6 @@ def sample_phases(cfg, index):
     if cfg.synthetic.scenario == "sensor_task":
         return scenarios.sample_phases(index, cfg.synthetic.task)
     return phase_labels(index)
-
-
-def load_policy(cfg, device: str = "auto"):
-    """The checkpoint's heads + the configured backbone (the params file's backbone section wins, so a user can
-    time the same heads behind another backbone build, e.g. `random_weights`)."""
-    return VLAPolicy.from_checkpoint(checkpoint_path(cfg), device=device,
-                                     allow_backbone_mismatch=cfg.eval.allow_backbone_mismatch,
-                                     **{k: v for k, v in asdict(cfg.backbone).items() if k != "device"})
 
 
 def run_realtime_replay(cfg, policy, session_id: str | None = None, held=None, log=print):

@@ -1,6 +1,6 @@
 """Stage-2 training: LoRA on the VL backbone's language model + the Stage-1 heads, from a Stage-1 checkpoint.
 `python -m vla_lib --mode train --training-stage stage2 --finetune-vl lora --stage1-checkpoint PATH` (also under
-`accelerate launch` / torchrun), or notebook 03 with a Stage-2 params file; `train.train` picks `Stage2Trainer`.
+`accelerate launch` / torchrun), or notebook 03 with a Stage-2 params file; `training.train` picks `Stage2Trainer`.
 
 `Stage2Trainer` is Stage 1's `Trainer` (loop, loss, schedule, exact resume, metrics, wandb names, checkpoint names)
 with four steps replaced: `build` (the heads, normalisation statistics and episode split come from the Stage-1
@@ -20,10 +20,10 @@ from vla_lib.data.batches import collate
 from vla_lib.data.recorder_formats import load_image
 from vla_lib.data.samples import SampleDataset, frame_ids
 from vla_lib.errors import ConfigError
-from vla_lib.models.checkpoint import feature_mismatch, load_checkpoint, save_checkpoint
 from vla_lib.models.inputs import PolicyInputs
-from vla_lib.stage2.lora import (adapter_state, inject_lora, lora_parameter_count, outside_lm_layers, prune_adapters,
-                                 save_adapter, touches_vision)
+from vla_lib.policy.adapter import prune_adapters, save_adapter
+from vla_lib.policy.checkpoint import feature_mismatch, load_checkpoint, save_checkpoint
+from vla_lib.stage2.lora import adapter_state, inject_lora, lora_parameter_count, outside_lm_layers, touches_vision
 from vla_lib.stage2.vision_cache import VisionCache, frame_grid, frame_key, vision_parts
 from vla_lib.train import Trainer, load_data, loss_fn, param_groups
 from vla_lib.vlm.cache_build import store_parts

@@ -39,7 +39,7 @@ def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
 
 def run_member(cfg: RunConfig, log=print) -> dict:
     """One member: train (resumes if a previous attempt was killed), offline and closed-loop evaluation, done marker."""
-    from vla_lib import train
+    from vla_lib import training
     from vla_lib.evaluation.closed_loop import run_closed_loop, save_results
     from vla_lib.evaluation.run import run_offline
 
@@ -48,7 +48,7 @@ def run_member(cfg: RunConfig, log=print) -> dict:
 
         torch.set_num_threads(cfg.sweep.torch_threads)
     start = time.time()
-    summary = train.train(cfg, log=log)
+    summary = training.train(cfg, log=log)
     trained = time.time()
     result = run_offline(cfg)
     offline = result.metrics

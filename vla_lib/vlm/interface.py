@@ -52,6 +52,8 @@ class VLBackbone(Protocol):
     @property
     def warmup_s(self) -> float: ...  # one-off compile/capture time spent so far (0 when none)
 
+    def adopt_model(self, model: torch.nn.Module) -> None: ...  # run this model from now on (a Stage-2 adapter applied)
+
 
 def _kind_module(kind: str):
     try:

@@ -84,6 +84,16 @@ class Backbone:
     def warmup_s(self) -> float:
         return self.fast.warmup_s if self.fast is not None else 0.0
 
+    def adopt_model(self, model: torch.nn.Module) -> None:
+        """Run `model` (the same architecture, e.g. with a LoRA adapter applied) from now on, frozen; the fast
+        encoder holds the model it was built around, so it is rebuilt around this one."""
+        self.model = model.eval().requires_grad_(False)
+        if self.fast is not None:
+            from vla_lib.vlm.qwen.fast_vision import FastEncoder
+
+            fast = self.fast
+            self.fast = FastEncoder(model, fast.backend, compile=fast.compiled, cuda_graphs=fast.cuda_graphs)
+
 
 def load_backbone(cfg) -> Backbone:
     """`cfg` is a BackboneConfig."""

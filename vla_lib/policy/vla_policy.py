@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from vla_lib.config import RunConfig
-from vla_lib.models.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
+from vla_lib.policy.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
 from vla_lib.models.action_graph import ActionStep
 from vla_lib.models.inputs import inputs_from_observation
-from vla_lib.stage2.policy import apply_adapter
+from vla_lib.policy.adapter import apply_adapter
 from vla_lib.vlm.cache_build import store_parts
 from vla_lib.vlm.feature_store import fingerprint_of
 from vla_lib.vlm.interface import load_backbone as _load_backbone
