@@ -178,3 +178,28 @@ def test_every_mode_validates_the_whole_config_again(capsys):
     cfg.runtime.execution = "blnd"
     with pytest.raises(ConfigError, match="runtime.execution"):
         run_mode(argparse.Namespace(mode="synth"), cfg)
+
+
+def test_a_derived_value_of_a_section_built_alone_is_refused_in_one_line(tmp_path):
+    from vla_lib.config_sections import DataConfig
+
+    alone = DataConfig(root=str(tmp_path))
+    with pytest.raises(ConfigError, match="data.history_steps is derived from the model section"):
+        alone.derived("history_steps")
+    assert RunConfig.from_dict({"model": {"history_steps": 3}}).data.derived("history_steps") == 3
+
+
+def test_one_dotted_key_helper_reads_and_writes_dicts_and_dataclasses():
+    from vla_lib.dotted import get_dotted, set_dotted
+
+    tree = {"train": {"lr": 1e-3}}
+    set_dotted(tree, "runtime.limits.force_limit_n", 2.0, create=True)
+    assert get_dotted(tree, "runtime.limits.force_limit_n") == 2.0 and get_dotted(tree, "train.lr") == 1e-3
+    with pytest.raises(KeyError):
+        set_dotted(tree, "sweep.grid", {})  # no level made unless asked
+    cfg = RunConfig()
+    set_dotted(cfg, "runtime.limits.force_limit_n", 2.5)
+    assert get_dotted(cfg, "runtime.limits.force_limit_n") == 2.5
+    with pytest.raises(ConfigError, match="unknown parameter 'train.no_such_key'"):
+        cfg.with_overrides({"train.no_such_key": 1})
+    assert cfg.with_overrides({"runtime.limits.force_limit_n": 3.0}).runtime.limits.force_limit_n == 3.0

@@ -24,6 +24,7 @@ from vla_lib.config_compat import _LIMITS, MOVED, RESUME_FREE, changed_settings,
 from vla_lib.config_sections import (  # noqa: F401  (re-exported: `from vla_lib.config import DataConfig` etc.)
     PREDICTORS, BackboneConfig, CacheConfig, ClosedLoopConfig, DataConfig, EvalConfig, GroupConfig, LiveConfig,
     LoraConfig, SensorTaskConfig, SweepConfig, SyntheticConfig, TrainConfig, _choice, _default_groups)
+from vla_lib.dotted import get_dotted, set_dotted
 from vla_lib.errors import ConfigError
 from vla_lib.models.configuration_policy import PolicyConfig
 from vla_lib.runtime.configuration_runtime import RuntimeConfig
@@ -75,12 +76,10 @@ class RunConfig:
                 self._set(target, value)
 
     def _get(self, dotted: str):
-        section, key = dotted.split(".")
-        return getattr(getattr(self, section), key)
+        return get_dotted(self, dotted)
 
     def _set(self, dotted: str, value) -> None:
-        section, key = dotted.split(".")
-        setattr(getattr(self, section), key, value)
+        set_dotted(self, dotted, value)
 
     @property
     def run_dir(self) -> Path:
@@ -155,15 +154,11 @@ class RunConfig:
         """Apply dotted overrides ({"train.lr": 1e-3}); values are type-checked like YAML values."""
         values = self.to_dict()
         for dotted, value in overrides.items():
-            node = values
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                if not isinstance(node.get(p), dict):
-                    raise ConfigError(f"unknown parameter '{dotted}'")
-                node = node[p]
-            if leaf not in node:
-                raise ConfigError(f"unknown parameter '{dotted}'")
-            node[leaf] = value
+            try:
+                get_dotted(values, dotted)
+            except (KeyError, TypeError, AttributeError):
+                raise ConfigError(f"unknown parameter '{dotted}'") from None
+            set_dotted(values, dotted, value)
         return RunConfig.from_dict(values)
 
 

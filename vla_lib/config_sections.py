@@ -130,6 +130,15 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def derived(self, key: str):
+        """A derived field's value (`history_steps`: RunConfig sets it from the model section); refused in one line
+        when the section was built alone and never derived."""
+        value = getattr(self, key)
+        if value is None:
+            raise ConfigError(f"data.{key} is derived from the model section and is unset here: build the config "
+                              "with RunConfig (e.g. RunConfig.from_dict({'data': {...}}).data), not DataConfig alone")
+        return value
+
     def validate(self) -> None:
         _choice("data.chunk_past_end", self.chunk_past_end, ("drop", "pad"))
         if not 0 <= self.val_fraction < 1:

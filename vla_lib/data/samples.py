@@ -163,7 +163,7 @@ def _session_samples(session: Session, group, cfg, root: Path):
     })
     for v, view in enumerate(cfg.views):
         table[f"staleness_{view}"] = staleness[:, v]
-    return table, tgt, tmask, fidx, pose_history(rt, session.pose, anchors, cfg.history_steps, cfg.action_dt_s)
+    return table, tgt, tmask, fidx, pose_history(rt, session.pose, anchors, cfg.derived("history_steps"), cfg.action_dt_s)
 
 
 def frame_ids(paths: list[Path], root: Path) -> list[str]:

@@ -18,7 +18,7 @@ class ReplayIO:
         self.s, self.cfg = session, data_cfg
         self.cam_offset, self.sensor_offset = session.camera_offset(), session.sensor_offset()
         first = [f.times[0] + self.cam_offset for v, f in session.frames.items() if v in data_cfg.views and len(f.times)]
-        floor = max([session.robot_times[0] + data_cfg.history_steps * data_cfg.action_dt_s, *first[:1]])
+        floor = max([session.robot_times[0] + data_cfg.derived("history_steps") * data_cfg.action_dt_s, *first[:1]])
         if session.has_sensor:
             floor = max(floor, session.sensor.times[0] + self.sensor_offset + data_cfg.sensor_window_s)
         self.start = max(floor, start or floor)

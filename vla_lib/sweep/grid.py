@@ -8,15 +8,8 @@ from pathlib import Path
 import yaml
 
 from vla_lib.config import RunConfig, load_params
+from vla_lib.dotted import set_dotted
 from vla_lib.notebook import repo_root
-
-
-def _set(values: dict, dotted: str, value) -> None:
-    node = values
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = value
 
 
 def _label(key: str, value) -> str:
@@ -39,16 +32,16 @@ def expand(base: dict) -> list[tuple[str, dict]]:
     for combo in itertools.product(*(cfg.sweep.grid[k] for k in keys)):
         values = copy.deepcopy(base)
         for k, v in cfg.sweep.overrides.items():
-            _set(values, k, v)
+            set_dotted(values, k, v, create=True)
         for k, v in zip(keys, combo):
-            _set(values, k, v)
+            set_dotted(values, k, v, create=True)
         member = "-".join(_label(k, v) for k, v in zip(keys, combo)) or "base"
         values["output_root"] = str(Path(cfg.output_root) / name)
         values["run_name"] = member
-        _set(values, "train.output_dir", str(Path(cfg.output_root) / name / member / "train"))
+        set_dotted(values, "train.output_dir", str(Path(cfg.output_root) / name / member / "train"), create=True)
         # the shared cache may lack a member's samples (without the sensor, anchors start before the first sensor
         # window): the member encodes those few into the same store instead of failing
-        _set(values, "cache.allow_inline_encoding", True)
+        set_dotted(values, "cache.allow_inline_encoding", True, create=True)
         values["sweep"] = {"name": name, "torch_threads": cfg.sweep.torch_threads}
         _weightless_once(values, combo, keys, judged)
         RunConfig.from_dict(values)  # fail early on a bad key or value

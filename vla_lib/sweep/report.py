@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from vla_lib.config import RunConfig
+from vla_lib.dotted import get_dotted
 from vla_lib.notebook import repo_root
 from vla_lib.sweep.grid import _base, _label, expand, member_dir
 from vla_lib.sweep.run import DONE
@@ -30,10 +31,7 @@ def collect(source: RunConfig | str | Path) -> dict:
         metrics = json.loads((out / "metrics.json").read_text())
         row = {"member": member}
         for k in grid:
-            node = values
-            for p in k.split("."):
-                node = node[p]
-            row[k] = node
+            row[k] = get_dotted(values, k)
         row["best_val"] = json.loads((out / DONE).read_text())["best_val"]
         off = metrics["offline"]
         row["offline_mse"] = off["predictors"]["policy"]["mse"]
