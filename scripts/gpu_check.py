@@ -309,14 +309,16 @@ def inference_snippet(check: Check) -> str:
     snippet = f"""
 from vla_lib.policy import VLAPolicy
 from vla_lib.data.samples import build_index, SampleDataset
+from vla_lib.data.timeline import SensorWindow
 from vla_lib.config import RunConfig
 
 policy = VLAPolicy.from_checkpoint("{CKPT}")  # heads, stats, config
 cfg = RunConfig.from_yaml("{RUN}/params.yaml")
 index = build_index(cfg.data); i = 100
 sample = SampleDataset(index, cfg.data)[i]
+window = SensorWindow(sample["sensor"], sample["sensor_mask"])          # (65, 1026) values, (65,) which are samples
 chunk = policy.predict(index.table.instruction[i], index.view_paths(i),   # 5 views: paths, PIL images or arrays
-                       sample["sensor"], index.history[i])                # (65, 1026) window, (4, 6) last deltas
+                       window, index.history[i])                          # (4, 6): the robot's last pose deltas
 print(chunk.shape, chunk[0])                                              # (8, 7): mm, deg, gripper
 import numpy as np; assert chunk.shape == (8, 7) and np.isfinite(chunk).all(), chunk
 """

@@ -7,6 +7,7 @@ from PIL import Image
 from vla_lib.config import RunConfig
 from vla_lib.data.normalization import compute_stats
 from vla_lib.data.samples import SampleDataset, build_index
+from vla_lib.data.timeline import SensorWindow
 from vla_lib.evaluation.replay_accuracy import fresh_vs_stale
 from vla_lib.runtime.loop import Runtime, run_loop
 from vla_lib.runtime.replay_io import ReplayIO
@@ -41,7 +42,7 @@ def setup(synth_root, tmp_path_factory):
 def _observation(index, cfg, i):
     sample = SampleDataset(index, cfg.data)[i]
     paths = index.view_paths(i)
-    return index.table.instruction[i], paths, sample["sensor"], index.history[i]
+    return index.table.instruction[i], paths, SensorWindow(sample["sensor"], sample["sensor_mask"]), index.history[i]
 
 
 def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
@@ -54,35 +55,44 @@ def test_saved_checkpoint_predicts_as_the_in_memory_model(setup):
     assert (chunk[:, 6] == cfg.data.gripper_value).all()  # untrained dimension: the training constant
     inputs = backbone.preparer()([([p for p in paths if p], instruction, [p is not None for p in paths])])
     feats, mask = backbone.encode(inputs, cfg.cache.pooling)
-    expected = heads.predict(PolicyInputs(feats, mask, torch.as_tensor(window)[None],
-                                          torch.ones(1, 65, dtype=torch.bool), torch.as_tensor(history)[None]))[0]
+    expected = heads.predict(PolicyInputs(feats, mask, torch.as_tensor(window.values)[None],
+                                          torch.as_tensor(window.valid)[None], torch.as_tensor(history)[None]))[0]
     expected = expected.numpy()
     np.testing.assert_allclose(chunk, expected, atol=1e-5)
-    # paths, PIL images and arrays are the same input; a NaN row of the window is a missing sample, not a value
+    # paths, PIL images and arrays are the same input; a point the window marks invalid is a missing sample
     pil = [Image.open(p).convert("RGB") for p in paths]
     np.testing.assert_allclose(policy.predict(instruction, pil, window, history), chunk, atol=1e-5)
     np.testing.assert_allclose(policy.predict(instruction, [np.asarray(im) for im in pil], window, history), chunk,
                                atol=1e-5)
-    holed = window.copy()
-    holed[10] = np.nan
-    valid = torch.ones(1, 65, dtype=torch.bool)
-    valid[0, 10] = False
-    zeroed = window.copy()
-    zeroed[10] = 0.0
+    k = int(np.flatnonzero(window.valid)[10])  # a point that carries a sample
+    point = np.zeros(65, bool)
+    point[k] = True
+    holed = window.invalid_where(point)
+    valid = torch.as_tensor(window.valid)[None].clone()
+    valid[0, k] = False
+    zeroed = window.values.copy()
+    zeroed[k] = 0.0
     expected_holed = heads.predict(PolicyInputs(feats, mask, torch.as_tensor(zeroed)[None], valid,
                                                 torch.as_tensor(history)[None]))[0].numpy()
     np.testing.assert_allclose(policy.predict(instruction, paths, holed, history), expected_holed, atol=1e-5)
     assert not np.allclose(expected_holed, chunk)  # the masked point really is left out
     # batched == one by one; a missing view and a missing sensor are accepted and mean what they say
     missing_view = [None] + paths[1:]
-    batch = policy.predict_batch([instruction] * 2, [paths, missing_view], np.stack([window, window]),
-                                 np.stack([history, history]))
+    both = SensorWindow(np.stack([window.values] * 2), np.stack([window.valid] * 2))
+    batch = policy.predict_batch([instruction] * 2, [paths, missing_view], both, np.stack([history, history]))
     np.testing.assert_allclose(batch[0], chunk, atol=1e-5)
     np.testing.assert_allclose(batch[1], policy.predict(instruction, missing_view, window, history), atol=1e-5)
     assert not np.allclose(batch[1], chunk)
     no_sensor = heads.predict(PolicyInputs(feats, mask, torch.zeros(1, 65, 1026), torch.zeros(1, 65, dtype=torch.bool),
                                            torch.as_tensor(history)[None]))[0].numpy()
     np.testing.assert_allclose(policy.predict(instruction, paths, None, history), no_sensor, atol=1e-5)
+    # a dataset sample without sensor, passed as it comes, is no sensor (its zeros are not readings of zero force)
+    j = int(np.nonzero(~index.table.has_sensor.to_numpy())[0][0])
+    blind = _observation(index, cfg, j)[2]
+    assert not blind.valid.any()
+    np.testing.assert_allclose(policy.predict(instruction, paths, blind, history), no_sensor, atol=1e-5)
+    with pytest.raises(TypeError, match="SensorWindow"):  # a bare array cannot say which points are samples
+        policy.predict(instruction, paths, window.values, history)
     with pytest.raises(ValueError, match="expected 5 views"):
         policy.predict(instruction, paths[:3], window, history)
 

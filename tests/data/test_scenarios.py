@@ -5,6 +5,7 @@ import pytest
 
 from vla_lib.config import RunConfig
 from vla_lib.data.recorder_formats import read_session
+from vla_lib.data.timeline import SensorWindow
 from vla_lib.data.scenarios import (ReactiveDemonstrator, ScriptedBaseline, contact_force, load_episode, read_sensor,
                                     sample_episode, sensor_task_groups, sensor_values)
 from vla_lib.sim.rig import SimRig, run_controller
@@ -56,11 +57,11 @@ def test_sensor_model_and_its_reading_agree():
     for distance in [3.2, 2.0, 0.5, -0.7, -1.5, -2.2]:
         z = np.full(8, ep.surface_z + distance)
         f, a = sensor_values(ep, cfg.task, z, rng)
-        d, force = read_sensor(np.concatenate([f[:, None], a], 1), cfg.task)
+        d, force = read_sensor(SensorWindow(np.concatenate([f[:, None], a], 1), np.ones(len(f), bool)), cfg.task)
         assert abs(d - distance) < 0.03
         assert abs(force - ep.stiffness * max(0.0, -distance)) < 0.02
     f, a = sensor_values(ep, cfg.task, np.full(8, ep.surface_z + 5.0), rng)  # beyond the OCT's range
-    assert read_sensor(np.concatenate([f[:, None], a], 1), cfg.task)[0] is None
+    assert read_sensor(SensorWindow(np.concatenate([f[:, None], a], 1), np.ones(len(f), bool)), cfg.task)[0] is None
 
 
 def test_episodes_vary_surface_and_stiffness_and_are_seeded():

@@ -10,6 +10,7 @@ import torch
 
 from vla_lib.config import RunConfig
 from vla_lib.data.scenarios import chunk_from_speed, descent_speed, read_sensor
+from vla_lib.data.timeline import SensorWindow
 
 
 class SensorReadingPolicy:
@@ -24,7 +25,7 @@ class SensorReadingPolicy:
         return torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
 
     def act(self, feats, mask, window, history):
-        distance, _ = read_sensor(None if window is None else window[0], self.task)
+        distance, _ = read_sensor(None if window is None else SensorWindow(window.values[0], window.valid[0]), self.task)
         moving = history is not None and abs(history[0, -1, 2]) > 1e-4
         if distance is not None and distance <= -(self.task.target_depth_mm - 0.03):
             speed = 0.0

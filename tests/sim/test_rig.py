@@ -55,8 +55,8 @@ def test_nothing_from_the_future():
     for t, window, history, image, ident in served:
         w, valid, _ = resample_sensor_window(st[st <= t], forces[st <= t], alines[st <= t], t, c.sensor_window_s,
                                              c.sensor_window_size, c.sensor_max_gap_s)
-        w[~valid] = np.nan
-        np.testing.assert_array_equal(window, w)
+        np.testing.assert_array_equal(window.valid, valid)
+        np.testing.assert_array_equal(window.values, w)
         np.testing.assert_allclose(history, pose_history(rt[rt <= t], pose[rt <= t], [t], 4, 0.1)[0], atol=1e-9)
         # the frame shows the needle where it was at the frame's capture time
         t_cap = rig.cameras.capture_times[(1, "left")][ident[0]]

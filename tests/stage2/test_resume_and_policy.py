@@ -93,8 +93,9 @@ def test_stage2_policy_gives_the_training_models_outputs(stage2_trained):
     f_policy, m_policy = policy.encode(batch["instruction"], [index.view_paths(i) for i in rows])
     torch.testing.assert_close(f_policy, feats, rtol=1e-4, atol=1e-5)
     assert torch.equal(m_policy, inputs["plan"].token_mask)
-    sensor = np.stack([s if h else np.full_like(s, np.nan) for s, h in zip(batch["sensor"].numpy(),
-                                                                          batch["has_sensor"].numpy())])
+    from vla_lib.data.timeline import SensorWindow
+
+    sensor = SensorWindow(batch["sensor"].numpy(), batch["sensor_mask"].numpy())
     got = policy.predict_batch(batch["instruction"], [index.view_paths(i) for i in rows], sensor,
                                batch["history"].numpy())
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

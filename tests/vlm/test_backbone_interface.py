@@ -13,6 +13,7 @@ import json, sys
 import numpy as np, torch
 from vla_lib.config import RunConfig
 from vla_lib.data.samples import SampleDataset, build_index
+from vla_lib.data.timeline import SensorWindow
 from vla_lib.policy.vla_policy import VLAPolicy
 from vla_lib.models.inputs import inputs_from_observation
 from vla_lib.training import train
@@ -25,10 +26,11 @@ index = build_index(cfg.data)
 i = int(np.flatnonzero(index.table.has_sensor.to_numpy())[3])
 sample = SampleDataset(index, cfg.data)[i]
 paths = index.view_paths(i)
-chunk = policy.predict(index.table.instruction[i], paths, sample["sensor"], index.history[i])
+window = SensorWindow(sample["sensor"], sample["sensor_mask"])
+chunk = policy.predict(index.table.instruction[i], paths, window, index.history[i])
 feats, mask = policy.backbone.encode(policy.backbone.preparer()([([p for p in paths if p], index.table.instruction[i],
                                                                  [p is not None for p in paths])]))
-x = inputs_from_observation(feats, mask, sample["sensor"][None], index.history[i][None], window=65, channels=1026,
+x = inputs_from_observation(feats, mask, window.batched(), index.history[i][None], window=65, channels=1026,
                             device="cpu")
 expected = policy.heads.predict(x)[0].numpy()
 print(json.dumps({"encoded": built["encoded"], "unique": built["unique_inputs"], "store": open_store(cfg).parts,

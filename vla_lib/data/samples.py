@@ -209,6 +209,7 @@ class SampleDataset:
         return len(self.index)
 
     def sensor_window(self, session_id: str, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(values, valid) of the SensorWindow at t (all invalid for a session without sensor)."""
         cfg = self.cfg
         times = self._sensor_times.get(session_id)
         if times is None:

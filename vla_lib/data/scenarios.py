@@ -104,12 +104,12 @@ def _noise_bank() -> np.ndarray:
     return _NOISE[0]
 
 
-def read_sensor(window: np.ndarray | None, task) -> tuple[float | None, float | None]:
-    """(tip-to-surface distance in mm or None when the OCT shows no surface, contact force in N or None) from a raw
-    (T, 1026) window (NaN rows = no sample): the demonstrator's whole view of the tissue."""
+def read_sensor(window, task) -> tuple[float | None, float | None]:
+    """(tip-to-surface distance in mm or None when the OCT shows no surface, contact force in N or None) from a
+    SensorWindow (or None: no sensor): the demonstrator's whole view of the tissue."""
     if window is None:
         return None, None
-    rows = window[np.isfinite(window).all(1)]
+    rows = window.values[window.valid]
     if len(rows) == 0:
         return None, None
     recent = rows[-5:]  # the last ~8 ms: the peak moves up to 75 indices over a 100 ms window at full speed

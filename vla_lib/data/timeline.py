@@ -4,6 +4,8 @@ All times are on the robot clock (stream stamps plus their session's clock offse
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from vla_lib.dims import POSE_DIMS
@@ -30,6 +32,23 @@ def sensor_grid(t: float, window_s: float, n_points: int) -> np.ndarray:
 def _window_bounds(times: np.ndarray, t: float, window_s: float) -> tuple[int, int]:
     """Raw sample range [lo, hi) with times in (t - window, t]."""
     return int(np.searchsorted(times, t - window_s, side="right")), int(np.searchsorted(times, t, side="right"))
+
+
+class SensorWindow(NamedTuple):
+    """A sensor window on the fixed grid: the one representation of "no sensor sample here", from the data through
+    the simulated, replayed and live rigs to the heads. `values` (..., W, C): raw force + A-line, 0 where no sample;
+    `valid` (..., W) bool: the grid points that carry a sample. Leading batch dimensions allowed."""
+
+    values: np.ndarray
+    valid: np.ndarray
+
+    def batched(self) -> "SensorWindow":
+        """One window as a batch of one."""
+        return SensorWindow(self.values[None], self.valid[None])
+
+    def invalid_where(self, points: np.ndarray) -> "SensorWindow":
+        """A copy with the grid points `points` (bool, (W,)) marked as carrying no sample."""
+        return SensorWindow(np.where(points[:, None], 0.0, self.values).astype(np.float32), self.valid & ~points)
 
 
 def resample_sensor_window(times: np.ndarray, forces: np.ndarray, alines: np.ndarray, t: float, window_s: float,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from vla_lib.data.timeline import SensorWindow
 from vla_lib.dims import POSE_DIMS
 
 
@@ -52,18 +53,22 @@ def inputs_from_batch(batch: dict, device) -> PolicyInputs:
 
 def inputs_from_observation(features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None,
                             *, window: int, channels: int, device) -> PolicyInputs:
-    """From a replay tick, a live observation or an inference call: `sensor_windows` (B, W, C) raw with NaN rows
-    where no sample exists, or None (no sensor); `history` (B, K, POSE_DIMS) or None (K = 0)."""
+    """From a replay tick, a live observation or an inference call: `sensor_windows` a batched SensorWindow (values
+    (B, W, C), valid (B, W)) or None (no sensor); `history` (B, K, POSE_DIMS) or None (K = 0)."""
     b = features.shape[0]
     if sensor_windows is None:
         sensor = torch.zeros(b, window, channels, device=device)
         mask = torch.zeros(b, window, dtype=torch.bool, device=device)
     else:
-        sensor = torch.as_tensor(np.asarray(sensor_windows, np.float32), device=device)
-        if sensor.ndim != 3 or sensor.shape[-1] != channels:
-            raise ValueError(f"sensor window must be (B, T, {channels}), got {tuple(sensor.shape)}")
-        mask = torch.isfinite(sensor).all(-1)
-        sensor = torch.where(mask.unsqueeze(-1), sensor, torch.zeros((), device=device))  # NaN rows carry no value
+        if not isinstance(sensor_windows, SensorWindow):  # a bare array cannot say which of its points are samples
+            raise TypeError("the sensor window must be a vla_lib.data.timeline.SensorWindow(values, valid) (a "
+                            f"dataset sample's 'sensor' and 'sensor_mask'), got {type(sensor_windows).__name__}")
+        sensor = torch.as_tensor(np.asarray(sensor_windows.values, np.float32), device=device)
+        mask = torch.as_tensor(np.asarray(sensor_windows.valid, bool), device=device)
+        if sensor.ndim != 3 or sensor.shape[-1] != channels or mask.shape != sensor.shape[:2]:
+            raise ValueError(f"sensor window must be values (B, T, {channels}) with valid (B, T), got "
+                             f"{tuple(sensor.shape)} and {tuple(mask.shape)}")
+        sensor = torch.where(mask.unsqueeze(-1), sensor, torch.zeros((), device=device))  # no sample: no value
     hist = torch.zeros(b, 0, POSE_DIMS, device=device) if history is None else \
         torch.as_tensor(np.asarray(history, np.float32), device=device)
     return PolicyInputs(features.to(device, torch.float32), feature_mask.to(device), sensor, mask, hist)

@@ -5,8 +5,9 @@
 
 Images may be paths, PIL images or HxWx3 uint8 arrays (None = a missing view, masked), and JPEG bytes when the
 images are prepared on the device (`backbone.image_prep`, gpu by default on CUDA); they are fitted to the pixel budget
-the checkpoint was trained with. The sensor window is the raw (65, 1026) force + A-line window on the
-fixed grid (None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
+the checkpoint was trained with. The sensor window is a `data.timeline.SensorWindow(values, valid)`: the raw (65, 1026)
+force + A-line window on the fixed grid and which of its points carry a sample (a dataset sample's `sensor` and
+`sensor_mask`; None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
 (K = `policy.history_steps`, oldest first; what `vla_lib.data.timeline.pose_history` computes from the robot samples
 stamped at or before now). The split `encode` / `act` is what the real-time loop
 uses: the VL features refresh at their own rate, the action step runs at 10 Hz on the latest ones.
@@ -22,6 +23,7 @@ import torch
 from vla_lib.config import RunConfig
 from vla_lib.policy.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
 from vla_lib.models.action_graph import ActionStep
+from vla_lib.data.timeline import SensorWindow
 from vla_lib.models.inputs import inputs_from_observation
 from vla_lib.policy.adapter import apply_adapter
 from vla_lib.vlm.cache_build import store_parts
@@ -113,7 +115,8 @@ class VLAPolicy:
 
     @torch.no_grad()
     def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None) -> np.ndarray:
-        """(B, H, 7) chunk in mm / deg from VL features, raw sensor windows ((B, T, 1026) or None) and the robot's
+        """(B, H, 7) chunk in mm / deg from VL features, a batched SensorWindow (values (B, T, 1026), valid (B, T);
+        None: no sensor) and the robot's
         last pose deltas ((B, K, 6) mm / deg, oldest first; needed when the heads were trained with history)."""
         x = inputs_from_observation(features, feature_mask, sensor_windows, history,
                                     window=self.config.data.sensor_window_size,
@@ -132,7 +135,8 @@ class VLAPolicy:
 
     def predict(self, instruction: str, images: list, sensor_window=None, history=None) -> np.ndarray:
         """(H, 7) chunk in mm / deg for one observation."""
-        sensor = None if sensor_window is None else np.asarray(sensor_window, np.float32)[None]
+        one = isinstance(sensor_window, SensorWindow)  # anything else is refused by inputs_from_observation
+        sensor = sensor_window.batched() if one else sensor_window
         hist = None if history is None else np.asarray(history, np.float32)[None]
         return self.predict_batch([instruction], [images], sensor, hist)[0]
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from vla_lib.data.timeline import pose_history as _pose_history
-from vla_lib.data.timeline import resample_sensor_window
+from vla_lib.data.timeline import SensorWindow, resample_sensor_window
 from vla_lib.rig.receivers import CameraReceiver, RobotReceiver, SensorReceiver
 from vla_lib.runtime.actuators import ActionPublisher
 
@@ -107,8 +107,8 @@ class LiveRobotIO:
         return images, tuple(ident), (min(captured) if captured else self.now())
 
     def sensor_window(self, t: float | None = None):
-        """The window at t (default now). The array is reused by the next call (the loop consumes it within its
-        tick, so a long run keeps no copies): copy it to keep it."""
+        """The SensorWindow at t (default now). Its values array is reused by the next call (the loop consumes it
+        within its tick, so a long run keeps no copies): copy it to keep it."""
         if not self.sensor.n:
             return None
         t = self.now() if t is None else t
@@ -117,11 +117,10 @@ class LiveRobotIO:
         times, forces, alines = self.sensor.latest(self._rows, after=t - d.sensor_window_s - 2 * d.sensor_max_gap_s - off)
         window, valid, _ = resample_sensor_window(times + off, forces, alines, t,
                                                   d.sensor_window_s, d.sensor_window_size, d.sensor_max_gap_s)
-        window[~valid] = np.nan
         if self._window is None or self._window.shape != window.shape:
             self._window = np.empty_like(window)
         self._window[:] = window
-        return self._window
+        return SensorWindow(self._window, valid)
 
     def robot_samples(self, t: float, span_s: float):
         times, pose = self.robot.latest(span_s + 1.0)

@@ -99,7 +99,7 @@ class Runtime:
                 if age is None or age > limit:
                     seen(f"{stream}_stale", "no data" if age is None else f"{age:.3f} s old")
         window = io.sensor_window()
-        if window is not None and not np.isfinite(window).all(1).any():
+        if window is not None and not window.valid.any():
             seen("sensor_invalid")
         if self.vl_error is not None:
             seen("vl_error", self.vl_error)
@@ -110,7 +110,7 @@ class Runtime:
             self._overran = False
             seen("tick_overrun")
         history = io.pose_history(policy.history_steps) if policy.history_steps else None
-        chunk = np.asarray(policy.act(latest.features, latest.mask, None if window is None else window[None],
+        chunk = np.asarray(policy.act(latest.features, latest.mask, None if window is None else window.batched(),
                                       None if history is None else history[None])[0])
         done = t if simulated else io.now()  # on the simulated clock the policy costs no simulated time
         if not np.isfinite(chunk).all():

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from vla_lib.data.timeline import latest_frame_index, pose_deltas, pose_history, resample_sensor_window
+from vla_lib.data.timeline import SensorWindow, latest_frame_index, pose_deltas, pose_history, resample_sensor_window
 from vla_lib.runtime.robot_io import RecordingActuator
 
 
@@ -51,15 +51,14 @@ class ReplayIO:
     def views(self):
         return self.frames_at(self.now())
 
-    def sensor_window_at(self, t: float) -> np.ndarray | None:
+    def sensor_window_at(self, t: float) -> SensorWindow | None:
         if not self.s.has_sensor:
             return None
         c = self.cfg
         window, valid, _ = resample_sensor_window(self.s.sensor.times + self.sensor_offset, self.s.sensor.forces,
                                                   self.s.sensor.alines, t, c.sensor_window_s, c.sensor_window_size,
                                                   c.sensor_max_gap_s)
-        window[~valid] = np.nan
-        return window
+        return SensorWindow(window, valid)
 
     def sensor_window(self):
         t = self.now()

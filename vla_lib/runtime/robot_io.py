@@ -10,6 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
+from vla_lib.data.timeline import SensorWindow
+
 
 class Actuator(Protocol):
     def apply(self, cmd) -> None: ...  # one tick's `runtime.executor.Command` (move / hold / stop)
@@ -28,7 +30,7 @@ class RobotIO(Protocol):
 
     def views(self) -> tuple[list, tuple, float]: ...  # (image per configured view or None, identity, capture time)
 
-    def sensor_window(self) -> np.ndarray | None: ...  # (T, 1026) raw on the fixed grid, NaN rows = no sample
+    def sensor_window(self) -> SensorWindow | None: ...  # on the fixed grid (data.timeline.SensorWindow); None: no sensor
 
     def pose_history(self, steps: int) -> np.ndarray: ...  # (steps, 6) last pose deltas, oldest first
 

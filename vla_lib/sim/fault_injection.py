@@ -43,11 +43,11 @@ class FaultyIO:
         if window is None:
             return None
         if _after(t, f.sensor_invalid_at):
-            return np.full_like(window, np.nan)
+            return window.invalid_where(np.ones(len(window.valid), bool))
         if _after(t, f.sensor_stops_at):  # no sample after the stop: the grid points past it are invalid
-            grid = t - self.io.data_cfg.sensor_window_s + np.linspace(0, self.io.data_cfg.sensor_window_s, len(window))
-            window = window.copy()
-            window[grid > f.sensor_stops_at + self.io.data_cfg.sensor_max_gap_s] = np.nan
+            grid = t - self.io.data_cfg.sensor_window_s + np.linspace(0, self.io.data_cfg.sensor_window_s,
+                                                                      len(window.valid))
+            window = window.invalid_where(grid > f.sensor_stops_at + self.io.data_cfg.sensor_max_gap_s)
         return window
 
     def views(self):

@@ -27,7 +27,7 @@ from PIL import Image
 from vla_lib.data.samples import pose_history
 from vla_lib.data.scenarios import PREROLL_S, Episode, sensor_values
 from vla_lib.data.synthetic import draw_needle, draw_pad
-from vla_lib.data.timeline import resample_sensor_window, wrap_deg
+from vla_lib.data.timeline import SensorWindow, resample_sensor_window, wrap_deg
 
 INTERNAL_DT = 0.002
 ROBOT_EVERY = 5  # log every 5th internal step: 100 Hz
@@ -195,15 +195,14 @@ class SimRig:
             captured.append(self.cameras.capture_times[key][j])
         return images, tuple(ident), min(captured) if captured else t
 
-    def sensor_window(self) -> np.ndarray | None:
+    def sensor_window(self) -> SensorWindow:
         c = self.data_cfg
         t = self.now()
         n = self.n_sensor
         window, valid, _ = resample_sensor_window(self.sensor_times[:n], self.forces[:n], self.alines[:n], t,
                                                   c.sensor_window_s if c else 0.1, c.sensor_window_size if c else 65,
                                                   c.sensor_max_gap_s if c else 0.006)
-        window[~valid] = np.nan
-        return window
+        return SensorWindow(window, valid)
 
     def robot_log(self) -> tuple[np.ndarray, np.ndarray]:
         """(times, poses) the arm has reported so far at 100 Hz (angles wrapped, as the robot reports them)."""
