@@ -13,8 +13,9 @@ import torch
 
 
 def apply_adapter(backbone, checkpoint: str | Path, sha: str, merge: bool | None = None) -> dict:
-    """Load the adapter folder `<checkpoint stem>.adapter-<sha>/` onto `backbone.model`; returns its live parts
-    ({"adapter": the sha of the tensors found there, "lora"}). `merge` (default: in fp32 only) folds it into the base
+    """Load the adapter folder `<checkpoint stem>.adapter-<sha>/` onto `backbone.model` (a Stage2Backbone: its
+    `set_model` rebuilds what the backbone made around the model); returns its live parts ({"adapter": the sha of
+    the tensors found there, "lora"}). `merge` (default: in fp32 only) folds it into the base
     weights (no LoRA matmuls at inference); in bf16/fp16 the sum W + s·BA would be rounded to the base dtype, losing
     small updates, so the LoRA layers stay unmerged, as in training."""
     import json
@@ -30,13 +31,7 @@ def apply_adapter(backbone, checkpoint: str | Path, sha: str, merge: bool | None
                                                             "targets": sorted(conf["target_modules"])}}
     merge = backbone.dtype == torch.float32 if merge is None else merge
     adapted = load_adapter(backbone.model, folder, merge=merge)
-    backbone.model = adapted if merge else adapted.get_base_model()  # unmerged: LoRA layers inside the same model
-    backbone.model.eval().requires_grad_(False)
-    if backbone.fast is not None:  # the fast encoder holds the model: rebuild it around the adapted one
-        from vla_lib.vlm.qwen.fast_vision import FastEncoder
-
-        fast = backbone.fast
-        backbone.fast = FastEncoder(backbone.model, fast.backend, compile=fast.compiled, cuda_graphs=fast.cuda_graphs)
+    backbone.set_model(adapted if merge else adapted.get_base_model())  # unmerged: LoRA layers inside the same model
     return parts
 
 
