@@ -35,7 +35,7 @@ def main():
     ckpt_path = Path(args.run) / "checkpoints/qwen_vla_sensor_final.pt"
     cfg = RunConfig.from_saved(load_checkpoint(ckpt_path).run_config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, processor, _, _, cache = s2.setup(copy.deepcopy(cfg), device, say=lambda *a: None)
+    model, backbone, _, _, cache = s2.setup(copy.deepcopy(cfg), device, say=lambda *a: None)
     state = torch.load(Path(args.run) / "checkpoints/resume_state.pt", weights_only=True)["model"]
     model.load_state_dict(state)
     model.eval()
@@ -45,7 +45,7 @@ def main():
     data = s2.FrameSamples(SampleDataset(index, cfg.data), frames_of)
     batch = s2.collate_frames([data[i] for i in rows])
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-        inputs = s2.InputBuilder(model.vl, processor, cfg, device, cache)(batch)
+        inputs = s2.InputBuilder(backbone, cfg, device, cache)(batch)
         trained = model.features(inputs["plan"], inputs["image_tokens"]).cpu()
     del model
     views = [index.view_paths(i) for i in rows]

@@ -25,28 +25,31 @@ def test_default_targets_leave_the_vision_tower_frozen(processor_tokenizer):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from vla_lib.vlm.qwen.backbone import Backbone
     from vla_lib.vlm.qwen.tiny_model import qwen25_vl_3b_config
 
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration._from_config(qwen25_vl_3b_config(processor_tokenizer))
-    assert touches_vision(model, LoraConfig()) == []
-    assert touches_vision(model, LoraConfig(targets=["qkv", "q_proj"]))  # the vision blocks' fused projection
+    backbone = Backbone(model, None, torch.device("meta"), torch.float32, "3b", "meta", 0)
+    assert touches_vision(model, LoraConfig(), backbone.vision_scope) == []
+    # the vision blocks' fused projection
+    assert touches_vision(model, LoraConfig(targets=["qkv", "q_proj"]), backbone.vision_scope)
     # Stage 2 trains only the LM's decoder layers: targets elsewhere are refused, not silently left untrained
     from vla_lib.config import RunConfig
     from vla_lib.stage2.train_stage2 import use_vision_cache
 
     cfg = RunConfig()
-    assert use_vision_cache(cfg, model) is True
+    assert use_vision_cache(cfg, backbone) is True
     for targets, cache, match in ((["qkv", "q_proj"], "on", "cannot be cached"), (["qkv", "q_proj"], "off", "outside"),
                                   (["lm_head", "q_proj"], "auto", "outside")):
         cfg.lora.targets, cfg.lora.vision_cache = targets, cache
         with pytest.raises(ConfigError, match=match):
-            use_vision_cache(cfg, model)
+            use_vision_cache(cfg, backbone)
     cfg.lora.targets, cfg.lora.vision_cache = ["gate_proj"], "auto"  # the vision blocks' MLP shares these names
     with pytest.raises(ConfigError, match="outside"):
-        use_vision_cache(cfg, model)
+        use_vision_cache(cfg, backbone)
     cfg.lora.targets, cfg.lora.vision_cache = ["q_proj", "o_proj"], "off"
-    assert use_vision_cache(cfg, model) is False
+    assert use_vision_cache(cfg, backbone) is False
 
 
 def test_lora_section_validates_its_choices():

@@ -74,7 +74,7 @@ def test_stage2_policy_gives_the_training_models_outputs(stage2_trained):
     cfg, ckpt = stage2_trained
     policy = VLAPolicy.from_checkpoint(ckpt, device="cpu", tiny_model_dir=cfg.backbone.tiny_model_dir)
     # the training model at the end of the run: a fresh Stage-2 model with the run's last trainable state
-    model, processor, _, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
+    model, backbone, _, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
     state = torch.load(Path(cfg.train.output_dir) / "checkpoints/resume_state.pt", weights_only=True)["model"]
     model.load_state_dict(state)
     model.eval()
@@ -84,7 +84,7 @@ def test_stage2_policy_gives_the_training_models_outputs(stage2_trained):
     data = s2.FrameSamples(SampleDataset(index, cfg.data), frames_of)
     batch = s2.collate_frames([data[i] for i in rows])
     with torch.no_grad():
-        inputs = s2.InputBuilder(model.vl, processor, cfg, "cpu", cache)(batch)
+        inputs = s2.InputBuilder(backbone, cfg, "cpu", cache)(batch)
         feats = model.features(inputs["plan"], inputs["image_tokens"])
         x = inputs_from_batch({**batch, "vl": feats, "vl_mask": inputs["plan"].token_mask}, "cpu")
         want = model.heads.predict(x).numpy()

@@ -9,7 +9,7 @@ import torch
 from vla_lib.stage2 import train_stage2 as s2
 
 
-def _batch(cfg, model, processor, cache, rows=None):
+def _batch(cfg, backbone, cache, rows=None):
     """A batch mixing groups (different instructions and view sets: padded prompts) and its two input builds."""
     from vla_lib.data.samples import SampleDataset, build_index
 
@@ -19,8 +19,7 @@ def _batch(cfg, model, processor, cache, rows=None):
     data = s2.FrameSamples(SampleDataset(index, cfg.data), frames_of)
     batch = s2.collate_frames([data[i] for i in groups])
     if cache is not None:
-        cache.build(model.vl, processor, {k: frames[k] for f in batch["frames"] for k, _ in f},
-                    cfg.backbone.image_resize_height * cfg.backbone.image_resize_width, log=lambda *a: None)
+        cache.build(backbone, {k: frames[k] for f in batch["frames"] for k, _ in f}, log=lambda *a: None)
     return batch, index, groups
 
 
@@ -30,7 +29,7 @@ def test_lora_learns_base_frozen_heads_from_stage1(stage1_run):
     from vla_lib.policy.checkpoint import load_checkpoint
 
     cfg, _, ckpt_path = stage1_run
-    model, processor, ckpt, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
+    model, backbone, ckpt, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
     stage1 = load_checkpoint(ckpt_path).heads.state_dict()
     for k, v in model.heads.state_dict().items():  # the heads are Stage 1's, every tensor
         torch.testing.assert_close(v, stage1[k], rtol=0, atol=0)
@@ -38,8 +37,8 @@ def test_lora_learns_base_frozen_heads_from_stage1(stage1_run):
     lora = {n: p.detach().clone() for n, p in model.vl.named_parameters() if "lora_" in n}
     assert lora and all(p.requires_grad for n, p in model.vl.named_parameters() if "lora_" in n)
     assert not any(p.requires_grad for n, p in model.vl.named_parameters() if "lora_" not in n)
-    batch, _, _ = _batch(cfg, model, processor, cache)
-    inputs = s2.InputBuilder(model.vl, processor, cfg, "cpu", cache)(batch)
+    batch, _, _ = _batch(cfg, backbone, cache)
+    inputs = s2.InputBuilder(backbone, cfg, "cpu", cache)(batch)
     # no weight decay: a parameter changes only through its gradient
     opt = torch.optim.AdamW([{"params": model.lora_parameters(), "lr": 1e-2},
                              {"params": [p for p in model.heads.parameters() if p.requires_grad], "lr": 1e-3}],
@@ -67,14 +66,14 @@ def test_cached_and_uncached_vision_give_the_same_loss_and_stage1_features(stage
     from vla_lib.data.recorder_formats import load_image
 
     cfg, _, _ = stage1_run
-    model, processor, _, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
+    model, backbone, _, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
     assert cache is not None  # auto: the default targets leave the vision tower frozen
-    batch, index, rows = _batch(cfg, model, processor, cache)
+    batch, index, rows = _batch(cfg, backbone, cache)
     assert len(set(batch["instruction"])) > 1  # prompts of different lengths: padding inside the batch
     model.eval()
     with torch.no_grad():
-        cached = s2.InputBuilder(model.vl, processor, cfg, "cpu", cache)(batch)
-        pixels = s2.InputBuilder(model.vl, processor, cfg, "cpu", None)(batch)
+        cached = s2.InputBuilder(backbone, cfg, "cpu", cache)(batch)
+        pixels = s2.InputBuilder(backbone, cfg, "cpu", None)(batch)
         # the LoRA features at initialisation (lora_B = 0) are Stage 1's encoder's, sample by sample (below)
         feats = model.features(cached["plan"], cached["image_tokens"])
         for p in model.lora_parameters():  # a trained-looking adapter: the LoRA path itself is compared too

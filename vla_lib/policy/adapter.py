@@ -93,7 +93,8 @@ def _quiet_peft():
 
 
 def apply_adapter(backbone, checkpoint: str | Path, sha: str, merge: bool | None = None) -> dict:
-    """Load the adapter folder `<checkpoint stem>.adapter-<sha>/` onto `backbone.model`; returns its live parts
+    """Load the adapter folder `<checkpoint stem>.adapter-<sha>/` onto `backbone.model` (a Stage2Backbone: its
+    `set_model` rebuilds what the backbone made around the model); returns its live parts
     ({"adapter": the sha of the tensors found there, "lora"}). `merge` (default: in fp32 only) folds it into the base
     weights (no LoRA matmuls at inference); in bf16/fp16 the sum W + s·BA would be rounded to the base dtype, losing
     small updates, so the LoRA layers stay unmerged, as in training."""
@@ -105,5 +106,5 @@ def apply_adapter(backbone, checkpoint: str | Path, sha: str, merge: bool | None
                                                             "targets": sorted(conf["target_modules"])}}
     merge = backbone.dtype == torch.float32 if merge is None else merge
     adapted = load_adapter(backbone.model, folder, merge=merge)
-    backbone.adopt_model(adapted if merge else adapted.get_base_model())  # unmerged: LoRA layers inside the model
+    backbone.set_model(adapted if merge else adapted.get_base_model())  # unmerged: LoRA layers inside the model
     return parts

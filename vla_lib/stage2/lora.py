@@ -30,20 +30,22 @@ def matched_modules(model, lcfg) -> list[str]:
             if isinstance(module, torch.nn.Linear) and check_target_module_exists(config, name)]
 
 
-def touches_vision(model, lcfg) -> list[str]:
-    """The targeted modules inside the vision tower (empty: the vision tower stays frozen)."""
-    return [n for n in matched_modules(model, lcfg) if ".visual." in f".{n}"]
+def touches_vision(model, lcfg, vision_scope: str) -> list[str]:
+    """The targeted modules inside the vision tower (empty: the vision tower stays frozen). `vision_scope`: the
+    backbone's fragment of its vision modules' dotted names (`Stage2Backbone.vision_scope`)."""
+    return [n for n in matched_modules(model, lcfg) if vision_scope in f".{n}"]
 
 
-def outside_lm_layers(model, lcfg) -> list[str]:
+def outside_lm_layers(model, lcfg, lm_layer_scope: str) -> list[str]:
     """Targeted modules outside the language model's decoder layers (the vision tower, lm_head, ...): Stage 2 runs
-    only those layers with gradients, so LoRA anywhere else would be counted, saved and never trained."""
-    return [n for n in matched_modules(model, lcfg) if ".language_model.layers." not in f".{n}"]
+    only those layers with gradients, so LoRA anywhere else would be counted, saved and never trained.
+    `lm_layer_scope`: the backbone's fragment of those layers' dotted names (`Stage2Backbone.lm_layer_scope`)."""
+    return [n for n in matched_modules(model, lcfg) if lm_layer_scope not in f".{n}"]
 
 
 def inject_lora(model, lcfg):
-    """Inject LoRA into `model` in place (a Qwen2_5_VLForConditionalGeneration) and return the peft model that
-    wraps it. Only the LoRA matrices require gradients; every base weight stays frozen."""
+    """Inject LoRA into `model` in place (a backbone's `model`) and return the peft model that wraps it. Only the
+    LoRA matrices require gradients; every base weight stays frozen."""
     from peft import get_peft_model
 
     if not matched_modules(model, lcfg):

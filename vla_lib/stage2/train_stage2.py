@@ -24,32 +24,31 @@ from vla_lib.models.inputs import PolicyInputs
 from vla_lib.policy.adapter import prune_adapters, save_adapter
 from vla_lib.policy.checkpoint import feature_mismatch, load_checkpoint, save_checkpoint
 from vla_lib.stage2.lora import adapter_state, inject_lora, lora_parameter_count, outside_lm_layers, touches_vision
-from vla_lib.stage2.vision_cache import VisionCache, frame_grid, frame_key, vision_parts
+from vla_lib.stage2.vision_cache import VisionCache, frame_key, vision_parts
 from vla_lib.train import Trainer, load_data, loss_fn, param_groups
 from vla_lib.vlm.cache_build import store_parts
 from vla_lib.vlm.feature_store import fingerprint_of
-from vla_lib.vlm.interface import load_backbone
-from vla_lib.vlm.qwen.encode import prepare_inputs
-from vla_lib.vlm.qwen.encode_lm import (compiled_layer, inner_model, lm_features, plan_from_grids,
-                                        plan_from_processor, vision_tokens)
+from vla_lib.vlm.interface import load_backbone, require_stage2
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The model: heads + the LoRA-adapted backbone
 # ---------------------------------------------------------------------------------------------------------------
 class Stage2Model(torch.nn.Module):
-    """`heads` (Stage1Policy) over features the LoRA-adapted LM computes with gradients. Its trainable state is the
-    heads' state dict (`heads.*`) and the adapter's tensors (`lora.*`); the frozen base weights are never saved."""
+    """`heads` (Stage1Policy) over features the LoRA-adapted LM computes with gradients (the backbone's LM path, a
+    `vlm.interface.Stage2Backbone`). Its trainable state is the heads' state dict (`heads.*`) and the adapter's
+    tensors (`lora.*`); the frozen base weights are never saved."""
 
-    def __init__(self, heads, peft_model, gradient_checkpointing: bool = True, layer_fn=None):
+    def __init__(self, heads, backbone, peft_model, gradient_checkpointing: bool = True, layer_fn=None):
         super().__init__()
         self.heads = heads
+        self.lm_path = backbone.lm_features  # a bound method: the backbone is no submodule (its model is in `vl`)
         self.vl = peft_model
         self.gradient_checkpointing = gradient_checkpointing
-        self.layer_fn = layer_fn  # how each decoder layer is called (None: directly; or `encode_lm.compiled_layer()`)
+        self.layer_fn = layer_fn  # how each decoder layer is called (None: directly; or `backbone.compiled_layer()`)
 
     def features(self, plan, image_tokens) -> torch.Tensor:
-        return lm_features(self.vl, plan, image_tokens, self.gradient_checkpointing and self.training, self.layer_fn)
+        return self.lm_path(self.vl, plan, image_tokens, self.gradient_checkpointing and self.training, self.layer_fn)
 
     def forward(self, x: PolicyInputs, plan, image_tokens) -> torch.Tensor:
         """The heads on `x` with its VL features computed here (inside the forward: DDP syncs the LoRA gradients)."""
@@ -132,60 +131,53 @@ def sample_frames(index) -> tuple[list[list[tuple[str, str]]], dict[str, str]]:
 
 
 class InputBuilder:
-    """Turns a collated batch into {"plan": LMPlan on the device, "image_tokens": (N, D) on the device}: from the
-    vision cache (tokens looked up, prompt tokenised from the frames' grids) or from pixels (processor + the frozen
-    vision tower, no gradients)."""
+    """Turns a collated batch into {"plan": the backbone's plan on the device, "image_tokens": (N, D) on the device}:
+    from the vision cache (tokens looked up, the plan from the frames' grids) or from pixels (the backbone's frozen
+    vision tower, no gradients). `backbone`: a `vlm.interface.Stage2Backbone`."""
 
-    def __init__(self, vl, processor, cfg, device, cache=None):
-        self.vl, self.processor, self.cfg, self.device, self.cache = vl, processor, cfg, device, cache
-        self.budget = cfg.backbone.image_resize_height * cfg.backbone.image_resize_width
-        self._grids: dict[str, tuple] = {}
-        vcfg = inner_model(vl).config.vision_config
-        self.patch, self.merge = vcfg.patch_size, vcfg.spatial_merge_size
+    def __init__(self, backbone, cfg, device, cache=None):
+        self.backbone, self.pooling, self.device, self.cache = backbone, cfg.cache.pooling, device, cache
+        self._grids: dict[str, tuple] = {}  # a frame's grid from its header, read once
 
     def grid(self, key: str, path: str) -> tuple:
         if key not in self._grids:
-            self._grids[key] = frame_grid(path, self.budget, self.patch, self.merge)
+            self._grids[key] = self.backbone.frame_grid(path)
         return self._grids[key]
 
     def __call__(self, batch: dict) -> dict:
-        pooling = self.cfg.cache.pooling
         masks = batch["view_mask"].bool().tolist()
         if self.cache is None:
-            dtype = next(self.vl.parameters()).dtype
-            inputs = prepare_inputs(self.processor, [([load_image(p) for _, p in frames], instr, m) for instr, m, frames
-                                                     in zip(batch["instruction"], masks, batch["frames"])],
-                                    self.budget, dtype)
-            plan = plan_from_processor(self.vl, inputs.batch, inputs.view_masks, pooling)
-            tokens = vision_tokens(self.vl, inputs.batch["pixel_values"].to(self.device), plan.grid_thw)
+            plan, tokens = self.backbone.plan_from_pixels(
+                [([load_image(p) for _, p in frames], instr, m)
+                 for instr, m, frames in zip(batch["instruction"], masks, batch["frames"])], self.pooling)
             return {"plan": plan.to(self.device), "image_tokens": tokens}
-        samples = [(instr, m, [self.grid(k, p) for k, p in frames])
-                   for instr, m, frames in zip(batch["instruction"], masks, batch["frames"])]
-        plan = plan_from_grids(self.vl, self.processor, samples, pooling, self.budget)
+        grids = [[self.grid(k, p) for k, p in frames] for frames in batch["frames"]]
+        plan = self.backbone.plan(list(zip(batch["instruction"], masks, grids)), self.pooling)
         keys = [k for frames in batch["frames"] for k, _ in frames]
         found = [self.cache.tokens(k) for k in keys]
-        for k, t, n in zip(keys, found, (plan.grid_thw.prod(-1) // self.merge ** 2).tolist()):
-            if t.shape[0] != n:
-                raise RuntimeError(f"vision cache entry {k} holds {t.shape[0]} tokens, the frame's grid gives {n}")
+        for k, t, g in zip(keys, found, [g for sample_grids in grids for g in sample_grids]):
+            if t.shape[0] != self.backbone.grid_tokens(g):
+                raise RuntimeError(f"vision cache entry {k} holds {t.shape[0]} tokens, the frame's grid gives "
+                                   f"{self.backbone.grid_tokens(g)}")
         tokens = torch.cat(found)
         return {"plan": plan.to(self.device), "image_tokens": tokens.to(self.device, non_blocking=True)}
 
 
-def use_vision_cache(cfg, model) -> bool:
+def use_vision_cache(cfg, backbone) -> bool:
     """lora.vision_cache: auto/on = the frozen vision tower's tokens from the cache; off = the vision tower (without
     gradients) every step. Targets outside the LM's decoder layers are refused: the vision tower runs without
     gradients in Stage 2 (cached tokens of a vision tower being trained would be stale, and its LoRA would never
     learn), and no other module runs at all."""
-    touched = touches_vision(model, cfg.lora)
+    touched = touches_vision(backbone.model, cfg.lora, backbone.vision_scope)
     if touched and cfg.lora.vision_cache == "on":
         raise ConfigError(f"lora.vision_cache: on, but lora.targets {cfg.lora.targets} adapt the vision tower "
                           f"({touched[:3]} ...): its tokens change during training and cannot be cached")
-    outside = outside_lm_layers(model, cfg.lora)
+    outside = outside_lm_layers(backbone.model, cfg.lora, backbone.lm_layer_scope)
     if outside:
         raise ConfigError(f"lora.targets {cfg.lora.targets} reach modules outside the language model's decoder "
                           f"layers ({outside[:3]} ...): Stage 2 trains LoRA on those layers only (the vision tower "
-                          "runs frozen); the LM's attention is q_proj, k_proj, v_proj, o_proj (the vision blocks' MLP "
-                          "shares the names gate_proj, up_proj, down_proj)")
+                          "runs frozen); Qwen2.5-VL's LM attention is q_proj, k_proj, v_proj, o_proj (its vision "
+                          "blocks' MLP shares the names gate_proj, up_proj, down_proj)")
     return cfg.lora.vision_cache != "off"
 
 
@@ -225,18 +217,17 @@ def stage2_parts(base_parts: dict, lcfg, sha: str) -> dict:
 
 
 def setup(cfg, device, say=print):
-    """Everything model-side before the loop, shared by training, the tests and the benchmark: (model, processor,
-    Stage-1 checkpoint, base feature parts, vision cache or None)."""
-    if cfg.backbone.kind != "qwen2_5_vl":
-        raise ConfigError(f"Stage 2 adapts the Qwen2.5-VL language model; backbone.kind is {cfg.backbone.kind!r}")
-    # a plain module for peft (our own LM path); images prepared by the processor on the CPU (the vision cache's
-    # tokens, and what the checkpoint records: VLAPolicy prepares a Stage-2 policy's images the same way)
+    """Everything model-side before the loop, shared by training, the tests and the benchmark: (model, backbone,
+    Stage-1 checkpoint, base feature parts, vision cache or None). The backbone is reached only through
+    `vlm.interface` (`Stage2Backbone`): a kind without it is refused here, in one line."""
+    # a plain module for peft (the backbone's own LM path); images prepared on the CPU (the vision cache's tokens,
+    # and what the checkpoint records: VLAPolicy prepares a Stage-2 policy's images the same way)
     bcfg = replace(cfg.backbone, device=str(device), fast_vision="off", image_prep="cpu")
     backbone = load_backbone(bcfg)
+    require_stage2(backbone, cfg.backbone.kind)
     base_parts = store_parts(cfg, backbone.parts())
     ckpt = load_stage1(cfg, backbone.parts())
-    cache = VisionCache(cfg.cache.dir, vision_parts(cfg, backbone.parts())) \
-        if use_vision_cache(cfg, backbone.model) else None
+    cache = VisionCache(cfg.cache.dir, vision_parts(cfg, backbone.parts())) if use_vision_cache(cfg, backbone) else None
     peft_model = inject_lora(backbone.model, cfg.lora)
     say(f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g} dropout={cfg.lora.dropout:g} on {list(cfg.lora.targets)}: "
         f"{lora_parameter_count(peft_model):,} parameters; vision cache "
@@ -244,9 +235,9 @@ def setup(cfg, device, say=print):
         + f"; gradient checkpointing {'on' if cfg.lora.gradient_checkpointing else 'off'}")
     compiled = cfg.lora.compile_layers == "on" or (cfg.lora.compile_layers == "auto" and
                                                     torch.device(device).type == "cuda")
-    model = Stage2Model(ckpt.heads.train(), peft_model, cfg.lora.gradient_checkpointing,
-                        compiled_layer() if compiled else None).to(device)
-    return model, backbone.processor, ckpt, base_parts, cache
+    model = Stage2Model(ckpt.heads.train(), backbone, peft_model, cfg.lora.gradient_checkpointing,
+                        backbone.compiled_layer() if compiled else None).to(device)
+    return model, backbone, ckpt, base_parts, cache
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,7 +249,7 @@ class Stage2Trainer(Trainer):
         """(Stage2Model, parameter groups with LoRA's own, train dataset, val dataset, train index)."""
         cfg, tc, acc = self.cfg, self.cfg.train, self.acc
         self.say(f"  Stage 2 (LoRA + heads) from {tc.stage1_checkpoint}; VL (LoRA) lr {tc.vl_lr:g}")
-        model, processor, stage1, self.base_parts, cache = setup(cfg, acc.device, self.say)
+        model, backbone, stage1, self.base_parts, cache = setup(cfg, acc.device, self.say)
         # the Stage-1 checkpoint's split and statistics (or, resuming, the run's own: the same ones)
         start = self.resume or {"split": stage1.split, "stats": asdict(stage1.stats)}
         train_index, val_index, self.split, self.stats = load_data(cfg, self.say, acc.is_main_process, start)
@@ -266,9 +257,7 @@ class Stage2Trainer(Trainer):
         val_frames, more = sample_frames(val_index)
         frames.update(more)
         if cache is not None:
-            done = cache.build(model.vl, processor, frames, cfg.backbone.image_resize_height *
-                               cfg.backbone.image_resize_width, acc.process_index, acc.num_processes,
-                               log=lambda *a: None)
+            done = cache.build(backbone, frames, acc.process_index, acc.num_processes, log=lambda *a: None)
             acc.wait_for_everyone()
             cache.store.refresh()
             if acc.is_main_process:
@@ -282,7 +271,7 @@ class Stage2Trainer(Trainer):
                  f"Encoder {self.counts['sensor_encoder']:,}; frozen: the backbone's base weights")
         groups = param_groups(model.heads, tc) + [{"params": model.lora_parameters(), "lr": tc.vl_lr,
                                                     "weight_decay": tc.weight_decay, "name": "vl_lora"}]
-        self.build_inputs = InputBuilder(model.vl, processor, cfg, acc.device, cache)
+        self.build_inputs = InputBuilder(backbone, cfg, acc.device, cache)
         self.vision_cache = cache
         return (model, groups, FrameSamples(SampleDataset(train_index, cfg.data), train_frames),
                 FrameSamples(SampleDataset(val_index, cfg.data), val_frames), train_index)

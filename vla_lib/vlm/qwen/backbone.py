@@ -13,6 +13,7 @@ import torch
 
 from vla_lib.vlm.interface import resolve_device, resolve_dtype
 from vla_lib.data.recorder_formats import load_image
+from vla_lib.vlm.qwen import encode_lm
 from vla_lib.vlm.qwen.encode import encode, prepare_for, prepare_inputs
 from vla_lib.vlm.qwen.gpu_prepare import DeviceImagePrep, decode_views, read_bytes, resolve_image_prep
 from vla_lib.vlm.qwen.tiny_model import build_tiny_model, qwen25_vl_3b_config
@@ -84,9 +85,40 @@ class Backbone:
     def warmup_s(self) -> float:
         return self.fast.warmup_s if self.fast is not None else 0.0
 
-    def adopt_model(self, model: torch.nn.Module) -> None:
-        """Run `model` (the same architecture, e.g. with a LoRA adapter applied) from now on, frozen; the fast
-        encoder holds the model it was built around, so it is rebuilt around this one."""
+    # -- Stage 2 (vlm.interface.Stage2Backbone): the LM with gradients, vision tokens per frame (encode_lm) ---------
+    vision_scope = ".visual."  # where LoRA targets must not reach (stage2.lora: the vision tower stays frozen)
+    lm_layer_scope = ".language_model.layers."  # the only modules Stage 2 runs with gradients
+
+    def frame_grid(self, path) -> tuple[int, int, int]:
+        vcfg = self.config.vision_config
+        return encode_lm.frame_grid(path, self.pixel_budget, vcfg.patch_size, vcfg.spatial_merge_size)
+
+    def grid_tokens(self, grid) -> int:
+        t, h, w = grid
+        return int(t * h * w) // self.config.vision_config.spatial_merge_size ** 2
+
+    def vision_tokens(self, paths: list) -> list[torch.Tensor]:
+        return encode_lm.frame_tokens(self.model, self.processor, paths, self.pixel_budget)
+
+    def plan(self, samples, pooling: str = "per_view") -> encode_lm.LMPlan:
+        return encode_lm.plan_from_grids(self.model, self.processor, samples, pooling, self.pixel_budget)
+
+    def plan_from_pixels(self, samples, pooling: str = "per_view") -> tuple[encode_lm.LMPlan, torch.Tensor]:
+        # the processor's batch of the whole prompts (not the frames alone): the vision tower sees what Stage 1's saw
+        inputs = prepare_inputs(self.processor, samples, self.pixel_budget, next(self.model.parameters()).dtype)
+        plan = encode_lm.plan_from_processor(self.model, inputs.batch, inputs.view_masks, pooling)
+        return plan, encode_lm.vision_tokens(self.model, inputs.batch["pixel_values"], plan.grid_thw)
+
+    def lm_features(self, model, plan, image_tokens, gradient_checkpointing: bool = False,
+                    layer_fn=None) -> torch.Tensor:
+        return encode_lm.lm_features(model, plan, image_tokens, gradient_checkpointing, layer_fn)
+
+    def compiled_layer(self):
+        return encode_lm.compiled_layer()
+
+    def set_model(self, model) -> None:
+        """`model` (an adapter loaded onto this one) from now on, frozen; the fast encoder, which holds the model and
+        copies of its vision weights, rebuilt around it."""
         self.model = model.eval().requires_grad_(False)
         if self.fast is not None:
             from vla_lib.vlm.qwen.fast_vision import FastEncoder

@@ -1,8 +1,9 @@
 """The language model with gradients, for Stage 2: pooled VL features per sample, correct for any batch size.
 
 Two sources for the images' merged vision tokens, one LM path:
-- cached (`plan_from_grids` + tokens from `vision_cache`): the prompt is tokenised here, each image's
-  `<|image_pad|>` expanded to its token count from its grid, so no pixels are prepared at all;
+- cached (`plan_from_grids` + tokens from Stage 2's frame-level vision cache, which `frame_tokens` fills and
+  `frame_grid` checks): the prompt is tokenised here, each image's `<|image_pad|>` expanded to its token count from
+  its grid, so no pixels are prepared at all;
 - from pixels (`plan_from_processor` + `vision_tokens`): the processor's batch, the frozen vision tower run without
   gradients.
 `lm_features` then runs the LM the way the fast encoder does (`fast_vision`): the layout (3-D rotary positions
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from vla_lib.vlm.qwen.encode import build_messages, pooling_weights
-from vla_lib.vlm.qwen.fast_vision import _causal_mask, _lm_layer
+from vla_lib.data.recorder_formats import load_image
+from vla_lib.vlm.qwen.encode import build_messages, fit_images, pooling_weights
+from vla_lib.vlm.qwen.lm_layers import causal_mask, lm_layer
 
 
 @dataclass
@@ -96,18 +98,47 @@ def vision_tokens(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> 
     return torch.cat(tuple(getattr(out, "pooler_output", out)), 0)
 
 
+def frame_grid(path, pixel_budget: int, patch: int = 14, merge: int = 2) -> tuple[int, int, int]:
+    """(t, h, w) patches of a frame fitted to the budget, from its header (no decoding): qwen_vl_utils'
+    `smart_resize`, the call the message path makes."""
+    from PIL import Image
+    from qwen_vl_utils.vision_process import smart_resize
+
+    with Image.open(path) as im:
+        width, height = im.size
+    h, w = smart_resize(height, width, factor=patch * merge, min_pixels=pixel_budget, max_pixels=pixel_budget)
+    return 1, h // patch, w // patch
+
+
+def frame_tokens(model, processor, paths: list, pixel_budget: int) -> list[torch.Tensor]:
+    """Each frame's merged vision tokens (n_i, D) on the CPU, in the model's dtype: one image processor batch of the
+    frames alone (no prompt), each grid checked against the one its header gives (what `plan_from_grids` uses)."""
+    vcfg = inner_model(model).config.vision_config
+    patch, merge = vcfg.patch_size, vcfg.spatial_merge_size
+    dtype = next(model.parameters()).dtype
+    images = [fit_images(build_messages([load_image(p)], "", pixel_budget))[0] for p in paths]
+    batch = processor.image_processor(images=images, return_tensors="pt")
+    grid = batch["image_grid_thw"]
+    for p, g in zip(paths, grid.tolist()):
+        if tuple(g) != frame_grid(p, pixel_budget, patch, merge):
+            raise RuntimeError(f"{p}: the processor's grid {g} differs from the budget's "
+                               f"{frame_grid(p, pixel_budget, patch, merge)}")
+    tokens = vision_tokens(model, batch["pixel_values"].to(dtype), grid).cpu()
+    return list(torch.split(tokens, (grid.prod(-1) // merge ** 2).tolist()))
+
+
 def compiled_layer():
     """A decoder-layer call for `lm_features(layer_fn=...)` through one `torch.compile`: the LM's identical layers
     share it (regional compilation, compiled once); dynamic shapes, since prompt lengths vary between batches."""
-    return torch.compile(_lm_layer, dynamic=True)
+    return torch.compile(lm_layer, dynamic=True)
 
 
 def lm_features(model, plan: LMPlan, image_tokens: torch.Tensor, gradient_checkpointing: bool = False,
                 layer_fn=None) -> torch.Tensor:
     """(B, T, D) float32 pooled features with gradients through the LM (LoRA). `plan` on the model's device.
-    `layer_fn`: how a decoder layer is called (default: directly; e.g. a `torch.compile`d `_lm_layer`, which
+    `layer_fn`: how a decoder layer is called (default: directly; e.g. a `torch.compile`d `lm_layer`, which
     identical layers share: regional compilation)."""
-    layer_fn = layer_fn or _lm_layer
+    layer_fn = layer_fn or lm_layer
     lm = inner_model(model).language_model
     ids = plan.input_ids
     b, length = ids.shape
@@ -117,7 +148,7 @@ def lm_features(model, plan: LMPlan, image_tokens: torch.Tensor, gradient_checkp
     x = x.reshape(b * length, -1).index_copy(0, plan.image_rows, image_tokens.to(x.dtype)).view(b, length, -1)
     position_embeddings = lm.rotary_emb(x, plan.positions)
     sdpa = lm.config._attn_implementation == "sdpa"
-    mask = _causal_mask(plan.valid, x.dtype) if plan.padded or not sdpa else None  # None: SDPA's causal flag
+    mask = causal_mask(plan.valid, x.dtype) if plan.padded or not sdpa else None  # None: SDPA's causal flag
     for layer in lm.layers:
         if gradient_checkpointing and torch.is_grad_enabled():
             x = checkpoint(layer_fn, layer, x, mask, position_embeddings, use_reentrant=False)

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vla_lib.vlm.qwen.lm_layers import causal_mask, lm_layer
+
 BACKENDS = ("varlen", "masked_sdpa")
 # Layouts captured per encoder. The graphs share one memory pool for their intermediates (each output is copied out
 # right after its replay), so a graph costs its static inputs and output only: ~12 MB for 5 views at batch 1.
@@ -199,24 +201,10 @@ def padded_mlps(visual, multiple: int = MLP_PAD) -> list | None:
     return out
 
 
-def _lm_layer(layer, h, mask, position_embeddings):
-    out = layer(h, attention_mask=mask, position_embeddings=position_embeddings)  # no cache: the defaults
-    return out[0] if isinstance(out, tuple) else out
-
-
 def _block_mask(cu: torch.Tensor, n: int) -> torch.Tensor:
     seg = torch.repeat_interleave(torch.arange(len(cu) - 1, device=cu.device), (cu[1:] - cu[:-1]).long(),
                                   output_size=n)
     return seg[:, None] == seg[None, :]
-
-
-def _causal_mask(valid: torch.Tensor, dtype) -> torch.Tensor:
-    """Additive (B, 1, L, L): causal, padded keys hidden; a padded query sees itself (no empty softmax row whose NaN
-    would leak through the values)."""
-    n = valid.shape[1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=valid.device).tril()
-    keep = (causal[None] & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=valid.device)[None]
-    return torch.zeros(keep.shape, dtype=dtype, device=valid.device).masked_fill(~keep, torch.finfo(dtype).min)[:, None]
 
 
 class FastEncoder:
@@ -234,11 +222,11 @@ class FastEncoder:
         self.rotate = sys.modules[type(visual.blocks[0].attn).__module__].apply_rotary_pos_emb_vision
         # Conv3d with stride == kernel over flattened patches is a matrix product with the flattened kernel.
         self.patch_weight = visual.patch_embed.proj.weight.reshape(visual.patch_embed.proj.weight.shape[0], -1)
-        self.vision_block, self.lm_layer = _vision_block, _lm_layer
+        self.vision_block, self.lm_layer = _vision_block, lm_layer
         self.mlps = padded_mlps(visual)  # copies made now: the backbone is frozen (make a new encoder after a change)
         if compile:  # dynamic from the start: one compilation serves every batch size and prompt length
             self.vision_block = torch.compile(_vision_block, dynamic=True)
-            self.lm_layer = torch.compile(_lm_layer, dynamic=True)
+            self.lm_layer = torch.compile(lm_layer, dynamic=True)
         self.graphs: dict = {}  # one captured graph per layout shape
         self.warmup_s = 0.0  # spent compiling and capturing: one-off costs, reported apart from throughput
         self._pool = None
@@ -260,7 +248,7 @@ class FastEncoder:
         if image is not None:
             x = x.view(b * length, -1).index_copy(0, t["image_rows"], image.to(x.dtype)).view(b, length, -1)
         position_embeddings = lm.rotary_emb(x, t["lm_positions"])
-        mask = _causal_mask(t["lm_valid"], x.dtype) if "lm_valid" in t else None  # None: SDPA's causal flag
+        mask = causal_mask(t["lm_valid"], x.dtype) if "lm_valid" in t else None  # None: SDPA's causal flag
         for layer in lm.layers:
             x = self.lm_layer(layer, x, mask, position_embeddings)
         x = lm.norm(x)
