@@ -78,13 +78,13 @@ def load_adapter(model, folder: str | Path, merge: bool = False):
     peft model."""
     from peft import PeftModel
 
-    with _quiet_peft():
+    with quiet_peft():
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     return peft_model.merge_and_unload() if merge else peft_model
 
 
 @contextlib.contextmanager
-def _quiet_peft():
+def quiet_peft():
     """peft's PeftModel reads transformers' deprecated `is_gradient_checkpointing` (transformers 5.x warns on every
     wrap): a FutureWarning about peft's code, not ours, that would land in every executed Stage-2 notebook."""
     with warnings.catch_warnings():

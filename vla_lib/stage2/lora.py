@@ -10,8 +10,10 @@ Only the adapter is ever saved, never the base weights: the adapter folder is pa
 """
 from __future__ import annotations
 
-
 import torch
+
+from vla_lib.policy.adapter import quiet_peft
+
 
 def peft_config(lcfg):
     """A peft LoraConfig from the run's `lora` section (vla_lib.config.LoraConfig)."""
@@ -53,7 +55,7 @@ def inject_lora(model, lcfg):
 
         raise ConfigError(f"lora.targets {list(lcfg.targets)} match no linear module of the backbone")
     model.requires_grad_(False)
-    with _quiet_peft():
+    with quiet_peft():
         peft_model = get_peft_model(model, peft_config(lcfg))
     for name, p in peft_model.named_parameters():
         p.requires_grad_("lora_" in name)
