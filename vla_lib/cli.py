@@ -7,8 +7,8 @@ checkpoint on held-out episodes of the simulated rig -> metrics.json["closed_loo
 papermill, resumable), demo (the notebooks via papermill), live (the real-time loop on the rig's endpoints from
 `live:` in params, dry run unless --send-actions; --simulate-senders replays a recorded session over loopback ->
 outputs/<run>/live/report.json).
-The seed's flags are accepted as written in the guide; each maps onto one field of the same dataclass config the
-notebooks use (flags override the YAML). Unknown flags and bad values are errors.
+The flags of the training commands in docs/training.md are accepted as written; each maps onto one field of the
+same dataclass config the notebooks use (flags override the YAML). Unknown flags and bad values are errors.
 """
 from __future__ import annotations
 

@@ -4,11 +4,12 @@ A run is described by `RunConfig`, a tree of dataclasses. A YAML parameter file 
 (`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `runtime:`, `live:`, `closed_loop:`,
 `sweep:`, `lora:`) plus a few top-level keys (and `extends: other.yaml`, see `load_params`); papermill's
 `-f params/x.yaml` injects the same sections as notebook variables, and `RunConfig.from_dict` turns them back into
-dataclasses. CLI flags (including the seed's) are dotted overrides applied on top (see `cli.py`).
+dataclasses. CLI flags (including those of the commands in docs/training.md) are dotted overrides applied on top
+(see `cli.py`).
 Unknown keys are errors, never silently ignored; a key that moved says where to (`MOVED`). Every section validates
 itself when it is built, and `RunConfig.validate` runs them all again at the start of every mode.
-The sections' dataclasses live in `config_sections.py`, the rules for configs of earlier versions and of resumed
-runs (`MOVED`, `RESUME_FREE`) in `config_compat.py`; both are re-exported here: import from this module.
+The sections' dataclasses live in `config_sections.py`, the rules for params files with keys that moved and for
+resumed runs (`MOVED`, `RESUME_FREE`) in `config_compat.py`; both are re-exported here: import from this module.
 """
 from __future__ import annotations
 

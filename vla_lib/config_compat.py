@@ -1,8 +1,8 @@
-"""How far a config from elsewhere may differ: keys of earlier versions that moved, and settings a resume may change."""
+"""How far a config from elsewhere may differ: keys that moved, and settings a resume may change."""
 from __future__ import annotations
 
 _LIMITS = ("max_step_mm", "max_step_deg", "max_speed_mm_s", "max_speed_deg_s", "workspace_min", "workspace_max")
-# Keys that moved or went: where they are now (a params file of an earlier version gets told, not just refused).
+# Keys that moved or went: where they are now (a params file that still uses one gets told, not just refused).
 MOVED = {
     **{f"live.{k}": f"runtime.limits.{k}" for k in _LIMITS},
     "live.force_limit": "runtime.limits.force_limit_n", "live.force_baseline": "runtime.limits.force_baseline_n",

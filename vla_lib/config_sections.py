@@ -104,7 +104,7 @@ class DataConfig:
 
     root: str = "outputs/demo/sessions"
     groups: list[GroupConfig] = field(default_factory=_default_groups)
-    # Canonical view keys (see data.recorder_formats.VIEW_KEYS); the original's inference used these five.
+    # Canonical view keys (see data.recorder_formats.VIEW_KEYS); default: the four ZED left views and the OAK view.
     views: list[str] = field(default_factory=lambda: ["View1_left", "View2_left", "View3_left", "View4_left", "View5"])
     sensor_enabled: bool = True
     anchor_stride_s: float = 0.1
@@ -119,12 +119,12 @@ class DataConfig:
     # so a corrupt frame is skipped (and reported) the same way everywhere and the split never depends on the step.
     check_images: bool = True
     # Clock offsets (seconds added to camera / sensor stamps to reach the robot clock) for sessions without a
-    # clock_offsets.json (the original recorder never saved one): {session folder name or "*": {camera_s, sensor_s}}.
+    # clock_offsets.json (the rig's own recorder saves none): {session folder name or "*": {camera_s, sensor_s}}.
     clock_offsets: dict = field(default_factory=dict)
-    gripper_value: float = 1.0  # 7th action dimension: constant, as in the original; excluded from loss/metrics
+    gripper_value: float = 1.0  # 7th action dimension: constant (the interface is 7-D); excluded from loss/metrics
     val_fraction: float = 0.2
     split_seed: int = 42
-    val_sessions: list[str] = field(default_factory=list)  # explicit override of the seeded split
+    val_sessions: list[str] = field(default_factory=list)  # explicit override of the split drawn from split_seed
     max_sessions: int = 0  # 0 = all; for quick looks
 
     def __post_init__(self) -> None:
@@ -179,7 +179,7 @@ class BackboneConfig:
     compile_cache_dir: str = "outputs/compile_cache"
     device: str = "auto"
     image_resize_height: int = 360
-    image_resize_width: int = 640  # pixel budget = height * width (min = max, as the seed)
+    image_resize_width: int = 640  # pixel budget = height * width (min = max: every image gets exactly it)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -200,7 +200,7 @@ class CacheConfig:
     # settings never mix, and runs with the same ones share the work. Each run links the store it used
     # (<run_dir>/vl_cache).
     dir: str = ""
-    pooling: str = "per_view"  # "per_view": V view tokens + 1 instruction token; "mean_all": the original's 1 token
+    pooling: str = "per_view"  # "per_view": V view tokens + 1 instruction token; "mean_all": 1 mean token
     batch_size: int = 4
     num_workers: int = 0
     shard_size: int = 256  # samples per shard file (and per flush: a killed build loses at most this many)
@@ -230,7 +230,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     clip_grad_norm: float = 1.0
     sensor_loss_weight: float = 2.0
-    nonsensor_confidence: float = 0.5  # the original's confidence idea: samples without sensor count less
+    nonsensor_confidence: float = 0.5  # samples without sensor count less (they carry less information about contact)
     seed: int = 42
     num_workers: int = 0
     save_every_steps: int = 0  # 0 = only at epoch ends
@@ -269,9 +269,9 @@ class TrainConfig:
 
 @dataclass
 class LoraConfig:
-    """Stage 2: LoRA on the VL backbone (peft). Defaults are the original's (r 16, alpha 32, dropout 0.05 on the
-    language model's q/k/v/o projections: 7,372,800 parameters on the 3B model; the vision blocks name their
-    projections qkv/proj, so these targets leave the vision tower frozen)."""
+    """Stage 2: LoRA on the VL backbone (peft). Defaults: r 16, alpha 32, dropout 0.05 on the language model's
+    q/k/v/o projections (7,372,800 parameters on the 3B model; the vision blocks name their projections qkv/proj,
+    so these targets leave the vision tower frozen)."""
 
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     r: int = 16

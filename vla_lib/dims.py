@@ -1,7 +1,7 @@
 """The dimensions of the robot's data, in one place (no imports: any module may use them)."""
 
 POSE_DIMS = 6  # x, y, z (mm), a, b, r (deg): the end-effector pose, its deltas, what the loss and metrics cover
-ACTION_DIM = 7  # the 6 pose deltas + the original's constant gripper value (kept for interface compatibility)
+ACTION_DIM = 7  # the 6 pose deltas + a constant gripper value (the action interface is 7-D)
 GRIPPER = 6  # index of the gripper dimension in an action
 ALINE_POINTS = 1025  # points of one OCT A-line
 SENSOR_CHANNELS = 1 + ALINE_POINTS  # force + A-line: one row of a sensor window

@@ -25,7 +25,8 @@ from vla_lib.rig.memory import rss_mb
 
 def replay_session(cfg):
     """(Session, instruction) the simulated senders replay: `live.replay_session`, else the first held-out session
-    with sensor: the validation sessions recorded in the checkpoint when there is one, else the seeded split's."""
+    with sensor: the validation sessions recorded in the checkpoint when there is one, else those of the split
+    drawn from `data.split_seed`."""
     from vla_lib.data.recorder_formats import read_session
 
     if cfg.live.replay_session:
@@ -41,7 +42,7 @@ def replay_session(cfg):
 
     if checkpoint_path(cfg).exists():
         index, val_ids = split(cfg)
-    else:  # no trained heads (the untrained policy of the tests and the soak): the seeded split
+    else:  # no trained heads (the untrained policy of the tests and the soak): the split from split_seed
         index = build_index(cfg.data)
         val_ids = split_sessions(index, cfg.data)[1]
     with_sensor = [s for s in val_ids if index.sessions[s].has_sensor]

@@ -118,7 +118,7 @@ class Trainer:
         # Gradients live in tensors of their own, zeroed in place each step (never set to None): otherwise autograd
         # adopts the first micro-batch's gradients from the backward graph's output memory, which a compiled model
         # with CUDA graphs (compile_mode reduce-overhead) overwrites at the next micro-batch, so gradient
-        # accumulation crashed ("accessing tensor output of CUDAGraphs that has been overwritten", issue 24).
+        # accumulation crashed ("accessing tensor output of CUDAGraphs that has been overwritten").
         for p in self.model.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)

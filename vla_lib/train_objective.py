@@ -15,9 +15,9 @@ LOSS_DIMS = POSE_DIMS  # the constant gripper (7th) carries no signal: excluded 
 # Loss
 # ---------------------------------------------------------------------------------------------------------------
 def sample_weights(has_sensor: torch.Tensor, cfg) -> torch.Tensor:
-    """Per-sample loss weights: sensor_loss_weight for samples with sensor, the original's confidence (0.5) for
-    samples without. Normalised by the *training-set* mean weight (a constant), not per micro-batch, so they really
-    change the gradient at batch size 1 (the original's per-batch renormalisation made them a no-op)."""
+    """Per-sample loss weights: sensor_loss_weight for samples with sensor, nonsensor_confidence (0.5) for samples
+    without. Normalised by the *training-set* mean weight (a constant), not per micro-batch, so they really change
+    the gradient at batch size 1 (renormalised per micro-batch, a batch of one would always weigh 1: a no-op)."""
     return torch.where(has_sensor, cfg.sensor_loss_weight, cfg.nonsensor_confidence).float()
 
 

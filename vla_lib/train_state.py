@@ -49,7 +49,7 @@ def read_resume(path: Path, cfg, processes: int, say=print) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickle
-    except Exception as e:  # the pickled format of earlier versions, or a damaged file
+    except Exception as e:  # an older, pickled resume state, or a damaged file
         raise RunStateError(f"{path} cannot be resumed ({type(e).__name__}: written by an earlier version, or "
                             "damaged); start a new run with --run-name NAME") from None
     if "split" not in state:

@@ -1,7 +1,7 @@
 """Dataset audit: what the recordings really contain, measured from their timestamps (notebook 01).
 
-The original assumed 650 Hz, synchronised clocks and 2 Hz cameras without ever checking; here every figure is
-measured per session, and everything that was skipped is listed with the file and the reason.
+Nothing is assumed about the rates or the clocks (nominally a 650 Hz sensor, 2 Hz cameras, synchronised clocks):
+every figure is measured per session, and everything that was skipped is listed with the file and the reason.
 """
 from __future__ import annotations
 

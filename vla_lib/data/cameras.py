@@ -1,8 +1,8 @@
-"""The original rig's cameras, one source for the recorders, the synthetic recorder and the live receivers: the ZED
-serial of each view and the camera name -> view key mapping of its wire format."""
+"""The rig's cameras, one source for the recorders, the synthetic recorder and the live receivers: the ZED serial
+of each view and the camera name -> view key mapping of its wire format."""
 from __future__ import annotations
 
-ZED_SERIALS = {1: 41182735, 2: 49429257, 3: 44377151, 4: 49045152}  # view number -> the original rig's ZED serial
+ZED_SERIALS = {1: 41182735, 2: 49429257, 3: 44377151, 4: 49045152}  # view number -> the rig's ZED serial
 
 
 def default_camera_views() -> dict[str, str]:

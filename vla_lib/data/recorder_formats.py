@@ -6,7 +6,7 @@ Family A, sensor sessions `recv_all_YYYYMMDD_HHMMSS/`:
 Family B, no-sensor sessions `Captures{i}` / `ZED_Captures_{i}th`:
     view1..view4/{left,right}/*.jpg, optional view5_oak/*.jpg, robot_rt_*.csv (epoch_s|timestamp, joint_angle_1..6,
     EE_x..EE_r)
-Family C, "New_dataset" episodes `episode_YYYYMMDD_HHMMSS/` (Optimized_Data_Collector.py):
+Family C, "New_dataset" episodes `episode_YYYYMMDD_HHMMSS/` (the rig's episode collector):
     metadata.json, images/View1..View5/<ts>.jpg (left only: the collector maps ZED frames by serial), robot_states.csv
     (the recv_all columns, `force` for `force_placeholder`), sensor_data.npz {timestamps (N,) = each window's last
     sample, data (N, W, 1026) trailing windows saved every ~200 ms}. The windows overlap, so the raw stream is rebuilt:
@@ -15,7 +15,7 @@ Family C, "New_dataset" episodes `episode_YYYYMMDD_HHMMSS/` (Optimized_Data_Coll
     window after a gap longer than W samples, is stamped back from its last stamp at `sensor_hz` (metadata).
     All-zero rows (padding) are dropped. Rows stay memory-mapped in the windows' file.
 Optional in A and B: `clock_offsets.json` {"camera_s": .., "sensor_s": ..}, seconds to add to that stream's stamps to put
-it on the robot clock (the original receiver measured the sensor offset but only printed it; our recorder keeps it).
+it on the robot clock (`vla_lib.rig.record` writes it; the rig's own recorder saves none, so its sessions lack it).
 
 Everything is read straight from the session folder. Sensor arrays are memory-mapped, never loaded whole.
 A broken file raises `DataError` naming it; the dataset builder turns that into a reported skip.

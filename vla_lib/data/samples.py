@@ -41,7 +41,7 @@ class SampleIndex:
     views: list[str]
     data_root: Path
     skipped: list[dict] = field(default_factory=list)  # sessions that could not be used, with the reason
-    lines: list[str] = field(default_factory=list)  # the seed-style "Added: ..." lines
+    lines: list[str] = field(default_factory=list)  # the build log: one "Added: ..." line per session
 
     def __len__(self) -> int:
         return len(self.table)

@@ -7,7 +7,8 @@ from vla_lib.data.recorder_formats import DataError
 
 
 def split_sessions(index, data_cfg) -> tuple[list[str], list[str]]:
-    """(train_ids, val_ids). `data_cfg.val_sessions` (ids or session folder names) overrides the seeded draw.
+    """(train_ids, val_ids). `data_cfg.val_sessions` (ids or session folder names) overrides the random draw
+    (`split_seed`).
 
     The draw is stratified by sensor/no-sensor so that validation sees both kinds whenever each has >= 2 sessions.
     """

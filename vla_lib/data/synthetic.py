@@ -1,6 +1,6 @@
 """A synthetic recorder: sessions in the real recorder formats, with physically consistent streams.
 
-Each session is a scripted needle insertion like the original demonstrations: a noisy home pose, a min-jerk move to
+Each session is a scripted needle insertion like the rig's demonstrations: a noisy home pose, a min-jerk move to
 an approach point above one of several targets, a pause, a slow insertion through the surface, a short hold. The
 robot pose is known in closed form (`true_pose`), so tests can check alignment against exact values.
 
@@ -276,9 +276,10 @@ def write_captures_session(root: Path, name: str, spec: TrajectorySpec, cfg, rng
 
 def write_new_dataset_episode(root: Path, spec: TrajectorySpec, cfg, rng, window: int = 650,
                               every_s: float = 0.2) -> Path:
-    """A Family C episode (the original's New_dataset layout): images/View1..5/<ts:.6f>.jpg (left + OAK), robot_states.csv,
-    sensor_data.npz of trailing `window`-sample windows saved every `every_s` (once `window` samples exist), and
-    metadata.json. The raw sensor stream is kept beside it as `synthetic_sensor_truth.npz` (tests only)."""
+    """A Family C episode (the New_dataset layout, see `recorder_formats`): images/View1..5/<ts:.6f>.jpg (left + OAK),
+    robot_states.csv, sensor_data.npz of trailing `window`-sample windows saved every `every_s` (once `window`
+    samples exist), and metadata.json. The raw sensor stream is kept beside it as `synthetic_sensor_truth.npz`
+    (tests only)."""
     stamp = _time.strftime("%Y%m%d_%H%M%S", _time.gmtime(spec.t0))
     episode = root / f"episode_{stamp}"
     episode.mkdir(parents=True, exist_ok=True)

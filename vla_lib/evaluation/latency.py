@@ -1,4 +1,4 @@
-"""Latency profiling: the VL update over views x resolutions (the original's sweep) and the action step.
+"""Latency profiling: the VL update over views x resolutions and the action step.
 
 Every figure: warm-up runs first, the device synchronised around each timed call, median and p95 of the repeats.
 The VL update is split into the preparation (resize to the budget, chat template, image processor: on the CPU, or on

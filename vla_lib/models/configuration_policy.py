@@ -1,6 +1,6 @@
 """Configuration of the Stage-1 heads (SensorEncoder + Action Expert), with named presets.
 
-`original` reproduces the original system's shapes exactly (SensorEncoder 47,238,656 parameters, concat expert
+`original` reproduces the published model's shapes exactly (SensorEncoder 47,238,656 parameters, concat expert
 72,448,007; no proprioception token) with our fixes that add no parameters left on; `original_exact` also turns the
 fixes off (no sensor positional encoding, raw force/A-line) for like-for-like comparisons. `small` is the CPU demo.
 """
@@ -23,7 +23,7 @@ class PolicyConfig:
     sensor_enabled: bool | None = None  # = data.sensor_enabled
     vl_dim: int = 0  # the backbone's hidden size: training takes it from the feature store (0 = not known yet)
     sensor_channels: int = SENSOR_CHANNELS  # 1 force + 1025 A-line
-    # The encoder's time axis (the seed's --sensor-temporal-length); a window of another length is resampled to it.
+    # The encoder's time axis (CLI flag --sensor-temporal-length); a window of another length is resampled to it.
     sensor_length: int | None = None  # None = data.sensor_window_size
     sensor_conv_channels: list[int] = field(default_factory=lambda: [512, 1024, 1024, 1024])
     sensor_dim: int = 1024
@@ -32,10 +32,11 @@ class PolicyConfig:
     sensor_ff: int = 4096
     sensor_output_dim: int = 3072
     # Fixes on by default (docs/training.md lists them). Neither adds parameters, so the `original` preset keeps its counts.
-    sensor_positional_encoding: bool = True  # the original's sensor transformer had no notion of time order
+    sensor_positional_encoding: bool = True  # without it the sensor transformer has no notion of time order
     normalize_sensor_inputs: bool = True  # force (~-3) and A-line standardised with the training-split stats
-    # Proprioception: the robot's last K end-effector pose deltas as one more condition token. The original had
-    # none, so nothing told it how fast the arm was already moving; K = 0 (the `original` presets) reproduces that.
+    # Proprioception: the robot's last K end-effector pose deltas as one more condition token. Without it nothing
+    # tells the expert how fast the arm is already moving; K = 0 (the `original` presets: the published model has
+    # no such token) turns it off.
     history_steps: int = 4
     fusion: str = "concat"
     expert_hidden: int = 1024
@@ -63,7 +64,7 @@ class PolicyConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "original": {"history_steps": 0},  # otherwise the dataclass defaults are the original's shapes
+    "original": {"history_steps": 0},  # otherwise the dataclass defaults are the published model's shapes
     "original_exact": {"history_steps": 0, "sensor_positional_encoding": False, "normalize_sensor_inputs": False},
     "small": {
         "sensor_conv_channels": [64, 128, 128, 128], "sensor_dim": 128, "sensor_layers": 1, "sensor_heads": 4,

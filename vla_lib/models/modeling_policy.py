@@ -1,9 +1,9 @@
 """The Stage-1 heads: SensorEncoder + Action Expert, and the policy module that joins them to cached VL features.
 
 No ground truth ever enters the model: the expert decodes the chunk from learned horizon queries attending to the
-fused VL + sensor condition (the original added its output to `z_chunk` = the target). Inputs and outputs are
-normalised with the training-split stats held as buffers; `forward` returns normalised actions for the loss and
-`predict` physical units (mm, deg).
+fused VL + sensor condition (never from the target chunk itself, e.g. by adding the output to it). Inputs and
+outputs are normalised with the training-split stats held as buffers; `forward` returns normalised actions for the
+loss and `predict` physical units (mm, deg).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Checkpoint format of the trainable heads (never the frozen VLM): weights, policy config, run config, stats.
 
-Files (the seed's names): `qwen_vla_sensor.pt` (latest, every epoch), `qwen_vla_sensor_best.pt`,
+Files: `qwen_vla_sensor.pt` (latest, every epoch), `qwen_vla_sensor_best.pt`,
 `qwen_vla_sensor_final.pt`. Plain tensors and Python values only, so `torch.load(weights_only=True)` reads them.
 Writes are atomic (temporary file + rename). Each also records what the numbers depend on: the episode split
 (training and validation session ids: evaluation uses exactly these) and the feature store's fingerprint and parts

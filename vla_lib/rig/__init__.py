@@ -1,1 +1,1 @@
-"""Live rig I/O in the original wire formats (see docs/live_rig.md)."""
+"""Live rig I/O in the rig's wire formats (see docs/live_rig.md)."""

@@ -1,8 +1,8 @@
-"""Record mode: what the receivers accept, written as a `recv_all_YYYYMMDD_HHMMSS` session (the original recorder's layout)
-that `vla_lib.data.recorder_formats.read_session` reads back.
+"""Record mode: what the receivers accept, written as a `recv_all_YYYYMMDD_HHMMSS` session (the rig's recorder
+layout) that `vla_lib.data.recorder_formats.read_session` reads back.
 
 - frames: `View{n}/{left,right}/<camera>_<ts:.3f>.jpg` and `View5/<camera>_<ts:.3f>.jpg`, the JPEG bytes as
-  received, the stamp the sender's (as the original recorder names them);
+  received, the stamp the sender's (as the rig's recorder names them);
 - robot: `robot_state_<stamp>.csv` with the recorder's columns (recv_timestamp on the local clock, origin and send
   stamps, force_placeholder, joint_1..6, pose_x..pose_r), floats written losslessly (the wire's f32 values exactly);
 - sensor: `sensor_data_<stamp>_<firstTsInt>.npz` {timestamps, send_timestamps, forces, alines (N,1025)}, uncompressed

@@ -1,4 +1,4 @@
-"""The original rig's wire formats, packed and unpacked in one place (as the original rig sends them).
+"""The rig's wire formats, packed and unpacked in one place (byte for byte as the rig sends them).
 
 - Robot state, ZMQ PUB/SUB, topic `robot_state`, payload `<ddf12f` (68 B): origin_ts f64, send_ts f64, force f32,
   6 joints f32 (deg), 6 pose f32 (x, y, z mm; a, b, r deg). Sent as a two-frame message [topic, payload]; a single
@@ -6,9 +6,10 @@
 - Camera frames, ZMQ PUSH/PULL, multipart [JSON {camera, timestamp, send_time}, JPEG bytes].
 - OCT/force sensor, UDP: one datagram = u32 packet count N + N x 4120-B packets [f64 ts, f64 send_ts, f32 force,
   1025 x f32 A-line], all little-endian.
-- Actions (ours; the original only logged them), ZMQ PUB, topic `action`, payload `<dd6f6f` (64 B): observation time
-  t (robot clock) f64, send time f64 (receiver clock), the 6 pose deltas to execute over the next step (mm, deg) and
-  the commanded absolute target pose (mm, deg) f32. A hold is an action with zero deltas (target = measured pose).
+- Actions (ours: the rig's formats have no action message), ZMQ PUB, topic `action`, payload `<dd6f6f` (64 B):
+  observation time t (robot clock) f64, send time f64 (receiver clock), the 6 pose deltas to execute over the next
+  step (mm, deg) and the commanded absolute target pose (mm, deg) f32. A hold is an action with zero deltas
+  (target = measured pose).
 - Stops (ours), on the same PUB socket, topic `stop`: [b"stop", `<dd` (time of the sample that tripped it, robot
   clock; send time), the reason as UTF-8]. The arm stops at once and moves again only after an operator's release,
   which is announced as [b"release", `<d` send time]. Actions carry deltas: the rig integrates them (the target pose

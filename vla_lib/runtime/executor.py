@@ -4,7 +4,7 @@ Chunks arrive with the time of the observations they were computed from (`t_obs`
 (`t_ready`: after the inference delay). A step sent at `t_send` executes at `t_exec = t_send +
 execution_latency_s` (the arm's latency); chunk step k covers [t_obs + k dt, t_obs + (k+1) dt). Modes
 (`runtime.execution`):
-- `first`: step 0 of the newest usable chunk, whatever its age (the original's "act on the first action": with an
+- `first`: step 0 of the newest usable chunk, whatever its age (the naive "act on the first action": with an
   inference delay it executes a step meant for the past);
 - `blend`: a latency-aware temporal ensemble: every usable chunk covering t_exec contributes its step
   k = floor((t_exec - t_obs) / dt), weighted exp(-blend_decay x k), so fresher chunks weigh more;

@@ -1,9 +1,9 @@
 """LoRA on the VL backbone with peft: configuration, injection, the parameter count, the adapter's tensors.
 
-The defaults are the original's (original_system.md §6): r 16, alpha 32, dropout 0.05 on `q_proj, k_proj, v_proj,
-o_proj`. peft matches target names as module-name suffixes; Qwen2.5-VL's vision blocks call their projections `qkv`
-and `proj`, so these targets touch only the language model and the vision tower stays frozen (which is what lets
-Stage 2 cache its output per frame, see `vision_cache`).
+Defaults: r 16, alpha 32, dropout 0.05 on `q_proj, k_proj, v_proj, o_proj`. peft matches target names as
+module-name suffixes; Qwen2.5-VL's vision blocks call their projections `qkv` and `proj`, so these targets touch only
+the language model and the vision tower stays frozen (which is what lets Stage 2 cache its output per frame, see
+`vision_cache`).
 
 Only the adapter is ever saved, never the base weights: the adapter folder is part of a Stage-2 checkpoint
 (`vla_lib.policy.adapter`).

@@ -139,8 +139,8 @@ def plot_closed_loop_summary(collected: dict, predictors=("policy", "policy_no_s
 
 
 def verdict(collected: dict, cfg: RunConfig) -> dict:
-    """The issue's targets, checked on the sensor-on members (policy trained with the sensor): success >= 0.9 and the
-    depth error with the sensor removed >= 2x the error with it, as mean ± std over the seeds."""
+    """The sweep's pass criteria, checked on the sensor-on members (policy trained with the sensor): success >= 0.9
+    and the depth error with the sensor removed >= 2x the error with it, as mean ± std over the sweep's seeds."""
     import numpy as np
 
     table = collected["table"]

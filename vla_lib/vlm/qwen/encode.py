@@ -1,14 +1,14 @@
-"""From views + instruction to pooled VL features: the original's message path, then pad-aware pooling.
+"""From views + instruction to pooled VL features: the message path, then pad-aware pooling.
 
-Message path (as the original): one user turn with the views in order, then the instruction; the processor's chat
+Message path: one user turn with the views in order, then the instruction; the processor's chat
 template (with Qwen's default system prompt); `qwen_vl_utils.process_vision_info` (each image fitted to the pixel
-budget, min = max = budget, as the seed's 640x360); then the processor.
+budget, min = max = budget, 640x360 by default); then the processor.
 
 Pooling:
 - `per_view` (default): for each configured view, the mean of the last-layer states over that view's image tokens,
   plus one instruction token (mean over the instruction's text tokens, which attend to every view): V+1 tokens and a
   mask (a missing view is a zero slot with mask False). Keeps which view saw what, at 6 x hidden per sample.
-- `mean_all`: the original's single mean over every token (system prompt included), for comparison; pad-aware.
+- `mean_all`: a single mean over every token (system prompt included), for comparison; pad-aware.
 Padding never enters a mean.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _as_image_ref(im):
 
 
 def fit_images(messages: list[dict]) -> list:
-    """Decode and resize the message's images to the budget (qwen_vl_utils, the original's path)."""
+    """Decode and resize the message's images to the budget (qwen_vl_utils' process_vision_info)."""
     from qwen_vl_utils import process_vision_info
 
     images, _ = process_vision_info(messages)

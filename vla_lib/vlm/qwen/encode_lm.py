@@ -10,8 +10,8 @@ Two sources for the images' merged vision tokens, one LM path:
 via the model's `get_rope_index`, image rows, padding, pooling weights) planned on the CPU, the image tokens written
 into the embedded prompt, each decoder layer called directly (optionally under activation checkpointing), and the
 last-layer states pooled per sample with Stage 1's weights (`encode.pooling_weights`): per view the mean of its
-image tokens, plus the instruction token. The original's cache-off path pooled a whole batch into one vector; here
-every sample has its own row of weights, padding never enters a mean.
+image tokens, plus the instruction token. Every sample has its own row of weights (a batch is never pooled into one
+vector), and padding never enters a mean.
 """
 from __future__ import annotations
 

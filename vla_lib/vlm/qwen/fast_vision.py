@@ -45,7 +45,7 @@ BACKENDS = ("varlen", "masked_sdpa")
 # right after its replay), so a graph costs its static inputs and output only: ~12 MB for 5 views at batch 1.
 MAX_GRAPHS = 32
 # The vision MLP's width (3420 in Qwen2.5-VL) is no multiple of 8, so cuBLAS runs its products on sm80 kernels at
-# ~200 TFLOP/s: 48 % of the kernel time of a batch-1 update on an H100 (profiled, issue 19). The encoder keeps
+# ~200 TFLOP/s: 48 % of the kernel time of a batch-1 update on an H100 (profiled). The encoder keeps
 # copies of those weights padded with zeros to a multiple of MLP_PAD (gate and up stacked into one product): the same
 # function exactly (the padded gate and up outputs are 0, act(0) * 0 = 0, and the padded down columns are 0), at the
 # cost of one more copy of the vision MLP weights (~0.85 GB in bf16 for the 3B model).
@@ -314,7 +314,7 @@ class FastEncoder:
         self._pool = self._pool or torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         # thread_local: another thread's CUDA call during the capture (a DataLoader's pin-memory thread allocating
-        # page-locked memory, the real-time loop's action step) must not invalidate it; seen on an H100 (issue 19).
+        # page-locked memory, the real-time loop's action step) must not invalidate it; seen on an H100.
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             output = run()
         entry = {"graph": graph, "pixel_values": static_pixels, "inputs": inputs, "output": output}

@@ -112,8 +112,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     if (out / "config.json").exists() and (out / "processor_config.json").exists():
         return out
     # Under torch.distributed, transformers' save_pretrained writes weights on rank 0 only: the other ranks wait for
-    # rank 0's folder. Independent processes each write their own folder and rename it into place; the seed makes
-    # every build identical, so the first rename wins and the others are dropped.
+    # rank 0's folder. Independent processes each write their own folder and rename it into place; the fixed seed
+    # makes every build identical, so the first rename wins and the others are dropped.
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return _wait_for(out)
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
