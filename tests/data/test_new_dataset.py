@@ -1,4 +1,4 @@
-"""The original's third layout, `New_dataset` episodes (original_system.md §1.4): the overlapping sensor windows are
+"""The recorder's third layout, `New_dataset` episodes (docs/data.md): the overlapping sensor windows are
 rebuilt into one stream (every sample once, in order), frames are read from images/ViewN/<ts>.jpg, and the episode
 feeds the sample index like the other layouts."""
 import json
