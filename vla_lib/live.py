@@ -139,6 +139,10 @@ def _run_ready(cfg, policy, io, runtime, instruction: str, out: Path, on_tick_mo
         raise TimeoutError(f"no data within {live.ready_timeout_s:g} s from: {missing} "
                            f"(endpoints: robot {live.robot_endpoint}, cameras {live.camera_endpoint}, "
                            f"sensor {live.sensor_endpoint})")
+    warm_up = getattr(policy, "warm_up", None)  # compile and capture before the loop's threads start (VLAPolicy)
+    if warm_up is not None:
+        warm_up(instruction, io.views()[0], io.sensor_window(),
+                io.pose_history(policy.history_steps) if policy.history_steps else None)
     log(f"live loop for {live.duration_s:g} s at {1 / cfg.data.action_dt_s:g} Hz ({cfg.runtime.execution}, "
         f"guard {'on' if cfg.runtime.guard else 'OFF'}), "
         f"{'SENDING actions to ' + live.action_endpoint if live.send_actions else 'dry run (actions logged only)'}")

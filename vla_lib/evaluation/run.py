@@ -117,10 +117,11 @@ def run_realtime_replay(cfg, policy, session_id: str | None = None, held=None, l
     replay = ReplayIO(index.sessions[session_id], cfg.data)
     log(f"Real-time replay of {session_id} for {cfg.eval.realtime_duration_s:g} s "
         f"(actions at {1 / cfg.data.action_dt_s:g} Hz, {cfg.runtime.execution}, VL {'as fast as it can' if not cfg.eval.realtime_vl_rate_hz else f'at {cfg.eval.realtime_vl_rate_hz:g} Hz'})")
-    # One untimed encode first: a GPU encoder compiles and captures a graph on its first call (tens of seconds on the
-    # 3B model), which would otherwise pass the replayed session's whole length before the first action step.
+    # One untimed encode and action step first (VLAPolicy.warm_up): compiling and capturing would otherwise pass
+    # the replayed session's whole length before the first action step, and race the VL thread.
     replay.begin()
-    policy.encode([instruction], [replay.views()[0]])
+    policy.warm_up(instruction, replay.views()[0], replay.sensor_window(),
+                   replay.pose_history(policy.history_steps) if policy.history_steps else None)
     runtime = Runtime.from_config(cfg, replay.actuator)  # the robot's runtime; the replay's actuator records
     report = run_loop(policy, replay, runtime, instruction, cfg.eval.realtime_duration_s, cfg.eval.realtime_vl_rate_hz,
                       end=replay.end)

@@ -55,7 +55,8 @@ class ActionStep:
                 self._run()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
+        # thread_local: a VL thread launching its own work meanwhile (a re-capture mid-run) does not void the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
             self.output = self._run()
 
     def _run(self) -> torch.Tensor:

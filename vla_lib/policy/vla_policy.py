@@ -128,6 +128,15 @@ class VLAPolicy:
                 return self._step(x).float().cpu().numpy()
         return self.heads.predict(x).float().cpu().numpy()
 
+    def warm_up(self, instruction: str, images: list, sensor_window=None, history=None) -> None:
+        """One untimed encode and action step, before a real-time loop starts its threads: the fast encoder compiles
+        and captures on its first call (tens of seconds on the 3B model) and the action step captures its CUDA graph
+        on its first; a capture that overlapped the VL thread's launches failed on an H100 ("operation failed due to
+        a previous error during capture")."""
+        feats, mask = self.encode([instruction], [images])
+        window = sensor_window.batched() if isinstance(sensor_window, SensorWindow) else None
+        self.act(feats, mask, window, None if history is None else np.asarray(history, np.float32)[None])
+
     # -- one call -------------------------------------------------------------------------------------------------
     @property
     def history_steps(self) -> int:
