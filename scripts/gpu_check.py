@@ -94,9 +94,11 @@ class Check:
         self.rows: list[str] = []
         self.failed: list[str] = []
         self.beside: dict[str, Beside] = {}
+        self.running: dict[str, tuple] = {}  # commands started beside the step in progress
+        self.walls: dict[str, float] = {}  # each command's own wall time (from its start, beside or not)
 
-    def command(self, name: str, extra: list[str] | None = None) -> str:
-        """Run one of COMMANDS in its own process; its output goes to <log_dir>/<name>.log. Returns the output."""
+    def start(self, name: str, extra: list[str] | None = None) -> None:
+        """Start one of COMMANDS in its own process, its output to <log_dir>/<name>.log; `command(name)` waits."""
         argv = COMMANDS[name].split()
         argv = ([sys.executable] + argv[1:] if argv[0] == "python" else
                 [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"] + argv[2:]) \
@@ -105,11 +107,23 @@ class Check:
             argv += CPU_SETTINGS
         argv += extra or []
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-        out = proc.stdout + proc.stderr
-        (self.log_dir / f"{name}.log").write_text(f"$ {' '.join(argv)}\n{out}")
+        log = open(self.log_dir / f"{name}.log", "w")
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.running[name] = (proc, log, time.time())
+
+    def command(self, name: str, extra: list[str] | None = None) -> str:
+        """Run one of COMMANDS (or wait for it, when it was started beside an earlier step). Returns its output."""
+        if name not in self.running:
+            self.start(name, extra)
+        proc, log, started = self.running.pop(name)
+        code = proc.wait()
+        log.close()
+        self.walls[name] = time.time() - started
+        out = (self.log_dir / f"{name}.log").read_text()
         errors = [line for line in out.splitlines() if line.startswith(("error:", "Traceback", "RuntimeError"))]
-        expect(proc.returncode == 0, f"exit code {proc.returncode}: {(errors or out.splitlines()[-1:] or [''])[0]}"
+        expect(code == 0, f"exit code {code}: {(errors or out.splitlines()[-1:] or [''])[0]}"
                f" (log: {self.log_dir / (name + '.log')})")
         return out
 
@@ -122,7 +136,8 @@ class Check:
             except Exception as e:  # a failed step is reported and the others still run where they can
                 detail, status = f"{type(e).__name__}: {e}", "FAILED"
                 self.failed.append(name)
-        row = f"[gpu_check] {status:6s} {name:18s} {time.time() - start:7.1f} s  peak {mem.text():>9s}  {detail}"
+        wall = self.walls.get(name, time.time() - start)
+        row = f"[gpu_check] {status:6s} {name:18s} {wall:7.1f} s  peak {mem.text():>9s}  {detail}"
         self.rows.append(row)
         print(row, flush=True)
         with open(self.log_dir / "summary.txt", "a") as f:  # step by step: a run cut short keeps what it measured
@@ -269,6 +284,7 @@ def heads_equivalence(check: Check) -> str:
     if "heads_equivalence" not in check.beside:  # --only without synth: start it now
         check.beside["heads_equivalence"] = Beside(check, "heads_equivalence", ["--equivalence-json"])
     done = check.beside.pop("heads_equivalence").result()
+    check.walls["heads_equivalence"] = done["wall_s"]
     res, cuda = done["result"], done["cuda"]
     floor = res.pop("bf16_noise_floor")
     for mode, r in res.items():
@@ -332,6 +348,9 @@ import numpy as np; assert chunk.shape == (8, 7) and np.isfinite(chunk).all(), c
 STEPS = [("synth", synth), ("cache", cache), ("verify", verify), ("train_compiled", train_compiled),
          ("train_eager", train_eager), ("eval", evaluate), ("closed_loop", closed_loop),
          ("heads_equivalence", heads_equivalence), ("stage2", stage2), ("inference", inference_snippet)]
+# Started beside the steps that follow the key (run order stays STEPS'; their rows give their own wall time, and
+# their peaks include what ran with them)
+BESIDE_AFTER = {"synth": ("heads_equivalence",), "cache": ("train_eager",), "train_compiled": ("closed_loop",)}
 NEEDS = {"cache": "synth", "heads_equivalence": "synth", "verify": "cache", "train_compiled": "cache", "train_eager": "cache", "eval": "train_compiled",
          "closed_loop": "train_compiled", "stage2": "train_compiled", "inference": "train_compiled"}
 
@@ -376,8 +395,14 @@ def main() -> int:
             print(check.rows[-1], flush=True)
             continue
         check.step(name, lambda fn=fn: fn(check))
-        if name == "synth" and "synth" not in check.failed and (not args.only or "heads_equivalence" in args.only):
-            check.beside["heads_equivalence"] = Beside(check, "heads_equivalence", ["--equivalence-json"])
+        # what needs only this step's outputs starts now, beside the next steps (the GPU has room; together the
+        # steps then fit 10 minutes)
+        for later in BESIDE_AFTER.get(name, ()) if name not in check.failed else ():
+            if not args.only or later in args.only:
+                if later == "heads_equivalence":
+                    check.beside[later] = Beside(check, later, ["--equivalence-json"])
+                else:
+                    check.start(later)
     total = time.time() - start
     verdict = "PASSED" if not check.failed else f"FAILED ({', '.join(check.failed)})"
     print(f"[gpu_check] {verdict} in {total:.0f} s", flush=True)
