@@ -130,7 +130,8 @@ class RunConfig:
             raise ConfigError(f"runtime.inject_delay_s ({self.runtime.inject_delay_s:g} s) must leave a step of the "
                               f"chunk to execute: < (data.horizon - 1) x data.action_dt_s = {room:g} s")
         if self.live.send_actions:  # the arm moves: nothing that protects it may be off
-            protections = {"runtime.guard": self.runtime.guard, "live.require_sensor": self.live.require_sensor}
+            protections = {"runtime.guard": self.runtime.guard, "live.require_sensor": self.live.require_sensor,
+                           "runtime.limits.max_tare_offset_n": self.runtime.limits.max_tare_offset_n is not None}
             off = [k for k, on in protections.items() if not on]
             if off:
                 raise ConfigError(f"live.send_actions moves the robot: {', '.join(off)} must be on (they are off "

@@ -195,3 +195,49 @@ def test_moving_the_robot_needs_every_protection_on():
         with pytest.raises(ConfigError, match="send_actions moves the robot"):
             RunConfig.from_dict({**off, "live": {**off.get("live", {}), "send_actions": True}})
         RunConfig.from_dict(off)  # a dry run may measure without them
+
+
+def test_a_tare_refused_while_the_force_moves_keeps_free_air_as_the_zero():
+    """The needle in tissue at start with a rising force: the first sample is contact already. The stop latches at
+    once, and after a release the force is still measured from free air, not from a sample taken in contact."""
+    latch = StopLatch()
+    guard = SensorGuard(Limits(force_limit_n=1.5, tare_s=0.1), latch)
+    t = np.arange(0.0, 0.2, 0.005)
+    guard.check(t[:1], [1.0])  # 4 N above free air (-3 N) at the first sample
+    assert latch.stopped and "free-air" in latch.reason and guard.baseline == -3.0
+    latch.release()
+    assert guard.check([0.3], [-1.0])  # 2 N of contact: over the 1.5 N limit from free air
+    bare = SensorGuard(Limits(force_limit_n=1.5, tare_s=0.1, max_tare_offset_n=None), StopLatch())
+    bare.check(t, np.linspace(-3.0, 0.0, len(t)))  # no bound: the force rising during the tare still stops
+    assert bare.latch.stopped and bare.baseline == -3.0  # measured from the first sample, never from contact
+
+
+def test_a_guard_that_raises_latches_the_stop_and_a_nan_stamp_is_still_checked():
+    from vla_lib.rig import wire
+    from vla_lib.rig.receivers import SensorReceiver
+
+    latch = StopLatch()
+    rx = SensorReceiver("127.0.0.1:0")
+    rx.arrived = 0.0
+    rx.on_batch = lambda *a: (_ for _ in ()).throw(RuntimeError("clock offset unavailable"))
+    rx.on_guard_error = lambda e: latch.trip(f"sensor guard error: {e}", 0.0)
+    ts = np.array([0.0, 0.005])
+    rx._handle(wire.pack_sensor(ts, ts, np.full(2, -3.0, np.float32), np.zeros((2, wire.ALINE_POINTS), np.float32)), 0)
+    assert latch.stopped and "guard error" in latch.reason and rx.n == 2  # stopped, and the data still buffered
+    guard = SensorGuard(Limits(force_limit_n=1.5, tare_s=0.01), StopLatch())
+    rx.on_batch = lambda t, f, a, arrived: guard.check(t, f, a, arrived)
+    nan_ts = np.array([np.nan])
+    rx._handle(wire.pack_sensor(nan_ts, nan_ts, np.array([5.0], np.float32),
+                                np.zeros((1, wire.ALINE_POINTS), np.float32)), 0)
+    assert guard.latch.stopped and guard.trips[0]["t_sample"] == 0.005  # the newest finite stamp, not -inf
+
+
+def test_limits_that_would_hide_contact_or_switch_off_the_workspace_are_refused():
+    with pytest.raises(ConfigError, match="force_baseline_n 0 N lies more than max_tare_offset_n"):
+        Limits(force_baseline_n=0.0)
+    with pytest.raises(ConfigError, match="workspace_min / workspace_max must be finite"):
+        Limits(workspace_max=[float("inf"), 1000.0, 1000.0])
+    with pytest.raises(ConfigError, match="max_tare_offset_n must be > 0"):
+        Limits(max_tare_offset_n=0.0)
+    with pytest.raises(ConfigError, match="runtime.limits.max_tare_offset_n must be on"):
+        RunConfig.from_dict({"live": {"send_actions": True}, "runtime": {"limits": {"max_tare_offset_n": None}}})

@@ -10,7 +10,7 @@ import numpy as np
 
 from vla_lib.dims import POSE_DIMS
 
-__all__ = ["latest_frame_index", "sensor_grid", "resample_sensor_window", "sensor_coverage", "pose_deltas",
+__all__ = ["SensorWindow", "latest_frame_index", "sensor_grid", "resample_sensor_window", "sensor_coverage", "pose_deltas",
            "pose_history", "wrap_deg"]
 
 

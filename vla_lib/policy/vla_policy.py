@@ -1,4 +1,5 @@
-"""The inference API: a Stage-1 checkpoint (heads + stats + config) joined with its frozen VL backbone.
+"""The inference API: a checkpoint of either stage (heads + stats + config; Stage 2: + its LoRA adapter) joined with
+its frozen VL backbone.
 
     policy = VLAPolicy.from_checkpoint("outputs/demo/train/checkpoints/qwen_vla_sensor_best.pt")
     chunk = policy.predict(instruction, [view1, ..., view5], sensor_window)  # (8, 7) mm / deg
@@ -134,7 +135,7 @@ class VLAPolicy:
         on its first; a capture that overlapped the VL thread's launches failed on an H100 ("operation failed due to
         a previous error during capture")."""
         feats, mask = self.encode([instruction], [images])
-        window = sensor_window.batched() if isinstance(sensor_window, SensorWindow) else None
+        window = sensor_window.batched() if isinstance(sensor_window, SensorWindow) else sensor_window  # else refused
         self.act(feats, mask, window, None if history is None else np.asarray(history, np.float32)[None])
 
     # -- one call -------------------------------------------------------------------------------------------------

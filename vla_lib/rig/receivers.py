@@ -245,9 +245,10 @@ class SensorReceiver(_Receiver):
         self.n = 0
         self.last_ts = -np.inf
         self.rcvbuf = None
-        # called with (stamps, forces, A-lines, arrival perf_counter) of every accepted batch, in this thread: the
-        # sensor guard (runtime/guard.py) sees each sample as it arrives, not at the next action tick
+        # called with (stamps, forces, A-lines, arrival perf_counter) of every received packet, before any is dropped,
+        # in this thread: the sensor guard (runtime/guard.py) sees each sample as it arrives, not at the next tick
         self.on_batch = None
+        self.on_guard_error = None  # called with the exception when on_batch raises (the runtime latches a stop)
 
     def _open(self):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -270,13 +271,25 @@ class SensorReceiver(_Receiver):
                 raise
             self._accept(data)
 
+    def _guard(self, raw) -> None:
+        """The guard on a datagram's packets; a packet without a finite stamp gets the newest finite one seen (its
+        force is still checked). A guard that raises must not fail open: the error goes to `on_guard_error`."""
+        finite = np.isfinite(raw["ts"])
+        known = [v for v in (self.last_ts, *raw["ts"][finite]) if np.isfinite(v)]
+        try:
+            self.on_batch(np.where(finite, raw["ts"], max(known) if known else 0.0), raw["force"], raw["aline"],
+                          self.arrived)
+        except Exception as e:
+            if self.on_guard_error is None:
+                raise
+            self.on_guard_error(e)
+
     def _handle(self, data, recv):
         raw = wire.sensor_packets(data)
         if self.on_batch is not None:
             # the guard first, on every packet as sent: a NaN force, a crossing whose A-line has a NaN point, or one
             # stamped behind the last (a clock step) is dropped below, but must still stop the arm
-            stamps = np.where(np.isfinite(raw["ts"]), raw["ts"], self.last_ts)
-            self.on_batch(stamps, raw["force"], raw["aline"], self.arrived)
+            self._guard(raw)
         rec, bad = wire.finite_packets(raw)
         if bad:
             self._drop("non_finite", bad)

@@ -65,6 +65,16 @@ class Limits:
         bad = [f"{k} ({v!r})" for k, v in given.items() if v is not None and not math.isfinite(v)]
         if bad:
             raise ConfigError(f"runtime.limits: must be finite (or unset): {', '.join(bad)}")
+        corners = [*self.workspace_min, *self.workspace_max]
+        if not all(math.isfinite(v) for v in corners):  # NaN or inf would switch the workspace limit off
+            raise ConfigError(f"runtime.limits: workspace_min / workspace_max must be finite, got {corners}")
+        if self.max_tare_offset_n is not None and not self.max_tare_offset_n > 0:
+            raise ConfigError(f"runtime.limits.max_tare_offset_n must be > 0 (or null), got {self.max_tare_offset_n}")
+        base, bound = self.force_baseline_n, self.max_tare_offset_n
+        if base is not None and bound is not None and abs(base - self.free_air_force_n) > bound:
+            raise ConfigError(f"runtime.limits.force_baseline_n {base:g} N lies more than max_tare_offset_n {bound:g} N "
+                              f"from free_air_force_n {self.free_air_force_n:g} N: a baseline taken in contact would "
+                              "hide the contact force (set free_air_force_n to the probe's reading in free air)")
 
 
 @dataclass

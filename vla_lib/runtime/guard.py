@@ -7,9 +7,12 @@ endpoint). `trips` records, per trip, the crossing sample's time and the seconds
 actuator's stop having been issued (`reaction_s`). Only `StopLatch.release()` (an operator) moves the arm again.
 
 The force baseline: `limits.force_baseline_n`, or the median of the first `limits.tare_s` of samples (a tare in
-free air at start). During the tare every sample is checked against the very first sample's value, and a tare whose
-median moved more than half the limit from it (contact while taring), or is larger than `limits.max_tare_n` (contact
-at start: a restart with the needle in tissue), trips the stop instead of becoming the baseline. A non-finite force sample trips the stop too (a saturated or failing sensor is not "no contact").
+free air at start). During the tare every sample is checked against the very first sample's value, and a tare with a
+sample more than half the limit from it (contact while taring), or the first sample or the median lies more
+than `limits.max_tare_offset_n` from the sensor's free-air reading `limits.free_air_force_n` (contact at start: a
+restart in tissue), trips the stop instead of becoming the baseline; the force is then measured from free air (from
+the first sample only where no bound is set), so a release never makes the contact force the new zero. A non-finite
+force sample trips the stop too (a saturated or failing sensor is not "no contact").
 """
 from __future__ import annotations
 
@@ -36,28 +39,44 @@ class SensorGuard:
 
     def _update_tare(self, times: np.ndarray, forces: np.ndarray) -> str | None:
         """Collect the tare; when complete, set the baseline or return why it cannot be one."""
-        finite = np.isfinite(forces)
+        finite = np.isfinite(forces) & np.isfinite(times)
         if self._tare_t0 is None:
             if not finite.any():
                 return None  # no reference yet (the non-finite samples trip the stop themselves)
             self._tare_t0, self._first = float(times[finite][0]), float(forces[finite][0])
+            if not self._near_free_air(self._first):  # contact at the very first sample: no need to wait the tare
+                self._tare = []
+                self.baseline = self.limits.free_air_force_n
+                return self._contact_at_start(self._first)
         self._tare.append(forces[finite & (times < self._tare_t0 + self.limits.tare_s)])
         if times[-1] < self._tare_t0 + self.limits.tare_s:
             return None
         samples = np.concatenate(self._tare)
         self._tare = []
         median = float(np.median(samples)) if len(samples) else float("nan")
-        if not np.isfinite(median) or abs(median - self._first) > 0.5 * self.limits.force_limit_n:
-            self.baseline = self._first  # the reference stays the first sample; the stop is latched
-            return f"tare not in free air: median {median:.3f} N moved {median - self._first:+.3f} N from the first sample"
-        bound, free_air = self.limits.max_tare_offset_n, self.limits.free_air_force_n
-        if bound is not None and abs(median - free_air) > bound:
-            self.baseline = free_air  # contact at start (a restart in tissue): measured from free air, stop latched
-            return (f"tare {median:.3f} N lies {median - free_air:+.3f} N from the sensor's free-air reading "
-                    f"(runtime.limits.free_air_force_n {free_air:g} N, max_tare_offset_n {bound:g} N): contact at "
-                    "start, not the sensor's bias (withdraw to free air, or set runtime.limits.force_baseline_n)")
+        bounded = self.limits.max_tare_offset_n is not None
+        moved = float(np.abs(samples - self._first).max()) if len(samples) else float("nan")
+        if not np.isfinite(median) or moved > 0.5 * self.limits.force_limit_n:  # any tare sample, not just the median
+            # the stop is latched; the force is measured from free air, never from a sample taken in contact
+            self.baseline = self.limits.free_air_force_n if bounded else self._first
+            return (f"tare not in free air: the force moved up to {moved:.3f} N from the first sample during the tare "
+                    f"(median {median:.3f} N)")
+        if not self._near_free_air(median):
+            self.baseline = self.limits.free_air_force_n  # contact at start (a restart in tissue); the stop is latched
+            return self._contact_at_start(median)
         self.baseline = median
         return None
+
+    def _near_free_air(self, force: float) -> bool:
+        bound = self.limits.max_tare_offset_n
+        return bound is None or abs(force - self.limits.free_air_force_n) <= bound
+
+    def _contact_at_start(self, force: float) -> str:
+        free_air, bound = self.limits.free_air_force_n, self.limits.max_tare_offset_n
+        return (f"tare {force:.3f} N lies {force - free_air:+.3f} N from the sensor's free-air reading "
+                f"(runtime.limits.free_air_force_n {free_air:g} N, max_tare_offset_n {bound:g} N): contact at start, "
+                "not the sensor's bias (withdraw the needle to free air; a probe that reads otherwise in free air: "
+                "set runtime.limits.free_air_force_n)")
 
     def check(self, times, forces, alines=None, arrived: float | None = None) -> bool:
         """One batch (robot-clock times, forces, A-lines). True when this batch tripped the stop."""

@@ -5,7 +5,8 @@
   numbers, capture time = the oldest of them on the robot clock.
 - `sensor_window()`: the ring buffer's samples in (now - window, now] on the robot clock (sensor stamps + the
   sensor-minus-robot offset), resampled onto the fixed grid by `timeline.resample_sensor_window`, the same code as
-  training; points without a sample are NaN (masked). None until the first sensor packet.
+  training, as a `SensorWindow` (values, valid: points without a sample are 0 and invalid). None until the first
+  sensor packet.
 - `pose_history(steps)`: `vla_lib.data.timeline.pose_history` (the training code) on the robot samples stamped at or
   before now only.
 - `robot_pose()`, `stream_ages()`: the newest robot sample at or before now; seconds since each stream's newest
@@ -162,7 +163,11 @@ class LiveRobotIO:
         def on_batch(stamps, forces, alines, arrived):
             guard.check(stamps + self.offset("sensor"), forces, alines, arrived)
 
+        def on_error(e):  # a guard that cannot check must not fail open
+            guard.latch.trip(f"sensor guard error: {type(e).__name__}: {e}", time.time())
+
         self.sensor.on_batch = on_batch
+        self.sensor.on_guard_error = on_error
 
     # -- report ----------------------------------------------------------------------------------------------------
     def stream_stats(self) -> dict:
