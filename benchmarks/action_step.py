@@ -1,5 +1,5 @@
-"""The action step at batch 1 (SensorEncoder + Action Expert, the original's shapes): eager fp32, eager under bf16
-autocast, and replayed as a CUDA graph (issues 7 and 8). Median and p95 over repeats, device synchronised.
+"""The action step at batch 1 (SensorEncoder + Action Expert, the published model's shapes): eager fp32, eager
+under bf16 autocast, and replayed as a CUDA graph. Median and p95 over repeats, device synchronised.
 
     python benchmarks/action_step.py --preset original
 """

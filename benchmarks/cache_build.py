@@ -1,4 +1,4 @@
-"""End-to-end cache build: JPEGs on disk -> features in the store, preprocessing included (issue 8).
+"""End-to-end cache build: JPEGs on disk -> features in the store, preprocessing included.
 
     python benchmarks/cache_build.py --random-weights --sessions 16 --duration 30 --workers 14 --modes auto off
     python benchmarks/cache_build.py --random-weights ... --modes auto --image-preps gpu --compile-cache-dir DIR

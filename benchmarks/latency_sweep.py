@@ -1,4 +1,4 @@
-"""The original's latency sweep for the VL update (1, 2, 3, 5 views x 1280x720 ... 480x270) on this machine, with
+"""The published latency sweep for the VL update (1, 2, 3, 5 views x 1280x720 ... 480x270) on this machine, with
 the backbone as configured (CUDA: the fast vision path unless --stock), plus CPU preparation per update.
 
     python benchmarks/latency_sweep.py --random-weights      # the published 3B architecture on a GPU

@@ -1,4 +1,4 @@
-"""VL encode: stock transformers against the fast encoder, side by side in one process (issues 5 and 8).
+"""VL encode: stock transformers against the fast encoder, side by side in one process.
 
     python benchmarks/vl_encode.py --random-weights            # the published 3B architecture, no download (GPU)
     python benchmarks/vl_encode.py --stock-only --batches 1 8   # the stock figures alone

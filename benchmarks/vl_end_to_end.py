@@ -1,4 +1,4 @@
-"""The whole VL update, from camera JPEG bytes or uint8 frames to pooled features on the device (issue 19).
+"""The whole VL update, from camera JPEG bytes or uint8 frames to pooled features on the device.
 
     python benchmarks/vl_end_to_end.py                   # CPU, tiny model: checks the device preparation only
     python benchmarks/vl_end_to_end.py --random-weights  # GPU: the published 3B architecture, stock beside fast
@@ -171,7 +171,7 @@ def main():
 
     fast = FastEncoder(bb.model, "auto", compile=True, cuda_graphs=True)
     unpadded = FastEncoder(bb.model, "auto", compile=True, cuda_graphs=True)
-    unpadded.mlps = None  # the vision MLP at its own width (3420): the encoder before issue 19, for comparison
+    unpadded.mlps = None  # the vision MLP at its own width (3420), not padded to MLP_PAD: for comparison
     gpu_prep = DeviceImagePrep(bb.processor, bb.device, bb.dtype)
     libjpeg_prep = DeviceImagePrep(bb.processor, bb.device, bb.dtype, jpeg_on_device=False)
     samples = lambda ims: [(ims, INSTRUCTION, [True] * args.views)]  # noqa: E731
@@ -189,7 +189,7 @@ def main():
     summary = []
     full = [tuple(map(int, s.split("x"))) for s in args.full_budget_sizes]
     for w, h, budget in [(w, h, 640 * 360) for w, h in sizes] + [(w, h, w * h) for w, h in full]:
-        # the seed's budget: 616x336 = 264 tokens a view at any camera size; or the camera's own size
+        # params/stage1.yaml's 640x360 budget: 616x336 = 264 tokens a view at any camera size; or the camera's own size
         set_pixel_budget(bb, budget)
         frames = camera_frames(args.views, w, h, seed=1)
         data = jpegs(frames)

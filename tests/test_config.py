@@ -77,7 +77,7 @@ def test_presets_fill_unset_fields_only():
 
 
 def test_one_source_for_each_value():
-    """Defect 12: derived values follow their source; a different value given twice is an error, not a silent
+    """Derived values follow their source; a different value given twice is an error, not a silent
     overwrite; --sensor-temporal-length reaches the model; typos in choices are errors at construction."""
     cfg = config_from_args(build_parser().parse_args(["--mode", "train", "--sensor-window-size", "33",
                                                       "--sensor-temporal-length", "65"]))
@@ -103,7 +103,7 @@ def test_one_source_for_each_value():
 
 
 def test_abbreviated_flags_are_errors_and_usage_errors_are_one_line(capsys):
-    """Issue 15.6: --epoch is not --epochs; a usage error is one line and exit code 2."""
+    """--epoch is not --epochs; a usage error is one line and exit code 2."""
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["--mode", "train", "--epoch", "2"])
     assert e.value.code == 2
@@ -112,7 +112,7 @@ def test_abbreviated_flags_are_errors_and_usage_errors_are_one_line(capsys):
 
 
 def test_demo_mode_passes_every_flag_to_the_notebooks(tmp_path):
-    """Defect 12 / issue 15.3: the demo runs the notebooks with the resolved settings, flags and --set included."""
+    """The demo runs the notebooks with the resolved settings, flags and --set included."""
     from vla_lib.cli import main
 
     assert main(["--mode", "demo", "--params", "params/ci.yaml", "--only", "none", "--epochs", "3",
@@ -124,7 +124,7 @@ def test_demo_mode_passes_every_flag_to_the_notebooks(tmp_path):
 
 
 def test_expected_failures_are_one_line_with_the_fixing_command(tmp_path, synth_root):
-    """Issue 15.3/15.6: a cache miss ends with one line, exit code 2, and the full command that fixes it (with the
+    """A cache miss ends with one line, exit code 2, and the full command that fixes it (with the
     settings given); a missing params file likewise; the audit prints what it skipped and where its report is."""
     import subprocess
     import sys

@@ -113,7 +113,7 @@ def test_mismatched_checkpoints_are_refused(setup, tmp_path):
 
 
 def test_heads_refuse_another_backbone_setting_unless_allowed(setup):
-    """Defect 6: the checkpoint records the feature store's parts; another pixel budget or dtype is refused, saying
+    """The checkpoint records the feature store's parts; another pixel budget or dtype is refused, saying
     what differs, unless explicitly allowed."""
     cfg, index, heads, backbone, path = setup
     with pytest.raises(CheckpointMismatchError, match=r"pixel_budget: trained on 51744, now 230400"):

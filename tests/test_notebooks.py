@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _images(notebook: Path) -> int:
-    """Figures embedded in an executed notebook (issue 15.4: they must be there even with MPLBACKEND=Agg)."""
+    """Figures embedded in an executed notebook (they must be there even with MPLBACKEND=Agg)."""
     nb = nbformat.read(notebook, as_version=4)
     return sum("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
 

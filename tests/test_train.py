@@ -1,4 +1,4 @@
-"""Stage-1 training: the seed's command line, exact resume after SIGKILL, and 2 processes (gloo on CPU)."""
+"""Stage-1 training: the published training command line, exact resume after SIGKILL, and 2 processes (gloo on CPU)."""
 import json
 import os
 import signal
@@ -32,7 +32,8 @@ _run = run_cli
 
 
 def test_seed_command_line_trains_and_checkpoints(prepared, tmp_path):
-    # the seed line as written, then the CI pixel budget (the cache was built for it: another budget would miss)
+    # the published training line as written, then the CI pixel budget (the cache was built for it: another budget
+    # would miss)
     args = SEED_TRAIN + prepared[2:] + ["--image-resize-height", "168", "--image-resize-width", "308", "--epochs", "2",
                                     "--batch-size", "4", "--grad-accum-steps", "2"]
     out = _run(args, tmp_path)
@@ -110,7 +111,7 @@ def test_a_finished_run_is_never_rewritten_and_other_settings_are_refused(prepar
 
 
 def test_logged_step_loss_is_the_mean_over_the_accumulation_window(prepared, tmp_path, monkeypatch):
-    """Defect 9: the step loss shown and logged is the optimiser step's loss (mean of its micro-batches), not a
+    """The step loss shown and logged is the optimiser step's loss (mean of its micro-batches), not a
     micro-batch's loss times the accumulation steps."""
     import vla_lib.train as stage1
     from vla_lib import training
@@ -165,7 +166,7 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(prepared, tmp
 
 
 def test_resume_refuses_another_process_count_old_formats_and_reports_free_changes(tmp_path):
-    """Issue 15.2: an exact resume needs the same settings and the same number of processes; a resume state of an
+    """An exact resume needs the same settings and the same number of processes; a resume state of an
     earlier version is refused in one line; changes the weights do not depend on are honoured and said."""
     import numpy as np
 
@@ -246,7 +247,7 @@ def test_stage1_params_offline_is_one_line_naming_the_hub_id_and_the_fix(synth_r
 def test_gradients_stay_in_their_own_tensors_across_steps(prepared, tmp_path):
     """A compiled model with CUDA graphs writes its backward outputs into graph memory that the next micro-batch
     overwrites: gradients must never be adopted from there (set to None and re-created), but accumulate in tensors
-    of their own, zeroed in place (the batch 1 x accum 8 crash of params/stage1.yaml on CUDA, issue 24)."""
+    of their own, zeroed in place (otherwise params/stage1.yaml's batch 1 x accum 8 crashes on CUDA)."""
     from vla_lib import train as training
     from vla_lib.cli import build_parser, config_from_args
 

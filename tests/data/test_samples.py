@@ -136,7 +136,7 @@ def test_index_of_many_sessions_is_the_union_of_its_sessions(tmp_path):
 
 
 def test_history_uses_only_robot_samples_at_or_before_t():
-    """Defect 3: the history ends at the last robot sample <= t, never at an interpolation towards the next one, and
+    """The history ends at the last robot sample <= t, never at an interpolation towards the next one, and
     each delta spans the full 100 ms."""
     from vla_lib.data.timeline import pose_history
 
@@ -157,7 +157,7 @@ def test_history_uses_only_robot_samples_at_or_before_t():
 
 
 def test_small_but_real_std_keeps_its_scale():
-    """Defect 7: a dimension with a small std is clamped to a floor, not replaced by 1.0."""
+    """A dimension with a small std is clamped to a floor, not replaced by 1.0."""
     from vla_lib.data.normalization import MIN_ACTION_STD, safe_std
 
     std = safe_std(np.array([0.5, 0.02, 1e-6, 0.0]), MIN_ACTION_STD)
@@ -165,7 +165,7 @@ def test_small_but_real_std_keeps_its_scale():
 
 
 def test_missing_clock_offsets_are_reported_and_params_offsets_applied(session_copy, data_cfg):
-    """Defect 11: no clock_offsets.json -> an issue in the audit (offset 0 said out loud); params offsets apply."""
+    """No clock_offsets.json -> an issue in the audit (offset 0 said out loud); params offsets apply."""
     from vla_lib.data.audit import audit_dataset
 
     path = session_copy("recv_all")
@@ -185,7 +185,7 @@ def test_missing_clock_offsets_are_reported_and_params_offsets_applied(session_c
 
 
 def test_an_overwritten_frame_gets_a_new_cache_key(session_copy, data_cfg):
-    """Defect 5: a frame is identified by path, size and mtime: a JPEG written again is encoded again."""
+    """A frame is identified by path, size and mtime: a JPEG written again is encoded again."""
     import os
 
     path = session_copy("recv_all")

@@ -1,4 +1,4 @@
-"""Defect 2: evaluation uses exactly the held-out sessions recorded at training time, never a new draw."""
+"""Evaluation uses exactly the held-out sessions recorded at training time, never a new draw."""
 import shutil
 
 import pytest
@@ -67,7 +67,7 @@ def test_training_sessions_are_refused_as_held_out(recorded):
 
 
 def test_evaluation_refuses_features_of_another_backbone_setting(recorded):
-    """Defect 6, the eval side: the store read must be the one the heads were trained on, unless allowed."""
+    """The eval side of the store check: the store read must be the one the heads were trained on, unless allowed."""
     cfg, _, _ = recorded
     cfg.backbone.image_resize_height, cfg.backbone.image_resize_width = 360, 640
     with pytest.raises(CheckpointMismatchError, match="pixel_budget"):

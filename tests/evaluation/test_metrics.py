@@ -55,7 +55,7 @@ def test_baselines(data_cfg):
 
 
 def test_sensor_ablation_counts_sensor_samples_only():
-    """Defect 10: samples without sensor data predict the same with and without it; they must not dilute the ratio."""
+    """Samples without sensor data predict the same with and without it; they must not dilute the ratio."""
     from vla_lib.evaluation.offline import sensor_ablation
 
     rng = np.random.default_rng(0)

@@ -17,7 +17,7 @@ def test_bf16_stored_weights_give_the_same_output_as_autocast_over_fp32_weights(
         heads = Stage1Policy(cfg).eval()
         x = example_inputs(cfg, n_tokens=6, device="cpu", random=True)
         cast = with_matmul_weights_in(heads, torch.bfloat16)
-        assert heads.expert.head.weight.dtype == torch.float32  # a copy: the original keeps fp32 weights
+        assert heads.expert.head.weight.dtype == torch.float32  # a copy: `heads` itself keeps fp32 weights
         assert cast.expert.head.weight.dtype == torch.bfloat16 and cast.expert.norm.weight.dtype == torch.float32
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             want, got = heads.predict(x), cast.predict(x)

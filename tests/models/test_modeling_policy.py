@@ -1,4 +1,4 @@
-"""The Stage-1 heads: the original's shapes, the proprioception token, the null sensor."""
+"""The Stage-1 heads: the published model's shapes, the proprioception token, the null sensor."""
 import pytest
 import torch
 
@@ -51,7 +51,7 @@ def _batch(b=8, sensor=True, seed=0) -> PolicyInputs:
 
 
 def test_train_batches_without_sensor_leave_the_encoder_state_untouched():
-    """Defect 1: no-sensor samples run through the encoder as zero windows; they must not move its statistics."""
+    """No-sensor samples run through the encoder as zero windows; they must not move its statistics."""
     torch.manual_seed(0)
     p = _policy(preset="small", vl_dim=16).train()
     before = {k: v.clone() for k, v in p.sensor_encoder.state_dict().items()}
@@ -74,7 +74,7 @@ def test_train_batches_without_sensor_leave_the_encoder_state_untouched():
 
 
 def test_eval_mode_matches_train_mode_on_real_windows_after_mixed_training():
-    """Defect 1: after training on batches mixed with no-sensor samples (as at the seed's batch size 1), eval-mode
+    """After training on batches mixed with no-sensor samples (as at params/stage1.yaml's batch size 1), eval-mode
     outputs on real windows match train-mode ones (the running statistics describe real sensor data)."""
     torch.manual_seed(0)
     p = _policy(preset="small", vl_dim=16).train()
@@ -107,7 +107,7 @@ def test_masked_batch_norm_equals_batch_norm_when_every_point_counts_also_under_
 def test_sensor_mask_follows_each_convolutions_receptive_field():
     """A point after a stride-2 conv counts exactly when its kernel saw a counted input point (the conv itself says
     which: an all-ones kernel over the mask), for odd and even window lengths (an adaptive pool matches only the
-    odd ones; compiled on CUDA it gave NaN gradients, issue 24)."""
+    odd ones; compiled on CUDA it gave NaN gradients)."""
     from vla_lib.models.modeling_policy import _receptive_mask
 
     conv = torch.nn.Conv1d(1, 1, 3, stride=2, padding=1, bias=False)

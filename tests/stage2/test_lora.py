@@ -1,4 +1,5 @@
-"""LoRA injection (peft): the original's parameter count on the 3B config, targets that leave the vision frozen."""
+"""LoRA injection (peft): the published Stage-2 plan's parameter count on the 3B config, targets that leave the
+vision frozen."""
 import pytest
 
 from vla_lib.config import ConfigError, LoraConfig

@@ -140,7 +140,7 @@ def test_two_process_cache_build_writes_disjoint_shards_and_a_complete_index(cfg
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete"])
 def test_damaged_shards_count_as_missing_stop_training_and_get_rebuilt(cfg, damage):
-    """Defect 4: a shard's checksum is checked when it is first opened; its keys then count as missing, reading them
+    """A shard's checksum is checked when it is first opened; its keys then count as missing, reading them
     raises with the command that rebuilds them, and --mode cache rebuilds exactly those."""
     from vla_lib.vlm.feature_store import CacheMissError, FeatureTable
 
@@ -176,7 +176,7 @@ def test_damaged_shards_count_as_missing_stop_training_and_get_rebuilt(cfg, dama
 
 
 def test_fingerprint_covers_dtype_processor_and_versions(cfg):
-    """Defect 5: the resolved dtype, the image processor's configuration and the resizing libraries' versions are
+    """The resolved dtype, the image processor's configuration and the resizing libraries' versions are
     part of the store's identity."""
     from transformers import AutoProcessor
 
@@ -202,7 +202,7 @@ def test_fingerprint_covers_dtype_processor_and_versions(cfg):
 
 
 def test_verify_checks_the_store_these_settings_train_on(cfg, capsys):
-    """Issue 15.3: verify on settings whose store does not exist fails and prints the command that builds it."""
+    """Verify on settings whose store does not exist fails and prints the command that builds it."""
     from vla_lib.vlm.cache_build import verify
 
     cfg.backbone.image_resize_height, cfg.backbone.image_resize_width = 360, 640

@@ -33,7 +33,7 @@ def _batches(bb):
                                            [True, True, False, True, False])], bb.pixel_budget)
     single = prepare_inputs(bb.processor, [(frames, "Insert", [True] * 5)], bb.pixel_budget)
     # every view masked (a session's first anchors, before any camera frame): a batch of them has no images at all
-    # (no image_grid_thw: the cache build's last batch crashed on it, issue 24), or sits beside a sample with images
+    # (no image_grid_thw: the cache build's last batch crashed on it), or sits beside a sample with images
     blind = ([], "Perform the insertion task", [False] * 5)
     no_images = prepare_inputs(bb.processor, [blind, blind], bb.pixel_budget)
     assert "image_grid_thw" not in no_images.batch
