@@ -319,7 +319,7 @@ class LiveConfig:
 
     Endpoints are ZMQ addresses (robot: SUB connects to the robot PC's PUB; cameras: PULL binds, the senders PUSH to
     it; actions: PUB binds) and a UDP host:port the sensor receiver binds. The defaults are loopback with the
-    original rig's ports; point them at your rig in the params file."""
+    rig's ports; point them at your rig in the params file."""
 
     robot_endpoint: str = "tcp://127.0.0.1:5556"
     camera_endpoint: str = "tcp://127.0.0.1:5555"

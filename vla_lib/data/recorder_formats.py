@@ -80,7 +80,7 @@ def detect_layout(path: Path) -> str:
     raise DataError(path, "not a recorder session (no robot_state_*.csv or robot_rt_*.csv)")
 
 
-NO_OFFSETS = ("no clock offsets recorded (the original recorder never saved them) and none given in "
+NO_OFFSETS = ("no clock offsets recorded (the rig's recorder saves none) and none given in "
               "data.clock_offsets: camera and sensor stamps are taken as robot-clock time (offset 0)")
 
 
