@@ -16,6 +16,8 @@ def _choice(where: str, value, choices) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Sections (`model:` is models/configuration_policy.py, `runtime:` runtime/configuration_runtime.py)
 # ---------------------------------------------------------------------------------------------------------------
+TRAINING_STAGES = ("stage1", "stage2")  # the checkpoint formats name these too (policy/checkpoint.py)
+
 @dataclass
 class SensorTaskConfig:
     """The sensor-dependent insertion scenario (`synthetic.scenario: sensor_task`, vla_lib/data/scenarios.py).
@@ -258,7 +260,7 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1 or self.log_every_steps < 1:
             raise ConfigError("train: epochs, batch_size, grad_accum_steps and log_every_steps must be >= 1")
         _choice("train.finetune_vl", self.finetune_vl, ("none", "lora"))
-        _choice("train.training_stage", self.training_stage, ("stage1", "stage2"))
+        _choice("train.training_stage", self.training_stage, TRAINING_STAGES)
         if (self.finetune_vl == "lora") != (self.training_stage == "stage2"):
             raise ConfigError("train.finetune_vl and train.training_stage go together: none with stage1 (heads on "
                               "cached features), lora with stage2 (LoRA on the backbone + heads); got "

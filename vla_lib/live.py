@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_lib.jsonio import json_safe
+from vla_lib.jsonio import json_safe, write_json
 from vla_lib.rig.memory import rss_mb
 
 
@@ -92,7 +92,7 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
         log(f"STOPPED: {runtime.latch.reason} (a latched stop: moves again only after an operator's release)")
     summary["recorded_session"] = str(recorded) if recorded else None
     summary["instruction"] = instruction
-    (out / "report.json").write_text(json.dumps(json_safe(summary), indent=1))
+    write_json(out / "report.json", summary)
     log(f"report: {out / 'report.json'}")
     return summary
 

@@ -16,12 +16,13 @@ from typing import NamedTuple
 import torch
 
 from vla_lib.atomic import atomic_write
+from vla_lib.config_sections import TRAINING_STAGES
 from vla_lib.data.normalization import NormStats
 from vla_lib.models.configuration_policy import PolicyConfig
 from vla_lib.models.modeling_policy import Stage1Policy
 
 FORMAT = "vla_lib.heads/2"  # /1 (no stage field) is refused: nothing released wrote it
-STAGES = ("stage1", "stage2")
+STAGES = TRAINING_STAGES  # which trainer wrote it (training.TRAINERS has one per stage)
 CHECKPOINT_NAMES = {"latest": "qwen_vla_sensor.pt", "best": "qwen_vla_sensor_best.pt",
                     "final": "qwen_vla_sensor_final.pt"}
 

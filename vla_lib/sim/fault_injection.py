@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vla_lib.data.timeline import sensor_grid
+
 
 @dataclass
 class Faults:
@@ -45,8 +47,7 @@ class FaultyIO:
         if _after(t, f.sensor_invalid_at):
             return window.invalid_where(np.ones(len(window.valid), bool))
         if _after(t, f.sensor_stops_at):  # no sample after the stop: the grid points past it are invalid
-            grid = t - self.io.data_cfg.sensor_window_s + np.linspace(0, self.io.data_cfg.sensor_window_s,
-                                                                      len(window.valid))
+            grid = sensor_grid(t, self.io.data_cfg.sensor_window_s, len(window.valid))  # the window's own grid
             window = window.invalid_where(grid > f.sensor_stops_at + self.io.data_cfg.sensor_max_gap_s)
         return window
 

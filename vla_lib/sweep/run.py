@@ -1,11 +1,11 @@
 """Runs the members not done yet through papermill, resumably; `run_member` is one member's train and evaluation."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from vla_lib.config import RunConfig
+from vla_lib.jsonio import write_json
 from vla_lib.notebook import execute, repo_root
 from vla_lib.sweep.grid import _base, frame_cache_path, member_dir, write_params
 
@@ -59,5 +59,5 @@ def run_member(cfg: RunConfig, log=print) -> dict:
     done = {"train_s": trained - start, "eval_s": time.time() - trained, "best_val": summary["best_val"],
             "offline_policy_mse": offline["predictors"]["policy"]["mse"]}
     save_results(closed, Path(cfg.run_dir) / "closed_loop_results.json")
-    (Path(cfg.run_dir) / DONE).write_text(json.dumps(done, indent=1))
+    write_json(Path(cfg.run_dir) / DONE, done)  # atomic: the marker that the member is done
     return {"closed_loop": closed, **done}
