@@ -39,7 +39,10 @@ def with_matmul_weights_in(heads: nn.Module, dtype: torch.dtype) -> nn.Module:
 class ActionStep:
     """Callable PolicyInputs (batch 1) -> physical chunk, eager or graphed."""
 
-    def __init__(self, heads, n_tokens: int, use_graph: bool | None = None, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, heads, n_tokens: int, use_graph: bool | None = None, dtype: torch.dtype = torch.bfloat16,
+                 like: PolicyInputs | None = None):
+        """`like`: inputs whose shapes the graph serves (the sensor window has `data.sensor_window_size` points,
+        which may differ from the model's `sensor_length`: the encoder resamples); default: the model's shapes."""
         self.heads = heads.eval()
         device = next(heads.parameters()).device
         self.graphed = (device.type == "cuda") if use_graph is None else use_graph
@@ -47,7 +50,8 @@ class ActionStep:
             return
         self.dtype = dtype
         self.heads = with_matmul_weights_in(self.heads, dtype)  # a snapshot: the graph serves these weights
-        self.static = example_inputs(heads.config, n_tokens, device)
+        self.static = example_inputs(heads.config, n_tokens, device) if like is None else \
+            PolicyInputs(**{k: v.detach().clone() for k, v in like.tensors().items()})
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.no_grad():

@@ -124,7 +124,7 @@ class VLAPolicy:
                                     channels=self.heads.config.sensor_channels, device=self.device)
         if self.cuda_graph and len(features) == 1:
             if self._step is None or not self._step.fits(x):
-                self._step = ActionStep(self.heads, n_tokens=x.vl.shape[1])
+                self._step = ActionStep(self.heads, n_tokens=x.vl.shape[1], like=x)
             if self._step.fits(x):
                 return self._step(x).float().cpu().numpy()
         return self.heads.predict(x).float().cpu().numpy()
