@@ -33,6 +33,7 @@ def test_notebook_05_compares_done_members(tmp_path):
         offline = {"predictors": {"policy": {"mse": 0.01}, "policy_no_sensor": {"mse": 0.02}}}
         Path(cfg.run_dir, "metrics.json").write_text(json.dumps({"offline": offline, "closed_loop": closed.metrics}))
         save_results(closed, Path(cfg.run_dir) / "closed_loop_results.json")
+        assert Path(cfg.run_dir, "closed_loop_results_mmode.npz").exists()  # the episodes the M-mode view draws
         back = load_results(Path(cfg.run_dir) / "closed_loop_results.json")  # JSON, not pickle: the same results
         assert back.metrics == json.loads(json.dumps(closed.metrics)) and len(back.results) == len(closed.results)
         first = next(iter(closed.results))
@@ -44,7 +45,8 @@ def test_notebook_05_compares_done_members(tmp_path):
                         progress_bar=False)
     nb = json.loads(out.read_text())
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # loss curves, closed-loop summary, traces, success by surface
+    assert len(images) == 5  # loss curves, closed-loop summary, traces, success by surface, M-mode
+    assert (tmp_path / "demo" / "05_compare" / "closed_loop_mmode.png").stat().st_size > 10_000
     compare = json.loads((tmp_path / "demo" / "05_compare" / "compare.json").read_text())
     v = compare["verdict"]
     assert v["members"] == 3 and v["episodes"] == 2 and v["success_rate_mean"] == 1.0 and v["target_ablation_met"]

@@ -41,10 +41,10 @@ def test_notebook_01_runs_under_papermill(tmp_path):
     summary = yaml.safe_load((audit_dir / "audit.json").read_text())
     assert summary["sessions"] == 4 and len(summary["added_lines"]) == 4
     assert any("[Priority 2x] Added: recv_all_" in line and "WITH sensor" in line for line in summary["added_lines"])
-    for png in ["sensor_window", "camera_timelines", "action_deltas", "sample", "staleness_coverage"]:
+    for png in ["sensor_window", "camera_timelines", "action_deltas", "sample", "staleness_coverage", "mmode"]:
         assert (audit_dir / f"{png}.png").stat().st_size > 10_000
     assert (audit_dir / "audit.csv").exists()
-    assert _images(out) >= 5
+    assert _images(out) >= 6
 
 
 @pytest.mark.slow

@@ -3,12 +3,17 @@ episode browser. matplotlib and ipywidgets are imported here only: the audit its
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 
+from vla_lib.data.mmode import plot_mmode, sensor_task_overlays
 from vla_lib.data.recorder_formats import Session, load_image
+from vla_lib.data.scenarios import load_episode
+
+TRUTH = "sensor_task_truth.json"
 
 def plot_sensor_window(window: np.ndarray, valid: np.ndarray, window_s: float, title: str = ""):
     t_ms = (np.arange(1, len(window) + 1) / len(window) - 1) * window_s * 1e3
@@ -38,6 +43,27 @@ def plot_camera_timelines(session: Session, views: list[str], seconds: float = 1
     ax.set(xlabel="time since robot start [s] (robot clock)", title=f"camera frames: {session.session_id}")
     fig.tight_layout()
     return fig
+
+
+def mmode_session(sessions: dict[str, Session]) -> Session | None:
+    """The session to show in M-mode: the first sensor-task session (its truth places the surface), else the first
+    with a sensor (None: no session has one)."""
+    with_sensor = [s for s in sessions.values() if s.has_sensor]
+    return next((s for s in with_sensor if (Path(s.path) / TRUTH).exists()), with_sensor[0] if with_sensor else None)
+
+
+def plot_session_mmode(session: Session, task=None):
+    """A recorded session's M-mode view on the robot clock (s since its first pose). The executed z is the recorded
+    pose; the recorder keeps no commands. With the sensor task's truth (and its `task`), the surface and the tip."""
+    t0 = session.robot_times[0]
+    st = session.sensor.times + session.sensor_offset() - t0
+    rt = session.robot_times - t0
+    z = session.pose[:, 2]
+    overlays = {}
+    if task is not None and (Path(session.path) / TRUTH).exists():
+        overlays = sensor_task_overlays(task, load_episode(session.path).surface_z, np.interp(st, rt, z))
+    return plot_mmode(st, session.sensor.alines, np.asarray(session.sensor.forces), executed_z=(rt, z),
+                      title=f"OCT M-mode: {session.session_id}", **overlays)
 
 
 ACTION_NAMES = ["dx [mm]", "dy [mm]", "dz [mm]", "da [deg]", "db [deg]", "dr [deg]", "gripper"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from vla_lib.config import PREDICTORS  # one list: the config validates closed_l
 
 from vla_lib.data.scenarios import (PREROLL_S, ReactiveDemonstrator, ScriptedBaseline, contact_force, oct_distance,
                                     sample_episode)
+from vla_lib.evaluation.mmode import episode_sensor, load_sensor_logs, mmode_path, save_sensor_logs, shown
 from vla_lib.runtime.loop import Runtime, run_loop
 from vla_lib.sim.rig import SimRig
 
@@ -130,18 +131,28 @@ class EpisodeResult:
     peak_force_n_guard_off: float | None = None  # closed_loop.guard_off_too: the same episode without the guard
     trace: dict = field(default_factory=dict, repr=False)  # t, depth_mm, force_n at 10 ms (for plots)
     report: dict = field(default_factory=dict, repr=False)  # the control loop's summary (runtime/loop.py)
+    sensor: dict | None = field(default=None, repr=False)  # keep_sensor: the M-mode data (evaluation/mmode.py)
 
 
 def save_results(result: "ClosedLoopResult", path: str | Path) -> Path:
-    """A closed-loop result as JSON (metrics, every episode, its traces as lists; NaN as null)."""
+    """A closed-loop result as JSON (metrics, every episode, its traces as lists; NaN as null); the episodes that
+    kept their sensor log go beside it (`mmode_path`), as arrays."""
+    save_sensor_logs(result.results, mmode_path(path))
     return write_json(path, {"metrics": result.metrics, "results": {
-        name: [asdict(e) for e in eps] for name, eps in result.results.items()}}, indent=None)
+        name: [_fields(e) for e in eps] for name, eps in result.results.items()}}, indent=None)
+
+
+def _fields(e: EpisodeResult) -> dict:
+    out = asdict(replace(e, sensor=None))  # asdict copies what it walks: not the A-lines
+    del out["sensor"]
+    return out
 
 
 def load_results(path: str | Path) -> "ClosedLoopResult":
     payload = json.loads(Path(path).read_text())
     results = {name: [EpisodeResult(**{**e, "trace": {k: _array(v) for k, v in e["trace"].items()}})
                       for e in eps] for name, eps in payload["results"].items()}
+    load_sensor_logs(results, mmode_path(path))
     return ClosedLoopResult(payload["metrics"], results)
 
 
@@ -171,11 +182,10 @@ def episode_metrics(rig: SimRig, predictor: str, task, start: float = PREROLL_S)
 
 
 def run_episode(predictor: str, seed: int, cfg, policy=None, instruction: str = "", guard: bool | None = None,
-                faults=None) -> EpisodeResult:
+                faults=None, keep_sensor: bool = False) -> EpisodeResult:
     """One held-out episode (episode seed `seed`) driven by `predictor` on a fresh rig, through the runtime
-    (`cfg.runtime`; `guard` overrides runtime.guard; `faults`: a `sim.fault_injection.Faults` to rehearse)."""
-    from dataclasses import replace
-
+    (`cfg.runtime`; `guard` overrides runtime.guard; `faults`: a `sim.fault_injection.Faults` to rehearse;
+    `keep_sensor`: keep the episode's M-mode data in `.sensor`, for the episodes that get drawn)."""
     synth, task = cfg.synthetic, cfg.synthetic.task
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r} (known: {PREDICTORS})")
@@ -205,6 +215,8 @@ def run_episode(predictor: str, seed: int, cfg, policy=None, instruction: str = 
     result.interventions, result.stopped = s["interventions"], s["stopped"]
     result.inference_delay_steps, result.switch_jump_mm_s = s["inference_delay_steps_p50"], s["switch_jump_mm_s"]
     result.report = s
+    if keep_sensor:
+        result.sensor = episode_sensor(rig, PREROLL_S)
     return result
 
 
@@ -237,7 +249,7 @@ def summarise(results: list[EpisodeResult]) -> dict:
         "switch_jump_mm_s": _mean([r.switch_jump_mm_s for r in results]),
         "peak_force_n_guard_off": _mean([r.peak_force_n_guard_off for r in results]),
         "peak_force_n_max_guard_off": _max([r.peak_force_n_guard_off for r in results]),
-        "per_episode": [{k: v for k, v in vars(r).items() if k not in ("trace", "report", "predictor")}
+        "per_episode": [{k: v for k, v in vars(r).items() if k not in ("trace", "report", "predictor", "sensor")}
                         for r in results],
     }
 
@@ -274,7 +286,10 @@ def _run_all(cfg, policy, predictors, n, instruction, results, metrics, log) -> 
     for name in predictors:
         if name.startswith("policy") and policy is None:
             raise ValueError(f"predictor {name!r} needs a policy")
-        results[name] = [run_episode(name, cl.seed + i, cfg, policy, instruction) for i in range(n)]
+        # the M-mode view draws the first episode of the predictors it shows: only those keep their sensor log
+        keep = name in shown(predictors)
+        results[name] = [run_episode(name, cl.seed + i, cfg, policy, instruction, keep_sensor=keep and i == 0)
+                         for i in range(n)]
         if cl.guard_off_too and cfg.runtime.guard:  # the same episodes without the guard: what it prevented
             for r, i in zip(results[name], range(n)):
                 r.peak_force_n_guard_off = run_episode(name, cl.seed + i, cfg, policy, instruction,
