@@ -8,6 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import vla_lib, torch, torchvision, transformers, qwen_vl_utils, papermill, peft, zmq, pytest" 2>/dev/null; then
+  echo "[setup] installing torch, torchvision and the workbench into .venv (a few minutes, once)"
   .venv/bin/pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 fi

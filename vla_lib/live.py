@@ -68,8 +68,8 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
     io = LiveRobotIO(live, cfg.data, recorder, action_log=out / "actions.jsonl").start()
     runtime = Runtime.from_config(cfg, io.actuator)  # the same runtime as the closed loop's, the rig's actuator
     if cfg.runtime.limits.min_oct_distance_mm is not None:
-        log("warning: runtime.limits.min_oct_distance_mm is set but the live path has no A-line decoder for your OCT: "
-            "the OCT distance stop is off (the force stop is on)")
+        log("protections: force stop on; OCT distance stop off on the live path (runtime.limits.min_oct_distance_mm "
+            "needs an A-line decoder for your OCT, which the live path does not have)")
     rig = None
     try:
         if live.simulate_senders and senders_factory is not None:

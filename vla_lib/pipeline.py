@@ -13,7 +13,7 @@ NOTEBOOKS = ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency", "
              "07_runtime_delay"]
 
 
-def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
+def ensure_synthetic(cfg: RunConfig, force: bool = False, log=print) -> list[Path]:
     """Write the synthetic sessions unless the data root already holds sessions (build on demand, never commit)."""
     root = Path(cfg.data.root)
     if not force and root.exists() and any(root.glob("*/*")):
@@ -21,6 +21,7 @@ def ensure_synthetic(cfg: RunConfig, force: bool = False) -> list[Path]:
     if Path(cfg.synthetic.out_dir).resolve() != root.resolve():
         raise ValueError(f"data.root ({root}) is empty and is not synthetic.out_dir ({cfg.synthetic.out_dir}): "
                          "point data.root at your recordings, or at the synthetic output")
+    log(f"writing the synthetic sessions under {root} (the recorder's formats; a minute or two, once)")
     return write_dataset(cfg.synthetic)
 
 

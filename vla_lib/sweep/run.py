@@ -30,7 +30,8 @@ def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
         eta = f", about {sum(ran) / len(ran) * left / 60:.1f} min left" if ran else ""
         log(f"[sweep] member {k}/{len(members)} {member} ...{eta}")
         start = time.time()
-        execute(root / MEMBER_NOTEBOOK, out / "sweep_member.ipynb", path, cwd=root)
+        execute(root / MEMBER_NOTEBOOK, out / "sweep_member.ipynb", path, cwd=root,
+                prefix=f"[sweep {k}/{len(members)}] ")  # its epochs and closed loop stream as they run
         ran.append(time.time() - start)
         log(f"[sweep] member {k}/{len(members)} {member} done in {ran[-1]:.0f} s")
         rows.append({"member": member, "status": "ran", "seconds": ran[-1]})
