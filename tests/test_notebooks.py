@@ -47,7 +47,7 @@ def test_notebook_01_runs_under_papermill(tmp_path):
     assert _images(out) >= 6
 
 
-@pytest.mark.slow
+@pytest.mark.quality  # 45 s: the quality gate runs it; notebooks 01, 05 and 06 run in the suite
 def test_notebooks_02_to_04_run_under_papermill(tmp_path):
     params = _params(tmp_path)
     for name in ["01_dataset_audit", "02_vl_cache", "03_train", "04_eval_latency"]:

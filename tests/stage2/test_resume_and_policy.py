@@ -28,6 +28,7 @@ def _final(run: Path) -> dict:
     return {**{f"heads.{k}": v for k, v in heads.items()}, **{f"lora.{k}": v for k, v in lora.items()}}
 
 
+@pytest.mark.quality  # 40 s: the quality gate runs it; Stage 1's kill-and-resume test runs in the suite
 def test_sigkill_then_resume_ends_with_the_same_weights(stage1_run, tmp_path):
     _, flags, _ = stage1_run
     extra = ["--epochs", "2", "--batch-size", "4", "--save-every-steps", "1", "--lr", "1e-3", "--vl-lr", "1e-2"]
