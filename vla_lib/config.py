@@ -2,14 +2,15 @@
 
 A run is described by `RunConfig`, a tree of dataclasses. A YAML parameter file has one mapping per section
 (`synthetic:`, `data:`, `backbone:`, `cache:`, `model:`, `train:`, `eval:`, `runtime:`, `live:`, `closed_loop:`,
-`sweep:`, `lora:`) plus a few top-level keys (and `extends: other.yaml`, see `load_params`); papermill's
+`sweep:`, `lora:`, `augment:`) plus a few top-level keys (and `extends: other.yaml`, see `load_params`); papermill's
 `-f params/x.yaml` injects the same sections as notebook variables, and `RunConfig.from_dict` turns them back into
 dataclasses. CLI flags (including those of the commands in docs/training.md) are dotted overrides applied on top
 (see `cli.py`).
 Unknown keys are errors, never silently ignored; a key that moved says where to (`MOVED`). Every section validates
 itself when it is built, and `RunConfig.validate` runs them all again at the start of every mode.
-The sections' dataclasses live in `config_sections.py`, the rules for params files with keys that moved and for
-resumed runs (`MOVED`, `RESUME_FREE`) in `config_compat.py`; both are re-exported here: import from this module.
+The sections' dataclasses live in `config_sections.py` (`augment:` in `data/configuration_augment.py`), the rules
+for params files with keys that moved and for resumed runs (`MOVED`, `RESUME_FREE`) in `config_compat.py`; both are
+re-exported here: import from this module.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from vla_lib.config_compat import _LIMITS, MOVED, RESUME_FREE, changed_settings,
 from vla_lib.config_sections import (  # noqa: F401  (re-exported: `from vla_lib.config import DataConfig` etc.)
     PREDICTORS, BackboneConfig, CacheConfig, ClosedLoopConfig, DataConfig, EvalConfig, GroupConfig, LiveConfig,
     LoraConfig, SensorTaskConfig, SweepConfig, SyntheticConfig, TrainConfig, _choice, _default_groups)
+from vla_lib.data.configuration_augment import AugmentConfig
 from vla_lib.dotted import get_dotted, set_dotted
 from vla_lib.errors import ConfigError
 from vla_lib.models.configuration_policy import PolicyConfig
@@ -49,6 +51,7 @@ class RunConfig:
     closed_loop: ClosedLoopConfig = field(default_factory=ClosedLoopConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # Stage 2 only
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training samples' sensor windows
 
     def __post_init__(self) -> None:
         self.derive()
@@ -125,6 +128,7 @@ class RunConfig:
 
     def _check_across(self) -> None:
         """Checks that need two sections."""
+        self.augment.check_window(self.data.sensor_window_size)
         room = (self.data.horizon - 1) * self.data.action_dt_s
         if self.runtime.inject_delay_s >= room - 1e-9:
             raise ConfigError(f"runtime.inject_delay_s ({self.runtime.inject_delay_s:g} s) must leave a step of the "

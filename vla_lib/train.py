@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vla_lib.data.augment import training_augmentation
 from vla_lib.data.batches import FeatureJoinedDataset, collate
 from vla_lib.data.samples import SampleDataset
 from vla_lib.finite_guard import FiniteGuard, NonFiniteError  # noqa: F401  (NonFiniteError: raised through train)
@@ -83,6 +84,10 @@ class Trainer:
                  f"{tc.sensor_loss_weight:g}, batch {tc.batch_size} x accum {tc.grad_accum_steps} x "
                  f"{self.acc.num_processes} proc")
         self.resume = read_resume(self.resume_file, cfg, self.acc.num_processes, self.say)
+        self.augmentation = training_augmentation(cfg)  # the training split's sensor windows (None: off)
+        if self.augmentation is not None:
+            self.say("  sensor augmentation of the training samples on (augment section; each sample's drawn from "
+                     "train.seed, epoch and sample index)")
         self.wandb_run = None
         self.stopped = False  # train.max_steps reached
 
@@ -144,7 +149,7 @@ class Trainer:
             self.say(f"Heads compiled in place (torch.compile, mode {tc.compile_mode}); the first steps include "
                      "compilation")
         return (model, param_groups(model, tc),
-                FeatureJoinedDataset(SampleDataset(train_index, cfg.data), train_features),
+                FeatureJoinedDataset(SampleDataset(train_index, cfg.data, self.augmentation), train_features),
                 FeatureJoinedDataset(SampleDataset(val_index, cfg.data), val_features), train_index)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, ...]:
@@ -178,6 +183,8 @@ class Trainer:
         epoch = progress["epoch"]
         self.model.train()
         self.sampler.set_epoch(epoch)
+        if self.augmentation is not None:  # before iter(): the workers read it for this epoch's samples
+            self.augmentation.set_epoch(epoch)
         self.sampler.load_state_dict({"epoch": epoch, "position": progress["micro"] * tc.batch_size, "seed": tc.seed})
         # weighted loss sum, weight sum, sensor samples, samples: restored on resume, so the epoch's loss is exact
         self.totals = torch.tensor(progress.pop("totals", [0.0] * 4), device=acc.device)

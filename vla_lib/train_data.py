@@ -81,7 +81,7 @@ def make_loader(train_set, sampler, tc, collate_fn, pin_memory: bool) -> DataLoa
     sampler is set before each epoch's iter(): it runs in this process, so position and epoch are what we set."""
     # Its own generator: iter() on a loader without one draws from the global RNG, which a resumed run would
     # then draw at another point than the uninterrupted one. Workers hold no randomness (sample loading is
-    # deterministic): their seeds do not affect a resumed run.
+    # deterministic; sensor augmentation draws from (seed, epoch, index)): their seeds do not affect a resumed run.
     return DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler,
                       num_workers=tc.num_workers, collate_fn=collate_fn, drop_last=True,
                       pin_memory=pin_memory, persistent_workers=tc.num_workers > 0,

@@ -1,5 +1,6 @@
 """Stage 2 on the tiny VLM: LoRA learns while the base stays frozen, the heads start from Stage 1, cached and
-uncached vision give the same loss, per-sample pooling equals Stage 1's encoder, exact resume after SIGKILL."""
+uncached vision give the same loss, per-sample pooling equals Stage 1's encoder, exact resume after SIGKILL, only
+the training split augments."""
 import copy
 
 import numpy as np
@@ -91,3 +92,11 @@ def test_cached_and_uncached_vision_give_the_same_loss_and_stage1_features(stage
     one = [encode(stock, prepare_inputs(stock.processor, [s], stock.pixel_budget), cfg.cache.pooling)[0]
            for s in samples]  # batch of one each: the batch does not leak between samples
     torch.testing.assert_close(feats, torch.cat(one), rtol=1e-4, atol=1e-5)
+
+
+def test_stage2_augments_its_training_split_only(stage1_run, tmp_path):
+    cfg = stage1_run[0].with_overrides({"augment.enabled": True, "train.output_dir": str(tmp_path)})
+    trainer = s2.Stage2Trainer(cfg, log=lambda *a: None)
+    _, _, train_set, val_set, _ = trainer.build()
+    assert trainer.augmentation is not None and train_set.samples.augmentation is trainer.augmentation
+    assert val_set.samples.augmentation is None

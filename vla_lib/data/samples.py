@@ -192,9 +192,12 @@ class SampleDataset:
     resampling itself, and training at thousands of samples/s reads every column of every item.
     """
 
-    def __init__(self, index: SampleIndex, data_cfg):
+    def __init__(self, index: SampleIndex, data_cfg, augmentation=None):
+        """`augmentation`: a `data.augment.TrainingAugmentation` for the training split only (None: windows as
+        recorded)."""
         self.index = index
         self.cfg = data_cfg
+        self.augmentation = augmentation
         table = index.table
         self._session_ids = table["session_id"].to_numpy()
         self._t = table["t"].to_numpy(np.float64)
@@ -223,6 +226,8 @@ class SampleDataset:
     def __getitem__(self, i: int) -> dict:
         session_id, t = self._session_ids[i], float(self._t[i])
         window, valid = self.sensor_window(session_id, t)
+        if self.augmentation is not None:
+            window, valid = self.augmentation(window, valid, i)
         return {
             "index": i,
             "cache_key": self._keys[i],

@@ -273,7 +273,7 @@ class Stage2Trainer(Trainer):
                                                     "weight_decay": tc.weight_decay, "name": "vl_lora"}]
         self.build_inputs = InputBuilder(backbone, cfg, acc.device, cache)
         self.vision_cache = cache
-        return (model, groups, FrameSamples(SampleDataset(train_index, cfg.data), train_frames),
+        return (model, groups, FrameSamples(SampleDataset(train_index, cfg.data, self.augmentation), train_frames),
                 FrameSamples(SampleDataset(val_index, cfg.data), val_frames), train_index)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, ...]:
