@@ -46,6 +46,19 @@ def test_nominal_model_is_the_one_interface_sensor_exactly():
         np.testing.assert_array_equal(got[1], want[1])
 
 
+def test_sensor_model_fields_win_over_the_preset_and_are_checked():
+    from vla_lib.errors import ConfigError
+
+    cfg = RunConfig.from_dict({"synthetic": {"task": {"sensor_model": {"preset": "rich", "speckle": 0.5}}}})
+    p = cfg.synthetic.task.sensor_model.params()
+    assert p["speckle"] == 0.5 and p["saturation"] == 2047.0 and p["interfaces"] == [1, 4]
+    assert cfg.with_overrides({"synthetic.task.sensor_model.preset": "nominal"}).synthetic.task.sensor_model.params()[
+        "speckle"] == 0.5  # a field given stays given
+    for bad in ({"preset": "lush"}, {"interfaces": [0, 2]}, {"gain": [1.2, 0.8]}):
+        with pytest.raises(ConfigError):
+            RunConfig.from_dict({"synthetic": {"task": {"sensor_model": bad}}})
+
+
 def _rich_task(**model):
     cfg = RunConfig().with_overrides({**RICH, **{f"synthetic.task.sensor_model.{k}": v for k, v in model.items()}})
     return cfg.synthetic.task
@@ -171,16 +184,17 @@ def test_every_perturbation_applies_and_changes_what_it_says(family, level):
 
 
 def test_perturbations_reach_the_episode_and_the_rig():
-    from vla_lib.data.perturbations import apply_perturbation as apply
     from vla_lib.sim.rig import SimRig
 
+    apply = apply_perturbation
     base = RunConfig()
     surf = apply(base, "surface_height", "very_low").synthetic.task
     offsets = [sample_episode(surf, s).surface_z - surf.surface_z_nominal for s in range(20)]
     assert -7.0 <= min(offsets) and max(offsets) <= -6.0
     lossy = apply(base, "packet_loss", "30%")
-    rates = [len(SimRig(sample_episode(c.synthetic.task, 1), c.synthetic, views=[]).sensor_times) for c in (base, lossy)]
-    assert rates[1] < 0.75 * rates[0]
+    counts = [len(SimRig(sample_episode(c.synthetic.task, 1), c.synthetic, views=[]).sensor_times)
+              for c in (base, lossy)]
+    assert counts[1] < 0.75 * counts[0]
     layers = apply(base, "extra_interfaces", "layer_deep").synthetic.task
     heights = [sample_episode(layers, s).tissue.heights_mm for s in range(10)]
     assert all(len(h) == 2 and -3.0 <= h[1] <= -2.0 for h in heights)

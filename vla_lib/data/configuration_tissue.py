@@ -8,9 +8,9 @@ from dataclasses import dataclass, fields
 
 from vla_lib.errors import ConfigError
 
-# The synthetic tissue and sensor (vla_lib/data/tissue.py). `nominal`: one interface (the target surface), fixed gain,
-# no speckle, attenuation, saturation, force bias, drift or puncture; `rich`: all of them on. Ranges are U(lo, hi)
-# per episode; reflectivities are relative to the nominal reflection (800 counts).
+# `nominal`: one interface (the target surface), fixed gain, no speckle, attenuation, saturation, force bias, drift
+# or puncture; `rich`: all of them on. Ranges are U(lo, hi) per episode; reflectivities are relative to the nominal
+# reflection (800 counts).
 SENSOR_MODEL_PRESETS: dict[str, dict] = {
     "nominal": {"interfaces": [1, 1], "film_prob": 0.5, "film_height_mm": [0.5, 1.5], "layer_depth_mm": [0.5, 3.0],
                 "target_reflectivity": [1.0, 1.0], "reflectivity": [0.3, 3.0], "speckle": 0.0,

@@ -5,7 +5,8 @@ Before contact, the surface ahead is the nearest reflection the tip has not pass
 passed that far without contact force is not the target). Contact is the force rising `CONTACT_N` above a baseline
 that follows the force's slow drift in free air (a force off the sensor's free-air reading at the start is contact
 already); at that moment the target is the reflection the tip has just passed (the deepest one at or behind the
-tip: films lie behind it, deeper layers still ahead). From then on that reflection is tracked through each window ~8 ms at a time (interfaces are at least MIN_SEPARATION_MM apart).
+tip: films lie behind it, deeper layers still ahead). From then on that reflection is tracked through each window,
+~8 ms at a time (interfaces are at least MIN_SEPARATION_MM apart).
 """
 from __future__ import annotations
 
