@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vla_lib.data.cameras import default_camera_views
+from vla_lib.data.configuration_tissue import SensorModelConfig
 from vla_lib.errors import ConfigError
 
 
@@ -50,6 +51,10 @@ class SensorTaskConfig:
     tracking_tau_s: float = 0.05  # first-order lag of the arm behind its set point
     action_latency_s: float = 0.03  # from send_action to the arm starting to move
     vl_latency_s: float = 0.15  # closed loop: a camera frame's features are usable this long after capture is read
+    sensor_drop_fraction: float = 0.02  # sensor packets lost at random, and bursts of 10-25 ms lost per 10 s
+    sensor_bursts_per_10s: float = 3.0
+    surface_offset_mm: list[float] | None = None  # [lo, hi]: the offset drawn from it, not +-surface_range_mm
+    sensor_model: SensorModelConfig = field(default_factory=SensorModelConfig)
 
 
 @dataclass

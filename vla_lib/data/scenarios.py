@@ -4,7 +4,11 @@ Per episode (all drawn from the episode's seed):
 - the tissue surface height: nominal ± `surface_range_mm` (4 mm by default). At the demo resolution the cameras
   see about 1 px per mm after the VLM's resize, so they cannot place the surface to better than ~2 mm;
 - the tissue stiffness (N/mm): the contact force is `stiffness × depth` above the free-air baseline (-3 N);
-- which of the four pad targets is used (the cameras show it; the needle starts above it).
+- which of the four pad targets is used (the cameras show it; the needle starts above it);
+- the tissue and the sensor session (vla_lib/data/tissue.py, `task.sensor_model`): by default one interface, the
+  sensor described below; the `rich` preset adds films above the target surface, deeper layers, speckle,
+  attenuation, gain, offset, saturation, force bias and drift, and punctures. The target surface (`surface_z`,
+  `stiffness`) is always the interface where the contact force begins.
 
 The OCT fibre face sits `oct_standoff_mm` behind the needle tip: the A-line's surface-reflection peak tracks the
 fibre-to-surface distance within its 0–6 mm range, i.e. tip-to-surface distances from +3.5 mm (surface coming into
@@ -24,21 +28,18 @@ model only and imports nothing from vla_lib.sim (the data layer sits below the s
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vla_lib.dims import ALINE_POINTS
+from vla_lib.data.surface_tracking import SurfaceTracker
 from vla_lib.data.synthetic import TARGETS_XY
+from vla_lib.data.tissue import (ALINE_PEAK0, ALINE_PER_MM, FORCE_BASELINE, Tissue, sample_tissue, tissue_force,
+                                 tissue_sensor)
 
-FORCE_BASELINE = -3.0
-ALINE_PEAK0, ALINE_PER_MM = 60.0, 150.0  # peak index = 60 + 150 x fibre-to-surface distance (mm)
 PEAK_THRESHOLD = 300.0  # an A-line maximum above this is a surface reflection (peak 800, background <= 40 + noise)
 START_ANGLES = [90.0, 0.0, 175.0]
-_BACKGROUND = (40.0 * np.exp(-np.arange(ALINE_POINTS) / 300.0)).astype(np.float32)
-_NOISE_ROWS = 4096
-_NOISE: list = []
 PREROLL_S = 0.2  # the rig streams this long with the arm at rest before the controller starts
 
 
@@ -53,6 +54,11 @@ class Episode:
     start: list[float]  # x, y, z, a, b, r
     camera_clock_offset: float
     sensor_clock_offset: float
+    tissue: Tissue = field(default_factory=Tissue)  # surface_z / stiffness are its target surface's
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tissue, dict):  # read back from the truth json
+            self.tissue = Tissue(**self.tissue)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -62,12 +68,14 @@ def sample_episode(task, seed: int) -> Episode:
     rng = np.random.default_rng([7, seed])
     target = int(rng.integers(len(TARGETS_XY)))
     tx, ty = TARGETS_XY[target]
-    surface = task.surface_z_nominal + rng.uniform(-task.surface_range_mm, task.surface_range_mm)
+    lo, hi = task.surface_offset_mm or (-task.surface_range_mm, task.surface_range_mm)
+    surface = task.surface_z_nominal + rng.uniform(lo, hi)
     lo, hi = task.stiffness_range
     start = [tx + rng.uniform(-0.5, 0.5), ty + rng.uniform(-0.5, 0.5),
              task.surface_z_nominal + task.start_height_mm + rng.uniform(-0.3, 0.3), *START_ANGLES]
     return Episode(seed, target, float(surface), float(rng.uniform(lo, hi)), [float(v) for v in start],
-                   float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.015, 0.015)))
+                   float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.015, 0.015)),
+                   sample_tissue(task.sensor_model, seed))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,38 +83,20 @@ def sample_episode(task, seed: int) -> Episode:
 # ---------------------------------------------------------------------------------------------------------------
 def contact_force(ep: Episode, tip_z) -> np.ndarray:
     """Noise-free contact force (N above the baseline) at tip heights `tip_z`."""
-    return ep.stiffness * np.clip(ep.surface_z - np.asarray(tip_z, np.float64), 0, None)
+    return tissue_force(ep.tissue, ep.stiffness, ep.surface_z - np.asarray(tip_z, np.float64))
 
 
-def sensor_values(ep: Episode, task, tip_z: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(forces (N,), A-lines (N, 1025)) float32 for sensor samples taken at tip heights `tip_z`."""
-    tip_z = np.asarray(tip_z, np.float64)
-    force = FORCE_BASELINE + contact_force(ep, tip_z) + rng.normal(0, 0.01, len(tip_z))
-    fibre = tip_z - ep.surface_z + task.oct_standoff_mm  # fibre-to-surface distance
-    visible = (fibre >= 0) & (fibre <= task.oct_range_mm)
-    peak = ALINE_PEAK0 + ALINE_PER_MM * np.clip(fibre, 0, task.oct_range_mm)
-    alines = _noise_bank()[rng.integers(0, _NOISE_ROWS, len(tip_z))]  # N(0, 5) rows drawn from a fixed bank (fast)
-    alines += _BACKGROUND
-    # the reflection (sigma 6 samples), drawn only where it is not negligible: +-36 samples around the peak
-    rows = np.nonzero(visible)[0]
-    if len(rows):
-        cols = np.round(peak[rows]).astype(np.int64)[:, None] + np.arange(-36, 37)[None, :]
-        ok = (cols >= 0) & (cols < ALINE_POINTS)
-        bump = (800.0 * np.exp(-0.5 * ((cols - peak[rows, None]) / 6.0) ** 2)).astype(np.float32)
-        r = np.broadcast_to(rows[:, None], cols.shape)
-        alines[r[ok], cols[ok]] += bump[ok]
-    return force.astype(np.float32), alines
-
-
-def _noise_bank() -> np.ndarray:
-    if not _NOISE:
-        _NOISE.append(5.0 * np.random.default_rng(2024).standard_normal((_NOISE_ROWS, ALINE_POINTS), dtype=np.float32))
-    return _NOISE[0]
+def sensor_values(ep: Episode, task, tip_z: np.ndarray, rng: np.random.Generator,
+                  t=None) -> tuple[np.ndarray, np.ndarray]:
+    """(forces (N,), A-lines (N, 1025)) float32 for sensor samples taken at tip heights `tip_z` (at times `t`, for
+    the force drift) from the episode's tissue (vla_lib/data/tissue.py)."""
+    return tissue_sensor(ep.tissue, task, ep.surface_z, ep.stiffness, tip_z, rng, t)
 
 
 def read_sensor(window, task) -> tuple[float | None, float | None]:
     """(tip-to-surface distance in mm or None when the OCT shows no surface, contact force in N or None) from a
-    SensorWindow (or None: no sensor): the demonstrator's whole view of the tissue."""
+    SensorWindow (or None: no sensor), for the nominal sensor: its brightest reflection and the force above the
+    nominal free-air reading (the demonstrator reads several interfaces: vla_lib/data/surface_tracking.py)."""
     if window is None:
         return None, None
     rows = window.values[window.valid]
@@ -155,8 +145,10 @@ def chunk_from_speed(speed: float, horizon: int, dt: float, gripper: float = 1.0
 
 class ReactiveDemonstrator:
     """Descend until the OCT shows the surface, slow down, insert to the target depth measured by the OCT (backing off
-    if past it), hold. Uses the sensor window only. `gain` / `noise_mm_s` / `rng`: the recorder's per-episode
-    variation (default: the nominal controller, no noise)."""
+    if past it), hold. Uses the sensor window only: the target surface is the reflection where the contact force
+    begins, tracked from then on (vla_lib/data/surface_tracking.py); films above it and deeper layers are passed
+    over. One instance per episode (it keeps that state). `gain` / `noise_mm_s` / `rng`: the recorder's
+    per-episode variation (default: the nominal controller, no noise)."""
 
     name = "demonstrator"
 
@@ -164,9 +156,10 @@ class ReactiveDemonstrator:
                  rng: np.random.Generator | None = None):
         self.task, self.horizon, self.dt = task, horizon, dt
         self.gain, self.noise, self.rng = gain, noise_mm_s, rng
+        self.tracker = SurfaceTracker(task, dt)
 
     def __call__(self, io) -> np.ndarray:
-        distance, _ = read_sensor(io.sensor_window(), self.task)
+        distance = self.tracker.update(io.sensor_window())
         speed = descent_speed(distance, self.task, self.gain)
         if self.noise and self.rng is not None:
             speed += float(self.rng.normal(0, self.noise))

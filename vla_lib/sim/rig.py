@@ -12,7 +12,8 @@ what the rig serves at time t is only what exists by then:
 - cameras at `camera_hz` (2 Hz) with a per-view skew, each frame drawn by the synthetic recorder's `draw_pad` (the
   pad at the episode's surface height) and `draw_needle` from the tip pose at its capture time, served once captured
   (latest frame <= now);
-- the sensor at `sensor_hz` (650 Hz) with clock jitter, 2 % dropped packets and a few 10-25 ms bursts lost; each
+- the sensor at `sensor_hz` (650 Hz) with clock jitter, `sensor_drop_fraction` (2 %) of its packets dropped and
+  `sensor_bursts_per_10s` (3) bursts of 10-25 ms lost per 10 s; each
   sample's value comes from the tip height at its own time (vla_lib.data.scenarios.sensor_values);
 - proprioception: `pose_history` from the arm's logged samples up to now (vla_lib.data.samples.pose_history).
 The recorder (vla_lib.sim.demonstrations) records demonstrations on this rig; the closed-loop evaluation drives it.
@@ -104,8 +105,8 @@ class SimRig:
         n = int(self.end * synth_cfg.sensor_hz)
         dt = 1.0 / synth_cfg.sensor_hz + rng.normal(0, 0.08e-3, n)
         times = np.cumsum(np.clip(dt, 0.2e-3, None))
-        keep = rng.random(n) > 0.02
-        for _ in range(max(1, int(round(3 * self.end / 10)))):
+        keep = rng.random(n) > self.task.sensor_drop_fraction
+        for _ in range(max(1, int(round(self.task.sensor_bursts_per_10s * self.end / 10)))):
             start = rng.integers(0, n - 20)
             keep[start:start + rng.integers(7, 17)] = False
         self.sensor_times = times[keep & (times < self.end)]
@@ -154,7 +155,7 @@ class SimRig:
         if m > self.n_sensor:
             sl = slice(self.n_sensor, m)
             z = np.interp(self.sensor_times[sl], self.int_t[: self.k + 1], self.int_pose[: self.k + 1, 2])
-            self.forces[sl], self.alines[sl] = sensor_values(self.ep, self.task, z, self.noise)
+            self.forces[sl], self.alines[sl] = sensor_values(self.ep, self.task, z, self.noise, self.sensor_times[sl])
             self.n_sensor = m
             if self.guard is not None:
                 self.guard.check(self.sensor_times[sl], self.forces[sl], self.alines[sl])
