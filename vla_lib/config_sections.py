@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vla_lib.data.cameras import default_camera_views
-from vla_lib.data.configuration_tissue import SensorModelConfig
+from vla_lib.data.configuration_sensor_task import SensorTaskConfig
 from vla_lib.errors import ConfigError
 
 
@@ -18,43 +18,6 @@ def _choice(where: str, value, choices) -> None:
 # Sections (`model:` is models/configuration_policy.py, `runtime:` runtime/configuration_runtime.py)
 # ---------------------------------------------------------------------------------------------------------------
 TRAINING_STAGES = ("stage1", "stage2")  # the checkpoint formats name these too (policy/checkpoint.py)
-
-@dataclass
-class SensorTaskConfig:
-    """The sensor-dependent insertion scenario (`synthetic.scenario: sensor_task`, vla_lib/data/scenarios.py).
-
-    Per episode the tissue surface height and stiffness are drawn; a reactive demonstrator descends until the OCT shows
-    the surface, slows down, inserts to `target_depth_mm` below the surface measured from the sensor, and holds.
-    Lengths in mm, speeds in mm/s, forces in N (contact force = force above its free-air baseline)."""
-
-    surface_z_nominal: float = 100.0
-    surface_range_mm: float = 4.0  # surface height = nominal + U(-range, +range)
-    stiffness_range: list[float] = field(default_factory=lambda: [0.3, 0.7])  # N/mm, U(lo, hi) per episode
-    start_height_mm: float = 8.0  # tip start above the *nominal* surface (so 4-12 mm above the real one)
-    target_depth_mm: float = 1.5  # insertion depth below the surface
-    tolerance_mm: float = 0.5  # success: |final depth - target| <= tolerance ...
-    force_limit_n: float = 1.5  # ... and the contact force never above this
-    oct_standoff_mm: float = 2.5  # the OCT fibre face sits this far behind the tip: it sees the surface from
-    oct_range_mm: float = 6.0  # tip-to-surface distances in (-standoff, range - standoff)
-    v_fast: float = 5.0  # descent speed while the OCT shows nothing
-    v_slow: float = 1.0  # speed at contact
-    v_insert: float = 0.8  # top speed inside the tissue
-    slow_zone_mm: float = 3.0  # start slowing down this far above the surface
-    insert_gain: float = 3.0  # 1/s: inside, speed = clip(gain x remaining depth, -v_retract, v_insert)
-    v_retract: float = 0.5  # past the target depth the demonstrator backs off to it
-    # the recorded demonstrations vary (DART-style), so that the data holds states off the nominal path and the way
-    # back: per episode an insertion gain drawn from this range (high gains overshoot, then back off) ...
-    demo_gain_range: list[float] = field(default_factory=lambda: [3.0, 15.0])
-    demo_noise_mm_s: float = 0.5  # ... and per-tick command noise (std, mm/s)
-    episode_s: float = 6.0  # controller time per episode (after a 0.2 s pre-roll at rest)
-    # the simulated robot (also used to record the demonstrations)
-    tracking_tau_s: float = 0.05  # first-order lag of the arm behind its set point
-    action_latency_s: float = 0.03  # from send_action to the arm starting to move
-    vl_latency_s: float = 0.15  # closed loop: a camera frame's features are usable this long after capture is read
-    sensor_drop_fraction: float = 0.02  # sensor packets lost at random, and bursts of 10-25 ms lost per 10 s
-    sensor_bursts_per_10s: float = 3.0
-    surface_offset_mm: list[float] | None = None  # [lo, hi]: the offset drawn from it, not +-surface_range_mm
-    sensor_model: SensorModelConfig = field(default_factory=SensorModelConfig)
 
 
 @dataclass
