@@ -241,3 +241,17 @@ def test_limits_that_would_hide_contact_or_switch_off_the_workspace_are_refused(
         Limits(max_tare_offset_n=0.0)
     with pytest.raises(ConfigError, match="runtime.limits.max_tare_offset_n must be on"):
         RunConfig.from_dict({"live": {"send_actions": True}, "runtime": {"limits": {"max_tare_offset_n": None}}})
+
+
+def test_the_operator_cannot_release_while_the_force_is_still_over_the_limit():
+    from vla_lib.runtime.loop import ReleaseRefused
+    from vla_lib.runtime.robot_io import RecordingActuator
+
+    runtime = Runtime.from_config(sensor_cfg(force_baseline_n=-3.0), RecordingActuator())
+    runtime.guard.check([0.0], [-1.0])  # 2 N of contact: over the 1.5 N limit, latched
+    assert runtime.latch.stopped
+    with pytest.raises(ReleaseRefused, match="withdraw the needle first"):
+        runtime.release()
+    assert runtime.latch.stopped  # still latched
+    runtime.guard.check([0.01], [-2.9])  # withdrawn: 0.1 N
+    assert runtime.release().startswith("force") and not runtime.latch.stopped

@@ -35,6 +35,7 @@ class SensorGuard:
         self._first: float | None = None  # the first sample's force: the reference until the tare is done
         self.samples = 0
         self.peak_excess_n = 0.0
+        self.last_excess_n, self.last_finite = 0.0, True
         self.trips: list[dict] = []
 
     def _update_tare(self, times: np.ndarray, forces: np.ndarray) -> str | None:
@@ -93,6 +94,8 @@ class SensorGuard:
         base = self.baseline if self.baseline is not None else self._first
         excess = np.zeros(len(forces)) if base is None else np.abs(np.where(np.isfinite(forces), forces, base) - base)
         self.peak_excess_n = max(self.peak_excess_n, float(excess.max()))
+        # the newest sample's state, for an operator's release (runtime.Runtime.release refuses while it is over)
+        self.last_excess_n, self.last_finite = float(excess[-1]), bool(np.isfinite(forces[-1]))
         over = np.nonzero(excess > self.limits.force_limit_n)[0]
         if len(over) and (i is None or over[0] < i):
             i, reason = int(over[0]), f"force {excess[over[0]]:.3f} N above limit {self.limits.force_limit_n:g} N"

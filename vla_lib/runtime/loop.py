@@ -28,6 +28,10 @@ from vla_lib.runtime.guard import SensorGuard
 LIMIT_REASONS = ("workspace", "step_mm", "step_deg", "horizon_exhausted", "no_pose", "no_chunk")
 
 
+class ReleaseRefused(RuntimeError):
+    """An operator's release while the sensor still reads a force over the limit."""
+
+
 @dataclass
 class Features:
     features: object = None
@@ -79,7 +83,14 @@ class Runtime:
 
     def release(self) -> str | None:
         """The operator releases a latched stop (returns what had stopped it): the latch, then the actuator (the
-        simulated arm's frozen set point; live: a `release` message on the action endpoint)."""
+        simulated arm's frozen set point; live: a `release` message on the action endpoint). Refused while the newest
+        sensor sample is still over the force limit or not finite: releasing would only move the arm into it again."""
+        g = self.guard
+        if g is not None and g.enabled and self.latch.stopped and (
+                not g.last_finite or g.last_excess_n > g.limits.force_limit_n):
+            raise ReleaseRefused(f"release refused: the newest force sample is "
+                                 f"{'not finite' if not g.last_finite else f'{g.last_excess_n:.2f} N from the baseline'}"
+                                 f" (limit {g.limits.force_limit_n:g} N): withdraw the needle first")
         return self.latch.release()
 
     # -- one tick ------------------------------------------------------------------------------------------------
