@@ -3,7 +3,7 @@ face), with the tip and the tissue surface drawn on it where the truth is known,
 commanded and executed z. One drawing for recorded sessions (notebook 01, `audit_plots`) and closed-loop episodes
 (notebook 05, `evaluation/mmode.py`): both hand it arrays.
 
-In the sensor task the A-line index of a reflection is `ALINE_PEAK0 + ALINE_PER_MM x` its distance from the fibre
+In the sensor task the A-line index of a reflection is `tissue.aline_index` of its distance from the fibre
 face, which sits `oct_standoff_mm` behind the tip: the tip is a fixed depth of the waterfall and the surface moves
 towards it as the needle descends (`sensor_task_overlays`)."""
 from __future__ import annotations
@@ -11,14 +11,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vla_lib.data.scenarios import ALINE_PEAK0, ALINE_PER_MM
+from vla_lib.data.tissue import aline_index
 
 MAX_COLUMNS = 800  # time columns drawn (about the figure's width in pixels): ~8 ms each over a 6 s episode
-
-
-def aline_index(fibre_distance_mm):
-    """A-line sample index of a reflection `fibre_distance_mm` from the fibre face (the sensor task's model)."""
-    return ALINE_PEAK0 + ALINE_PER_MM * np.asarray(fibre_distance_mm, np.float64)
 
 
 def sensor_task_overlays(task, surface_z: float, tip_z: np.ndarray) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 
 from vla_lib.data.surface_tracking import SurfaceTracker
 from vla_lib.data.synthetic import TARGETS_XY
-from vla_lib.data.tissue import (ALINE_PEAK0, ALINE_PER_MM, FORCE_BASELINE, Tissue, sample_tissue, tissue_force,
+from vla_lib.data.tissue import (FORCE_BASELINE, Tissue, sample_tissue, tip_distance, tissue_force,
                                  tissue_sensor)
 
 PEAK_THRESHOLD = 300.0  # an A-line maximum above this is a surface reflection (peak 800, background <= 40 + noise)
@@ -119,7 +119,7 @@ def oct_distance(alines: np.ndarray, task) -> np.ndarray:
     inside = (cols >= 0) & (cols < alines.shape[1])
     w = np.where(inside, np.clip(alines[rows[:, None], np.clip(cols, 0, alines.shape[1] - 1)] - 100.0, 0, None), 0)
     centre = (cols * w).sum(1) / np.maximum(w.sum(1), 1e-6)
-    out = (centre - ALINE_PEAK0) / ALINE_PER_MM - task.oct_standoff_mm
+    out = tip_distance(centre, task)
     return np.where(alines[rows, k] < PEAK_THRESHOLD, np.nan, out)
 
 

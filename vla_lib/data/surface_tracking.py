@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_lib.data.tissue import ALINE_PEAK0, ALINE_PER_MM, FORCE_BASELINE, MIN_SEPARATION_MM
+from vla_lib.data.tissue import FORCE_BASELINE, MIN_SEPARATION_MM, tip_distance
 
 PROMINENCE = 150.0  # a reflection stands this far above the A-line's floor (the weakest target: 800 x 0.5 x 0.7)
 PASSED_MM = 0.5  # an interface this far behind the tip without contact force is a film, not the target
@@ -41,7 +41,7 @@ def reflections(aline: np.ndarray, task) -> np.ndarray:
         lo, hi = max(k - 14, 0), min(k + 15, len(a))
         w = np.clip(a[lo:hi] - 0.5 * a[lo:hi].max(), 0, None)
         centres.append(float((np.arange(lo, hi) * w).sum() / max(w.sum(), 1e-9)))
-    return np.sort((np.asarray(centres) - ALINE_PEAK0) / ALINE_PER_MM - task.oct_standoff_mm)
+    return np.sort(tip_distance(centres, task))
 
 
 class SurfaceTracker:

@@ -25,6 +25,19 @@ ALINE_PEAK0, ALINE_PER_MM = 60.0, 150.0  # peak index = 60 + 150 x fibre-to-inte
 REFLECTION = 800.0  # height of a reflectivity-1 reflection (counts)
 NOISE_STD = 5.0  # the noise bank's std (counts)
 MIN_SEPARATION_MM = 0.35  # interfaces closer than this are not drawn: their reflections would merge
+
+
+def aline_index(fibre_distance_mm):
+    """The A-line sample index of a reflection `fibre_distance_mm` from the fibre face (the sensor model)."""
+    return ALINE_PEAK0 + ALINE_PER_MM * np.asarray(fibre_distance_mm, np.float64)
+
+
+def tip_distance(index, task):
+    """The inverse: tip-to-interface distance (mm, negative = below it) of a reflection at A-line `index` (the fibre
+    face sits `task.oct_standoff_mm` behind the tip)."""
+    return (np.asarray(index, np.float64) - ALINE_PEAK0) / ALINE_PER_MM - task.oct_standoff_mm
+
+
 _BACKGROUND = (40.0 * np.exp(-np.arange(ALINE_POINTS) / 300.0)).astype(np.float32)
 _NOISE_ROWS = 4096
 _BANKS: dict = {}
@@ -116,7 +129,7 @@ def add_reflection(alines, fibre, amplitude, task, tissue: Tissue, rng) -> None:
     rows = np.nonzero((fibre >= 0) & (fibre <= task.oct_range_mm))[0]
     if not len(rows):
         return
-    peak = ALINE_PEAK0 + ALINE_PER_MM * np.clip(fibre[rows], 0, task.oct_range_mm)
+    peak = aline_index(np.clip(fibre[rows], 0, task.oct_range_mm))
     cols = np.round(peak).astype(np.int64)[:, None] + _HALF[None, :]
     ok = (cols >= 0) & (cols < ALINE_POINTS)
     bump = (amplitude[rows, None] * np.exp(-0.5 * ((cols - peak[:, None]) / 6.0) ** 2)).astype(np.float32)
