@@ -38,6 +38,8 @@ COMMANDS = {
                    "--set train.compile=false",
     "eval": f"python -m vla_lib --mode eval --params {RUN}/params.yaml",
     "closed_loop": f"python -m vla_lib --mode closed_loop --params {RUN}/params.yaml",
+    # the heads compiled against eager (this script in a process of its own; its result: a JSON beside the logs)
+    "heads_equivalence": f"python scripts/gpu_check.py --equivalence-json {RUN}_logs/heads_equivalence.json",
     "stage2": f"accelerate launch -m vla_lib --mode train --params {RUN}/params.yaml --run-name gpu_check_stage2 "
               f"--training-stage stage2 --finetune-vl lora --stage1-checkpoint {CKPT} --epochs 1 --batch-size 8 "
               "--grad-accum-steps 1 --vl-lr 1e-5 --set train.compile=false",
@@ -93,7 +95,6 @@ class Check:
         self.cpu, self.log_dir = cpu, log_dir
         self.rows: list[str] = []
         self.failed: list[str] = []
-        self.beside: dict[str, Beside] = {}
         self.running: dict[str, tuple] = {}  # commands started beside the step in progress
         self.walls: dict[str, float] = {}  # each command's own wall time (from its start, beside or not)
 
@@ -103,7 +104,7 @@ class Check:
         argv = ([sys.executable] + argv[1:] if argv[0] == "python" else
                 [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"] + argv[2:]) \
             if self.cpu or argv[0] == "python" else argv
-        if self.cpu and name != "synth":
+        if self.cpu and name not in ("synth", "heads_equivalence"):  # those two take no vla_lib settings
             argv += CPU_SETTINGS
         argv += extra or []
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
@@ -258,33 +259,12 @@ def equivalence_json(out: str) -> None:
     Path(out).write_text(json.dumps({"result": res, "wall_s": time.time() - start, "cuda": cuda}))
 
 
-class Beside:
-    """A step that runs in its own process while the others run (the GPU has room): started early, judged later."""
-
-    def __init__(self, check: Check, name: str, args: list[str]):
-        self.out = check.log_dir / f"{name}.json"
-        self.out.unlink(missing_ok=True)
-        self.log = open(check.log_dir / f"{name}.log", "w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-        self.proc = subprocess.Popen([sys.executable, __file__, *args, str(self.out)], cwd=ROOT, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def result(self) -> dict:
-        code = self.proc.wait()
-        self.log.close()
-        tail = (Path(self.log.name).read_text().strip().splitlines() or [""])[-1]
-        expect(code == 0 and self.out.exists(), f"exit code {code}: {tail} (log: {self.log.name})")
-        return json.loads(self.out.read_text())
-
-
 def heads_equivalence(check: Check) -> str:
     """Every step of the compiled runs within STEP_LIMITS of eager on the same weights and batch; all finite (the
     child raises otherwise). The free-running trajectories' end points are reported, not judged (chaos: see
     `compare_compiled_to_eager`)."""
-    if "heads_equivalence" not in check.beside:  # --only without synth: start it now
-        check.beside["heads_equivalence"] = Beside(check, "heads_equivalence", ["--equivalence-json"])
-    done = check.beside.pop("heads_equivalence").result()
-    check.walls["heads_equivalence"] = done["wall_s"]
+    check.command("heads_equivalence")  # started beside the others after synth (or now, with --only)
+    done = json.loads((check.log_dir / "heads_equivalence.json").read_text())
     res, cuda = done["result"], done["cuda"]
     floor = res.pop("bf16_noise_floor")
     for mode, r in res.items():
@@ -399,10 +379,7 @@ def main() -> int:
         # steps then fit 10 minutes)
         for later in BESIDE_AFTER.get(name, ()) if name not in check.failed else ():
             if not args.only or later in args.only:
-                if later == "heads_equivalence":
-                    check.beside[later] = Beside(check, later, ["--equivalence-json"])
-                else:
-                    check.start(later)
+                check.start(later)
     total = time.time() - start
     verdict = "PASSED" if not check.failed else f"FAILED ({', '.join(check.failed)})"
     print(f"[gpu_check] {verdict} in {total:.0f} s", flush=True)
