@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from vla_lib.atomic import atomic_write_text
 
@@ -27,10 +28,16 @@ def json_safe(x):
 
 
 def write_json(path: str | Path, values: dict, merge: bool = False, indent: int | None = 1) -> Path:
-    """Write `values` to `path` (`merge`: into what the file holds already, top-level keys replaced)."""
+    """Write `values` to `path` (`merge`: into what the file holds already, top-level keys replaced). A merge holds a
+    lock file beside `path` from read to write: evaluation and the closed loop may merge into one metrics.json from two
+    processes at once, and neither may lose the other's keys."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    current = json.loads(path.read_text()) if merge and path.exists() else {}
-    current.update(values)
-    atomic_write_text(path, json.dumps(json_safe(current), indent=indent))
+    if not merge:
+        atomic_write_text(path, json.dumps(json_safe(values), indent=indent))
+        return path
+    with FileLock(str(path) + ".lock", timeout=120):
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current.update(values)
+        atomic_write_text(path, json.dumps(json_safe(current), indent=indent))
     return path
