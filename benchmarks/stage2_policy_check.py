@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--samples", type=int, default=8)
     args = ap.parse_args()
     ckpt_path = Path(args.run) / "checkpoints/qwen_vla_sensor_final.pt"
-    cfg = RunConfig.from_saved(load_checkpoint(ckpt_path).run_config)
+    cfg = RunConfig.from_dict(load_checkpoint(ckpt_path).run_config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, backbone, _, _, cache = s2.setup(copy.deepcopy(cfg), device, say=lambda *a: None)
     state = torch.load(Path(args.run) / "checkpoints/resume_state.pt", weights_only=True)["model"]

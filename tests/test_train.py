@@ -13,6 +13,7 @@ import torch
 from tests.conftest import ci_config, run_cli
 from tests.test_config import SEED_TRAIN
 from vla_lib.config import RunConfig
+from vla_lib.errors import ConfigError
 from vla_lib.policy.checkpoint import CheckpointMismatchError, load_checkpoint
 from vla_lib.vlm.cache_build import build_cache
 
@@ -188,14 +189,15 @@ def test_resume_refuses_another_process_count_old_formats_and_reports_free_chang
         read_resume(path, cfg, processes=1)
 
 
-def test_run_configs_of_earlier_checkpoints_still_load():
-    """Checkpoints written before the derived fields existed stored a value for each (possibly one the training loop
-    then overrode): they load, re-derived."""
-    old = RunConfig.from_yaml(REPO / "params/ci.yaml").to_dict()
-    old["data"]["history_steps"], old["model"]["history_steps"] = 4, 0  # the `original` presets' runs
-    old["model"]["horizon"], old["model"]["sensor_enabled"] = 8, False
-    cfg = RunConfig.from_saved(old)
-    assert cfg.data.history_steps == 0 and cfg.model.horizon == cfg.data.horizon
+def test_a_saved_run_config_loads_back_as_it_was_and_a_stale_derived_value_is_refused():
+    """Checkpoints store `to_dict()` (derived fields as null) and load it with `from_dict`: the same config. A stored
+    derived value that disagrees with its source (nothing this version writes) is refused, not silently re-derived."""
+    cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    stale = cfg.to_dict()
+    stale["model"]["horizon"] = cfg.data.horizon + 1
+    with pytest.raises(ConfigError, match="model.horizon"):
+        RunConfig.from_dict(stale)
 
 
 def test_a_non_finite_loss_stops_the_run_at_its_step_and_nothing_after_it_is_saved(prepared, tmp_path, monkeypatch):

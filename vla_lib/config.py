@@ -103,16 +103,6 @@ class RunConfig:
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
-    @classmethod
-    def from_saved(cls, values: dict[str, Any]) -> "RunConfig":
-        """A run config stored by a checkpoint, also one written before the derived fields existed (those wrote a
-        value for each, possibly one the training loop then overrode): derived fields are re-derived."""
-        values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
-        for target in cls.DERIVED:
-            section, key = target.split(".")
-            values.get(section, {}).pop(key, None)
-        return cls.from_dict(values)
-
     def validate(self) -> None:
         """Every section's checks and the derived values, again (a config may have been changed after it was built):
         run at the start of every mode."""

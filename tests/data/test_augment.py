@@ -161,7 +161,7 @@ def test_loader_workers_see_the_epoch_set_before_each_iteration(window):
 
 def test_config_section_checks_and_round_trip():
     cfg = RunConfig.from_dict({"augment": {"enabled": True, "gain": 0.2}})
-    assert cfg.to_dict()["augment"]["gain"] == 0.2 and RunConfig.from_saved(cfg.to_dict()).augment == cfg.augment
+    assert cfg.to_dict()["augment"]["gain"] == 0.2 and RunConfig.from_dict(cfg.to_dict()).augment == cfg.augment
     assert not RunConfig().augment.enabled and training_augmentation(RunConfig()) is None
     for bad in ({"gain_p": 1.5}, {"gain": -0.1}, {"reflection_amplitude": [0.3, 0.1]}, {"drop_fraction": 1.0},
                 {"reflection_sigma": 0}, {"unknown": 1}):

@@ -3,7 +3,16 @@ vision frozen."""
 import pytest
 
 from vla_lib.config import ConfigError, LoraConfig
-from vla_lib.stage2.lora import count_for_config, touches_vision
+from vla_lib.stage2.lora import inject_lora, lora_parameter_count, touches_vision
+
+
+def count_for_config(config, lcfg) -> int:
+    """LoRA parameters for Qwen2.5-VL's model config, on the meta device (no weights allocated)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        return lora_parameter_count(inject_lora(Qwen2_5_VLForConditionalGeneration._from_config(config), lcfg))
 
 
 @pytest.fixture(scope="module")

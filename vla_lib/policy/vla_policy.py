@@ -61,7 +61,7 @@ class VLAPolicy:
         the heads only (for cached features)."""
         ckpt = load_checkpoint(path)
         heads = ckpt.heads
-        cfg = RunConfig.from_saved(ckpt.run_config)
+        cfg = RunConfig.from_dict(ckpt.run_config)
         if backbone is not None:
             cfg.backbone.name_or_path = backbone
         for k, v in backbone_overrides.items():

@@ -66,15 +66,6 @@ def lora_parameter_count(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
 
-def count_for_config(config, lcfg) -> int:
-    """LoRA parameters for a model config, on the meta device (no weights allocated): e.g. the 3B architecture."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config)
-        return lora_parameter_count(inject_lora(model, lcfg))
-
-
 def adapter_state(peft_model) -> dict[str, torch.Tensor]:
     """The adapter's tensors as peft saves them (names without the adapter name)."""
     from peft import get_peft_model_state_dict
