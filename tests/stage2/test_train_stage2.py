@@ -94,6 +94,27 @@ def test_cached_and_uncached_vision_give_the_same_loss_and_stage1_features(stage
     torch.testing.assert_close(feats, torch.cat(one), rtol=1e-4, atol=1e-5)
 
 
+def test_loader_workers_plan_the_batch_as_the_main_process_does(stage1_run):
+    """PlannedCollate in two forked loader workers: the same LM plan and cached tokens as InputBuilder in-process
+    (the Stage-2 loop's host work moved off the step)."""
+    from vla_lib.data.samples import SampleDataset, build_index
+
+    cfg, _, _ = stage1_run
+    _, backbone, _, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)
+    batch, index, rows = _batch(cfg, backbone, cache)
+    builder = s2.InputBuilder(backbone, cfg, "cpu", cache)
+    want = builder(batch)
+    data = torch.utils.data.Subset(s2.FrameSamples(SampleDataset(index, cfg.data), s2.sample_frames(index)[0]), rows)
+    loader = torch.utils.data.DataLoader(data, batch_size=len(rows), num_workers=2, collate_fn=s2.PlannedCollate(builder),
+                                         multiprocessing_context="fork")
+    (planned,) = list(loader)
+    got = builder(planned)
+    for field in want["plan"].__dataclass_fields__:
+        a, b = getattr(want["plan"], field), getattr(got["plan"], field)
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b, field
+    assert torch.equal(want["image_tokens"], got["image_tokens"])
+
+
 def test_stage2_augments_its_training_split_only(stage1_run, tmp_path):
     cfg = stage1_run[0].with_overrides({"augment.enabled": True, "train.output_dir": str(tmp_path)})
     trainer = s2.Stage2Trainer(cfg, log=lambda *a: None)

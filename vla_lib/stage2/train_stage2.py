@@ -145,12 +145,20 @@ class InputBuilder:
         return self._grids[key]
 
     def __call__(self, batch: dict) -> dict:
-        masks = batch["view_mask"].bool().tolist()
+        if "lm_inputs" in batch:  # planned in a loader worker (`PlannedCollate`): only the copy to the device is left
+            return self.to_device(batch["lm_inputs"])
         if self.cache is None:
+            masks = batch["view_mask"].bool().tolist()
             plan, tokens = self.backbone.plan_from_pixels(
                 [([load_image(p) for _, p in frames], instr, m)
                  for instr, m, frames in zip(batch["instruction"], masks, batch["frames"])], self.pooling)
             return {"plan": plan.to(self.device), "image_tokens": tokens}
+        return self.to_device(self.on_host(batch))
+
+    def on_host(self, batch: dict) -> dict:
+        """The cached path's CPU work (tokenising, the LM plan, the tokens read from the cache), runnable in a loader
+        worker: {"plan": the plan on the CPU, "image_tokens": (N, D) on the CPU}."""
+        masks = batch["view_mask"].bool().tolist()
         grids = [[self.grid(k, p) for k, p in frames] for frames in batch["frames"]]
         plan = self.backbone.plan(list(zip(batch["instruction"], masks, grids)), self.pooling)
         keys = [k for frames in batch["frames"] for k, _ in frames]
@@ -159,8 +167,25 @@ class InputBuilder:
             if t.shape[0] != self.backbone.grid_tokens(g):
                 raise RuntimeError(f"vision cache entry {k} holds {t.shape[0]} tokens, the frame's grid gives "
                                    f"{self.backbone.grid_tokens(g)}")
-        tokens = torch.cat(found)
-        return {"plan": plan.to(self.device), "image_tokens": tokens.to(self.device, non_blocking=True)}
+        return {"plan": plan, "image_tokens": torch.cat(found)}
+
+    def to_device(self, inputs: dict) -> dict:
+        return {"plan": inputs["plan"].to(self.device),
+                "image_tokens": inputs["image_tokens"].to(self.device, non_blocking=True)}
+
+
+class PlannedCollate:
+    """`collate_frames` plus the batch's LM inputs planned on the host (`InputBuilder.on_host`), so the loader's
+    workers tokenise, plan and read the vision cache while the GPU runs the previous step (in the main process that
+    work stood between steps). The workers are forked: they inherit the builder, and only its CPU parts run there."""
+
+    def __init__(self, builder: InputBuilder):
+        self.builder = builder
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = collate_frames(items)
+        batch["lm_inputs"] = self.builder.on_host(batch)
+        return batch
 
 
 def use_vision_cache(cfg, backbone) -> bool:
@@ -272,6 +297,8 @@ class Stage2Trainer(Trainer):
         groups = param_groups(model.heads, tc) + [{"params": model.lora_parameters(), "lr": tc.vl_lr,
                                                     "weight_decay": tc.weight_decay, "name": "vl_lora"}]
         self.build_inputs = InputBuilder(backbone, cfg, acc.device, cache)
+        if cache is not None:  # the cached path's host work moves into the loader (its workers, when there are any)
+            self.collate = PlannedCollate(self.build_inputs)
         self.vision_cache = cache
         return (model, groups, FrameSamples(SampleDataset(train_index, cfg.data, self.augmentation), train_frames),
                 FrameSamples(SampleDataset(val_index, cfg.data), val_frames), train_index)
