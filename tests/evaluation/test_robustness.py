@@ -41,6 +41,7 @@ def test_a_family_added_in_one_place_joins_the_matrix(tmp_path, monkeypatch):
                                "data": {"views": ["View1_left", "View2_left"]},
                                "closed_loop": {"episodes": 1, "seed": 500, "predictors": ["demonstrator"],
                                                "robustness": {"enabled": True, "families": ["brittle"]}}})
+    assert RunConfig().closed_loop.robustness.conditions()[-1] == ("brittle", "very")  # by itself in the default
     run_closed_loop(cfg, log=lambda *a: None)
     matrix = json.loads((tmp_path / "rb" / "metrics.json").read_text())["robustness"]
     assert list(matrix) == ["nominal", "brittle/very"]
@@ -70,7 +71,11 @@ def test_sweep_members_aggregate_to_mean_std_per_group(tmp_path, monkeypatch):
             "closed_loop": {"predictors": ["policy", "policy_no_sensor", "demonstrator"]},
             "sweep": {"name": "s", "grid": {"augment.enabled": [False, True], "train.seed": [0, 1, 2]}}}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(base))
-    for member, values in sweep.expand(base):
+    members = sweep.expand(base)
+    # augmentation changes only the weights: the demonstrator runs once in the whole sweep
+    assert [m for m, _ in members][:2] == ["augment_off-seed0", "augment_off-seed1"]
+    assert ["demonstrator" in v["closed_loop"]["predictors"] for _, v in members] == [True] + [False] * 5
+    for member, values in members:
         cfg = RunConfig.from_dict(values)
         on, seed = cfg.augment.enabled, cfg.train.seed
         policy = (1.0, 0.1 + 0.1 * seed) if on else (0.5 + 0.25 * (seed == 2), 0.2)  # off: 0.5, 0.5, 0.75
@@ -79,7 +84,9 @@ def test_sweep_members_aggregate_to_mean_std_per_group(tmp_path, monkeypatch):
             matrix["nominal"]["demonstrator"] = _cell(1.0, 0.05)
             matrix["noise/x4"]["demonstrator"] = _cell(0.5, 0.9)
         _write_member(cfg, matrix)
-    summary = sweep.robustness_summary(sweep.collect("p.yaml"))
+    collected = sweep.collect("p.yaml")
+    assert sweep.robustness_summary({**collected, "robustness": {}}) == {}  # no member ran one: notebook 05 skips
+    summary = sweep.robustness_summary(collected)
     assert list(summary) == ["augment_off", "augment_on"]
     off, on = summary["augment_off"]["nominal"], summary["augment_on"]["nominal"]
     assert list(off) == ["policy", "policy_no_sensor", "demonstrator"]
@@ -112,3 +119,11 @@ def test_heatmap_rows_conditions_columns_predictor_by_group():
         "demonstrator"]
     assert sum(t.get_text() == "0.90\n± 0.10" for t in ax.texts) == 15
     assert rb.table(summary).shape == (3, 5)
+
+
+def test_the_params_file_runs_the_matrix_the_issue_asks_for():
+    cfg = RunConfig.from_yaml(Path(__file__).resolve().parents[2] / "params/robustness.yaml")
+    assert cfg.closed_loop.robustness.enabled
+    assert len({family for family, _ in cfg.closed_loop.robustness.conditions()}) >= 6
+    assert {"policy", "policy_no_sensor", "demonstrator"} <= set(cfg.closed_loop.predictors)
+    assert cfg.sweep.grid["augment.enabled"] == [False, True] and len(cfg.sweep.grid["train.seed"]) >= 3

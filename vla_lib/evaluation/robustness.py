@@ -25,7 +25,8 @@ ABLATION_TARGET = 2.0  # depth error with the sensor removed / with it
 
 
 def run_matrix(cfg, policy, nominal: dict, log=print) -> dict:
-    """One run's matrix; `nominal`: the run's closed-loop metrics (its first row), `policy` as run_closed_loop has it."""
+    """One run's matrix; `nominal`: the run's closed-loop metrics (the first row); `policy` as run_closed_loop has
+    it (its frame cache: the perturbed rows reuse the frames they share)."""
     from vla_lib.data.perturbations import apply_perturbation
     from vla_lib.evaluation.closed_loop import evaluate_closed_loop
 
@@ -141,9 +142,10 @@ def plot_heatmap(summary: dict, metric: str = "success_rate"):
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    seeds = sorted({s["n_seeds"] for g in summary.values() for c in g.values() for s in c.values()})
+    seeds = sorted({s["n_seeds"] for g in summary.values() for c in g.values() for p, s in c.items()
+                    if p not in WEIGHTLESS})
     ax.set_title(f"closed loop, {metric.replace('_', ' ')}: mean ± std over training seeds (n = "
-                 f"{'/'.join(map(str, seeds))})", fontsize=9)
+                 f"{'/'.join(map(str, seeds))}; a predictor without weights: one run)", fontsize=9)
     fig.colorbar(image, ax=ax, label=metric.replace("_", " "))
     fig.tight_layout()
     return fig
