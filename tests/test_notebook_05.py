@@ -1,5 +1,6 @@
 """Notebook 05 runs headless under papermill: with every member of the sweep already done it runs nothing, collects
-the members, draws the figures (embedded in the executed notebook) and writes the verdict."""
+the members, draws the figures (embedded in the executed notebook) and writes the verdict; where the members ran a
+robustness matrix, its heat map too, and without one a note instead."""
 import json
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import yaml
 from tests.evaluation.test_closed_loop import SensorReadingPolicy
 from vla_lib import sweep
 from vla_lib.config import RunConfig
+from vla_lib.evaluation import robustness as rb
 from vla_lib.evaluation.closed_loop import evaluate_closed_loop, load_results, save_results
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_notebook_05_compares_done_members(tmp_path):
+@pytest.mark.parametrize("matrix", [False, True], ids=["plain", "robustness"])
+def test_notebook_05_compares_done_members(tmp_path, matrix):
     params = yaml.safe_load((REPO / "params/demo.yaml").read_text())
     params["output_root"] = str(tmp_path)
     params["synthetic"].update(image_width=64, image_height=36)
@@ -31,7 +34,10 @@ def test_notebook_05_compares_done_members(tmp_path):
         Path(cfg.train.output_dir, "metrics.jsonl").write_text("\n".join(json.dumps(
             {"epoch": e, "train/loss_epoch": 1.0 / e, "val/loss_epoch": 1.1 / e}) for e in (1, 2)))
         offline = {"predictors": {"policy": {"mse": 0.01}, "policy_no_sensor": {"mse": 0.02}}}
-        Path(cfg.run_dir, "metrics.json").write_text(json.dumps({"offline": offline, "closed_loop": closed.metrics}))
+        robust = {"robustness": {c: {p: rb._cell(m) for p, m in closed.metrics.items()}
+                                 for c in ("nominal", "noise/x4")}} if matrix else {}  # the shape run_matrix writes
+        Path(cfg.run_dir, "metrics.json").write_text(json.dumps({"offline": offline, "closed_loop": closed.metrics,
+                                                                 **robust}))
         save_results(closed, Path(cfg.run_dir) / "closed_loop_results.json")
         assert Path(cfg.run_dir, "closed_loop_results_mmode.npz").exists()  # the episodes the M-mode view draws
         back = load_results(Path(cfg.run_dir) / "closed_loop_results.json")  # JSON, not pickle: the same results
@@ -45,7 +51,9 @@ def test_notebook_05_compares_done_members(tmp_path):
                         progress_bar=False)
     nb = json.loads(out.read_text())
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 5  # loss curves, closed-loop summary, traces, success by surface, M-mode
+    assert len(images) == 5 + matrix  # loss curves, closed-loop summary, traces, success by surface, M-mode, heat map
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert ("heat map skipped" in printed) != matrix
     assert (tmp_path / "demo" / "05_compare" / "closed_loop_mmode.png").stat().st_size > 10_000
     compare = json.loads((tmp_path / "demo" / "05_compare" / "compare.json").read_text())
     v = compare["verdict"]
@@ -55,3 +63,10 @@ def test_notebook_05_compares_done_members(tmp_path):
     summary = json.loads((tmp_path / "demo" / "metrics.json").read_text())["closed_loop"]
     assert summary["policy"]["episodes"] == 6 and summary["policy"]["success_rate"] == 1.0
     assert {"success_rate", "depth_error_mm", "peak_force_n", "episodes"} <= set(summary["scripted"])
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert ("robustness" in metrics) == matrix
+    if matrix:  # one group (seeds only), two conditions, the scripted descent run by the first member only
+        assert list(metrics["robustness"]) == ["all"] and list(metrics["robustness"]["all"]) == ["nominal", "noise/x4"]
+        assert metrics["robustness"]["all"]["nominal"]["policy"]["n_seeds"] == 3
+        assert metrics["robustness"]["all"]["nominal"]["scripted"]["n_seeds"] == 1
+        assert (tmp_path / "demo" / "05_compare" / "robustness_heatmap.png").exists()

@@ -24,8 +24,8 @@ import yaml
 
 from vla_lib.config_compat import _LIMITS, MOVED, RESUME_FREE, changed_settings, moved_keys  # noqa: F401
 from vla_lib.config_sections import (  # noqa: F401  (re-exported: `from vla_lib.config import DataConfig` etc.)
-    PREDICTORS, BackboneConfig, CacheConfig, ClosedLoopConfig, DataConfig, EvalConfig, GroupConfig, LiveConfig,
-    LoraConfig, SensorTaskConfig, SweepConfig, SyntheticConfig, TrainConfig, _choice, _default_groups)
+    PREDICTORS, WEIGHTLESS, BackboneConfig, CacheConfig, ClosedLoopConfig, DataConfig, EvalConfig, GroupConfig,
+    LiveConfig, LoraConfig, SensorTaskConfig, SweepConfig, SyntheticConfig, TrainConfig, _choice, _default_groups)
 from vla_lib.data.configuration_augment import AugmentConfig
 from vla_lib.dotted import get_dotted, set_dotted
 from vla_lib.errors import ConfigError

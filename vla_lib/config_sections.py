@@ -7,6 +7,7 @@ from typing import Any
 from vla_lib.data.cameras import default_camera_views
 from vla_lib.data.configuration_sensor_task import SensorTaskConfig
 from vla_lib.errors import ConfigError
+from vla_lib.evaluation.configuration_robustness import RobustnessConfig
 
 
 def _choice(where: str, value, choices) -> None:
@@ -328,6 +329,7 @@ class LiveConfig:
 
 
 PREDICTORS = ("policy", "policy_no_sensor", "scripted", "demonstrator")  # evaluation/closed_loop.py runs them
+WEIGHTLESS = ("scripted", "demonstrator")  # no trained weights: on the same episodes, the same results in every run
 
 
 @dataclass
@@ -343,6 +345,7 @@ class ClosedLoopConfig:
     # CPU extra threads spin against each other (one act() measured 50 ms on 1 thread, 550-880 ms on 2, load 8)
     torch_threads: int = 1
     guard_off_too: bool = False  # run every predictor again with runtime.guard off: its peak force beside
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)  # the matrix over perturbation families
 
     def __post_init__(self) -> None:
         self.validate()
@@ -352,6 +355,7 @@ class ClosedLoopConfig:
             _choice("closed_loop.predictors[]", name, PREDICTORS)
         if self.episodes < 1:
             raise ConfigError(f"closed_loop.episodes must be >= 1, got {self.episodes}")
+        self.robustness.validate()
 
 
 @dataclass

@@ -304,7 +304,8 @@ def _run_all(cfg, policy, predictors, n, instruction, results, metrics, log) -> 
 
 
 def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | None = None) -> ClosedLoopResult:
-    """Load the run's checkpoint (unless given), evaluate, merge into outputs/<run>/metrics.json["closed_loop"]."""
+    """Load the run's checkpoint (unless given), evaluate, merge into outputs/<run>/metrics.json["closed_loop"]; with
+    `closed_loop.robustness.enabled`, then the robustness matrix (evaluation/robustness.py) into ["robustness"]."""
     from vla_lib.policy.loading import load_policy
 
     if policy is None and any(p.startswith("policy") for p in cfg.closed_loop.predictors):
@@ -317,6 +318,10 @@ def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | Non
         cached.save()
         log(f"VL features: {cached.misses} frame sets encoded, {cached.hits} served from the frame cache")
     write_json(Path(cfg.run_dir) / "metrics.json", merge=True, values={"closed_loop": result.metrics})
+    if cfg.closed_loop.robustness.enabled:  # after the save: the perturbed frames stay in memory, off the shared file
+        from vla_lib.evaluation.robustness import run_matrix
+
+        run_matrix(cfg, cached, result.metrics, log=log)
     return result
 
 

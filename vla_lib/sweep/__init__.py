@@ -18,8 +18,8 @@ runs of the members, one member's training and evaluation) and `report` (collect
 from vla_lib.sweep.grid import expand, frame_cache_path, member_dir, sweep_name, write_params
 from vla_lib.sweep.run import DONE, MEMBER_NOTEBOOK, run_member, run_sweep
 from vla_lib.sweep.report import (closed_loop_summary, collect, group_label, mean_std_table, plot_closed_loop_summary,
-                                  plot_loss_curves, show, verdict)
+                                  plot_loss_curves, robustness_summary, show, verdict)
 
 __all__ = ["DONE", "MEMBER_NOTEBOOK", "closed_loop_summary", "collect", "expand", "frame_cache_path", "group_label",
-           "mean_std_table", "member_dir", "plot_closed_loop_summary", "plot_loss_curves", "run_member", "run_sweep",
-           "show", "sweep_name", "verdict", "write_params"]
+           "mean_std_table", "member_dir", "plot_closed_loop_summary", "plot_loss_curves", "robustness_summary",
+           "run_member", "run_sweep", "show", "sweep_name", "verdict", "write_params"]

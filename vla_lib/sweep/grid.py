@@ -7,13 +7,15 @@ from pathlib import Path
 
 import yaml
 
-from vla_lib.config import RunConfig, load_params
+from vla_lib.config import WEIGHTLESS, RunConfig, load_params
 from vla_lib.dotted import set_dotted
 from vla_lib.notebook import repo_root
 
 
 def _label(key: str, value) -> str:
     leaf = key.split(".")[-1]
+    if leaf == "enabled":  # a section switched on or off (augment.enabled): the section names it
+        leaf = key.split(".")[-2]
     if isinstance(value, bool):
         return f"{leaf.replace('_enabled', '')}_{'on' if value else 'off'}"
     return f"{leaf}{value}"
@@ -49,10 +51,8 @@ def expand(base: dict) -> list[tuple[str, dict]]:
     return members
 
 
-# Closed-loop predictors that use no trained weights: on the same episodes their results are the same in every member
-WEIGHTLESS = ("scripted", "demonstrator")
 # grid keys that change only the trained weights (what a weightless predictor does not read)
-TRAINING_ONLY = ("train.", "model.", "data.sensor_enabled")
+TRAINING_ONLY = ("train.", "model.", "data.sensor_enabled", "augment.")
 
 
 def _weightless_once(values: dict, combo: tuple, keys: list, judged: set) -> None:

@@ -7,19 +7,19 @@ from pathlib import Path
 from vla_lib.config import RunConfig
 from vla_lib.dotted import get_dotted
 from vla_lib.notebook import repo_root
-from vla_lib.sweep.grid import _base, _label, expand, member_dir
+from vla_lib.sweep.grid import TRAINING_ONLY, _base, _label, expand, member_dir
 from vla_lib.sweep.run import DONE
 
 
 def collect(source: RunConfig | str | Path) -> dict:
-    """Loss curves (one DataFrame, a `member` column), a per-member metrics table, and its mean ± std over the
-    members that differ only in `train.seed`."""
+    """Loss curves (one DataFrame, a `member` column), a per-member metrics table, its mean ± std over the members
+    that differ only in `train.seed`, and each member's robustness matrix where it ran one."""
     import pandas as pd
 
     root = repo_root()
     base = _base(source, root)
     cfg = RunConfig.from_dict(base)
-    curves, rows = [], []
+    curves, rows, matrices = [], [], {}
     grid = list(cfg.sweep.grid)
     for member, values in expand(base):
         out = root / member_dir(cfg, member)
@@ -29,6 +29,8 @@ def collect(source: RunConfig | str | Path) -> dict:
         epochs = pd.DataFrame([r for r in log if "train/loss_epoch" in r]).assign(member=member)
         curves.append(epochs)
         metrics = json.loads((out / "metrics.json").read_text())
+        if "robustness" in metrics:
+            matrices[member] = metrics["robustness"]
         row = {"member": member}
         for k in grid:
             row[k] = get_dotted(values, k)
@@ -51,7 +53,7 @@ def collect(source: RunConfig | str | Path) -> dict:
     else:
         agg = pd.DataFrame()
     return {"curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), "table": table,
-            "mean_std": agg, "grid": grid}
+            "mean_std": agg, "grid": grid, "robustness": matrices}
 
 
 def mean_std_table(collected: dict, columns: list[str]):
@@ -157,7 +159,7 @@ def verdict(collected: dict, cfg: RunConfig) -> dict:
            "no_sensor_depth_error_mm_mean": float(err_off.mean()),
            "no_sensor_depth_error_mm_std": float(err_off.std(ddof=1)) if len(on) > 1 else 0.0,
            "ablation_error_ratio_mean": float(ratio.mean()), "ablation_error_ratio_min": float(ratio.min())}
-    if "scripted/success_rate" in table:  # run by the first member of its evaluation group only (grid.WEIGHTLESS)
+    if "scripted/success_rate" in table:  # run by the first member of its evaluation group only (config.WEIGHTLESS)
         out["scripted_success_rate"] = float(table["scripted/success_rate"].mean())
         out["scripted_depth_error_mm"] = float(table["scripted/depth_error_mm"].mean())
     off = table[~table["data.sensor_enabled"].astype(bool)] if "data.sensor_enabled" in table else table.iloc[:0]
@@ -183,3 +185,17 @@ def closed_loop_summary(collected: dict) -> dict:
             out[pred][metric] = float(values.mean())
             out[pred][f"{metric}_std_over_members"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
+
+
+def robustness_summary(collected: dict) -> dict:
+    """The members' robustness matrices as mean ± std over each grid group's seeds, {group: {condition: {predictor:
+    stats}}} (evaluation/robustness.py), for metrics.json["robustness"] of the run that owns the sweep; {} when no
+    member ran one. A weightless predictor ran in the first member of its evaluation settings (grid.py) only."""
+    from vla_lib.evaluation.robustness import aggregate
+
+    table, grid = collected["table"], collected["grid"]
+    evaluation = [k for k in grid if not k.startswith(TRAINING_ONLY)]
+    runs = [{"group": group_label(row, grid), "shared_key": tuple(repr(row[k]) for k in evaluation),
+             "matrix": collected["robustness"][row["member"]]}
+            for _, row in table.iterrows() if row["member"] in collected["robustness"]]
+    return aggregate(runs)
