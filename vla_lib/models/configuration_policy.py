@@ -38,6 +38,13 @@ class PolicyConfig:
     # tells the expert how fast the arm is already moving; K = 0 (the `original` presets: the published model has
     # no such token) turns it off.
     history_steps: int = 4
+    # How the chunk reads the arm's own motion (both need history_steps >= 1; both off = the behaviour before them).
+    # `residual_last_delta`: every step is the newest history delta plus a learned correction, so the step the arm
+    # has already committed to (latency + lag) comes from the measurement and the heads learn only the change.
+    residual_last_delta: bool = False
+    # Training only: the share of samples whose proprioception token sees zero deltas (the training mean), so the
+    # expert cannot lean on the arm's own speed alone (the copycat problem) and must read the sensor too.
+    history_dropout: float = 0.0
     fusion: str = "concat"
     expert_hidden: int = 1024
     expert_layers: int = 4
@@ -53,6 +60,10 @@ class PolicyConfig:
             raise ConfigError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if (self.residual_last_delta or self.history_dropout) and not self.history_steps:
+            raise ConfigError("model.residual_last_delta and model.history_dropout need model.history_steps >= 1")
+        if not 0.0 <= self.history_dropout < 1.0:  # 1 would train a token that evaluation then feeds real deltas
+            raise ConfigError(f"model.history_dropout must be in [0, 1), got {self.history_dropout}")
         if self.sensor_dim % self.sensor_heads or self.expert_hidden % self.expert_heads:
             raise ConfigError("model: hidden sizes must be divisible by their head counts")
 

@@ -1,7 +1,8 @@
 """The Stage-1 heads: SensorEncoder + Action Expert, and the policy module that joins them to cached VL features.
 
 No ground truth ever enters the model: the expert decodes the chunk from learned horizon queries attending to the
-fused VL + sensor condition (never from the target chunk itself, e.g. by adding the output to it). Inputs and
+fused VL + sensor condition (never from the target chunk itself, e.g. by adding the output to it; the optional
+`residual_last_delta` adds the robot's measured last delta, an input, not a target). Inputs and
 outputs are normalised with the training-split stats held as buffers; `forward` returns normalised actions for the
 loss and `predict` physical units (mm, deg).
 """
@@ -215,14 +216,31 @@ class Stage1Policy(nn.Module):
             w = w * x.sensor_mask.unsqueeze(-1).to(w.dtype)  # invalid points carry no value (and are masked)
             enc = self.sensor_encoder(w, x.sensor_mask, has)
             s = torch.where(has.view(-1, 1), enc, self.null_sensor.to(enc.dtype).expand(len(has), -1))
-        h = None
-        if self.config.history_steps:
-            if x.history.shape[1] < self.config.history_steps:
-                raise ValueError(f"the policy needs the robot's last {self.config.history_steps} pose deltas "
-                                 f"(history), got {tuple(x.history.shape)}")
-            h = x.history[:, -self.config.history_steps:, :POSE_DIMS].to(x.vl.dtype)
-            h = (h - self.action_mean[:POSE_DIMS]) / self.action_std[:POSE_DIMS]
-        return self.expert(x.vl, x.vl_mask, s, h)
+        h = self._history(x)
+        out = self.expert(x.vl, x.vl_mask, s, self._history_token(h))
+        if self.config.residual_last_delta:  # normalised: last + c * std in physical units; the gripper keeps its mean
+            last = nn.functional.pad(h[:, -1], (0, out.shape[-1] - POSE_DIMS))
+            out = out + last.unsqueeze(1).to(out.dtype)
+        return out
+
+    def _history(self, x: PolicyInputs) -> torch.Tensor | None:
+        """The last K pose deltas, normalised with the action stats (B, K, 6), or None when K = 0."""
+        if not self.config.history_steps:
+            return None
+        if x.history.shape[1] < self.config.history_steps:
+            raise ValueError(f"the policy needs the robot's last {self.config.history_steps} pose deltas "
+                             f"(history), got {tuple(x.history.shape)}")
+        h = x.history[:, -self.config.history_steps:, :POSE_DIMS].to(x.vl.dtype)
+        return (h - self.action_mean[:POSE_DIMS]) / self.action_std[:POSE_DIMS]
+
+    def _history_token(self, h: torch.Tensor | None) -> torch.Tensor | None:
+        """What the proprioception token sees: in training, a `history_dropout` share of samples see zeros (the
+        mean delta), drawn on the device per sample (no host sync, static shapes)."""
+        p = self.config.history_dropout
+        if h is None or not (self.training and p):
+            return h
+        keep = torch.rand(h.shape[0], 1, 1, device=h.device) >= p
+        return h * keep.to(h.dtype)
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return (actions - self.action_mean) / self.action_std

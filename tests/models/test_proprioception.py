@@ -1,0 +1,80 @@
+"""How the heads read the arm's own motion: the residual on the last delta, history dropout, the checkpoint."""
+import pytest
+import torch
+
+from vla_lib.config import RunConfig
+from vla_lib.data.normalization import NormStats
+from vla_lib.errors import ConfigError
+from vla_lib.models.inputs import PolicyInputs
+from vla_lib.models.modeling_policy import Stage1Policy
+from vla_lib.policy.checkpoint import load_checkpoint, save_checkpoint
+
+MEAN, STD = [0.1, -0.2, -0.5, 0.0, 0.3, 0.0, 0.0], [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0]
+
+
+def _cfg(**model) -> RunConfig:
+    return RunConfig.from_dict({"model": {"preset": "small", "vl_dim": 16, **model}})
+
+
+def _policy(**model) -> Stage1Policy:
+    torch.manual_seed(0)
+    return Stage1Policy(_cfg(**model).model, MEAN, STD)
+
+
+def _inputs(b=3, k=4) -> PolicyInputs:
+    g = torch.Generator().manual_seed(1)
+    return PolicyInputs(torch.randn(b, 6, 16, generator=g), torch.ones(b, 6, dtype=torch.bool),
+                        torch.randn(b, 65, 1026, generator=g), torch.ones(b, 65, dtype=torch.bool),
+                        torch.randn(b, k, 6, generator=g))
+
+
+def _zero_correction(p: Stage1Policy) -> None:
+    with torch.no_grad():
+        p.expert.head.weight.zero_()
+        p.expert.head.bias.zero_()
+
+
+def test_residual_with_zero_correction_predicts_the_last_delta_on_every_step():
+    p = _policy(residual_last_delta=True).eval()
+    _zero_correction(p)
+    x = _inputs()
+    out = p.predict(x)  # physical units: the newest measured delta repeated, the gripper its training value
+    torch.testing.assert_close(out[..., :6], x.history[:, -1:, :].expand(-1, 8, -1))
+    torch.testing.assert_close(out[..., 6], torch.full((3, 8), MEAN[6]))
+    off = _policy().eval()  # without the residual the same zero head gives the training mean
+    _zero_correction(off)
+    torch.testing.assert_close(off.predict(x)[..., :6], torch.tensor(MEAN[:6]).expand(3, 8, 6))
+
+
+def test_history_dropout_zeroes_whole_samples_in_training_only():
+    p = _policy(history_dropout=0.5)
+    h = torch.randn(512, 4, 6) + 3.0  # no row is zero by chance
+    torch.manual_seed(0)
+    seen = p.train()._history_token(h)
+    dropped = (seen == 0).all(2).all(1)
+    assert torch.equal(seen[~dropped], h[~dropped]) and 0.35 < dropped.float().mean() < 0.65
+    assert torch.equal(p.eval()._history_token(h), h)
+    assert torch.equal(_policy().train()._history_token(h), h)  # off: unchanged in training too
+
+
+def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_path):
+    cfg = _cfg(residual_last_delta=True, history_dropout=0.3)
+    p = Stage1Policy(cfg.model, MEAN, STD).eval()
+    stats = NormStats(MEAN, STD, {}, -3.0, 0.1, [0.0] * 1025, [1.0] * 1025, ["s"])
+    save_checkpoint(tmp_path / "new.pt", p, stats, cfg, 1, 1, 0.0)
+    loaded = load_checkpoint(tmp_path / "new.pt").heads
+    assert loaded.config.residual_last_delta and loaded.config.history_dropout == 0.3
+    torch.testing.assert_close(loaded.predict(_inputs()), p.predict(_inputs()))
+    blob = torch.load(tmp_path / "new.pt", weights_only=True)  # a checkpoint written before the settings existed
+    for key in ("residual_last_delta", "history_dropout"):
+        del blob["policy_config"][key]
+    torch.save(blob, tmp_path / "old.pt")
+    old = load_checkpoint(tmp_path / "old.pt").heads.config
+    assert old.residual_last_delta is False and old.history_dropout == 0.0
+
+
+@pytest.mark.parametrize("model", [{"history_steps": 0, "residual_last_delta": True},
+                                   {"history_steps": 0, "history_dropout": 0.2}, {"history_dropout": 1.0}])
+def test_settings_that_cannot_work_are_refused(model):
+    with pytest.raises(ConfigError):
+        _cfg(**model)
