@@ -7,7 +7,7 @@ from typing import Any
 from vla_lib.data.cameras import default_camera_views
 from vla_lib.data.configuration_sensor_task import SensorTaskConfig
 from vla_lib.errors import ConfigError
-from vla_lib.evaluation.configuration_robustness import RobustnessConfig
+from vla_lib.data.configuration_robustness import RobustnessConfig
 
 
 def _choice(where: str, value, choices) -> None:

@@ -321,7 +321,7 @@ def run_closed_loop(cfg, policy=None, log=print, feature_cache: str | Path | Non
     if cfg.closed_loop.robustness.enabled:  # after the save: the perturbed frames stay in memory, off the shared file
         from vla_lib.evaluation.robustness import run_matrix
 
-        run_matrix(cfg, cached, result.metrics, log=log)
+        run_matrix(cfg, lambda c: evaluate_closed_loop(c, cached, log=log), result.metrics, log=log)
     return result
 
 

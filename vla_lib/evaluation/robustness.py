@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_lib.config import PREDICTORS, WEIGHTLESS
-from vla_lib.evaluation.configuration_robustness import NOMINAL
+from vla_lib.data.configuration_robustness import NOMINAL
 from vla_lib.jsonio import write_json
 
 CELL = ("success_rate", "depth_error_mm", "peak_force_n", "peak_force_n_max", "episodes", "stopped_episodes")
@@ -24,17 +24,17 @@ SUCCESS_TARGET = 0.9  # the policy's success wherever the reference (the demonst
 ABLATION_TARGET = 2.0  # depth error with the sensor removed / with it
 
 
-def run_matrix(cfg, policy, nominal: dict, log=print) -> dict:
-    """One run's matrix; `nominal`: the run's closed-loop metrics (the first row); `policy` as run_closed_loop has
-    it (its frame cache: the perturbed rows reuse the frames they share)."""
+def run_matrix(cfg, evaluate, nominal: dict, log=print) -> dict:
+    """One run's matrix; `nominal`: the run's closed-loop metrics (the first row); `evaluate(cfg)`: the closed loop
+    on a config (run_closed_loop passes its own, with the run's policy and frame cache: the perturbed rows reuse the
+    frames they share), so this module needs nothing of closed_loop's."""
     from vla_lib.data.perturbations import apply_perturbation
-    from vla_lib.evaluation.closed_loop import evaluate_closed_loop
 
     matrix = {NOMINAL: {p: _cell(m) for p, m in nominal.items()}}
     conditions = cfg.closed_loop.robustness.conditions()
     for k, (family, level) in enumerate(conditions, 1):
         log(f"[robustness {k}/{len(conditions)}] {family}/{level}")
-        result = evaluate_closed_loop(apply_perturbation(cfg, family, level), policy, log=log)
+        result = evaluate(apply_perturbation(cfg, family, level))
         matrix[f"{family}/{level}"] = {p: _cell(m) for p, m in result.metrics.items()}
     write_json(Path(cfg.run_dir) / "metrics.json", merge=True, values={"robustness": matrix})
     return matrix
