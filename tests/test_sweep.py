@@ -96,8 +96,19 @@ def test_collect_and_verdict(tmp_path, monkeypatch):
     assert agg.loc[True, ("policy/success_rate", "mean")] == pytest.approx(0.95)
     assert agg.loc[True, ("policy/success_rate", "count")] == 3
     v = sweep.verdict(got, RunConfig.from_dict(base))
-    assert v["members"] == 3 and v["seeds"] == [0, 1, 2] and v["episodes"] == 20
+    assert v["members"] == 3 and v["seeds"] == [0, 1, 2] and v["episodes"] == 20 and v["groups"] == ["all"]
     assert v["success_rate_mean"] == pytest.approx(0.95) and v["ablation_error_ratio_mean"] == pytest.approx(8.0)
     assert v["target_success_met"] and v["target_ablation_met"] and v["target_seeds_met"]
     assert v["trained_without_sensor_success_rate_mean"] == pytest.approx(0.2)
     assert "0.950 ± 0.050 (n=3)" in sweep.mean_std_table(got, ["policy/success_rate"]).loc[True].iloc[0]
+
+
+def test_verdict_counts_seeds_not_runs_when_the_grid_has_another_axis():
+    """augment off/on x 3 seeds: 6 runs of 3 seeds in two groups (the robustness sweep), not 6 seeds."""
+    import pandas as pd
+
+    rows = [{"member": f"m{a}{s}", "train.seed": s, "augment.enabled": a, "policy/success_rate": 1.0,
+             "policy/depth_error_mm": 0.1, "policy_no_sensor/depth_error_mm": 1.0, "policy/episodes": 5}
+            for a in (False, True) for s in (0, 1, 2)]
+    v = sweep.verdict({"table": pd.DataFrame(rows), "grid": ["augment.enabled", "train.seed"]}, None)
+    assert v["members"] == 6 and v["seeds"] == [0, 1, 2] and len(v["groups"]) == 2

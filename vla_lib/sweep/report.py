@@ -152,7 +152,10 @@ def verdict(collected: dict, cfg: RunConfig) -> dict:
     success = on["policy/success_rate"].to_numpy(float)
     err, err_off = on["policy/depth_error_mm"].to_numpy(float), on["policy_no_sensor/depth_error_mm"].to_numpy(float)
     ratio = err_off / np.maximum(err, 1e-9)
-    out = {"members": int(len(on)), "seeds": sorted(int(s) for s in on.get("train.seed", [])),
+    # other grid axes (e.g. augment on/off) are groups, not more seeds: the line names them
+    groups = sorted({group_label(row, [k for k in collected["grid"] if k != "data.sensor_enabled"])
+                     for _, row in on.iterrows()})
+    out = {"members": int(len(on)), "seeds": sorted({int(s) for s in on.get("train.seed", [])}), "groups": groups,
            "episodes": int(on["policy/episodes"].min()),
            "success_rate_mean": float(success.mean()), "success_rate_std": float(success.std(ddof=1)) if len(on) > 1 else 0.0,
            "depth_error_mm_mean": float(err.mean()), "depth_error_mm_std": float(err.std(ddof=1)) if len(on) > 1 else 0.0,
