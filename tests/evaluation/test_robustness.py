@@ -127,3 +127,25 @@ def test_the_params_file_runs_the_matrix_the_issue_asks_for():
     assert len({family for family, _ in cfg.closed_loop.robustness.conditions()}) >= 6
     assert {"policy", "policy_no_sensor", "demonstrator"} <= set(cfg.closed_loop.predictors)
     assert cfg.sweep.grid["augment.enabled"] == [False, True] and len(cfg.sweep.grid["train.seed"]) >= 3
+
+
+def test_the_rich_variant_trains_on_rich_sessions_of_its_own_and_keeps_the_interface_levels():
+    """params/robustness_rich.yaml: rich training sessions in their own folder (the demo's stay nominal), the same
+    matrix; on top of the rich model an extra_interfaces level still means one more interface at its named depth."""
+    from vla_lib.data.perturbations import apply_perturbation
+    from vla_lib.data.tissue import sample_tissue
+
+    params = Path(__file__).resolve().parents[2] / "params"
+    rich, base = (RunConfig.from_yaml(params / f) for f in ("robustness_rich.yaml", "robustness.yaml"))
+    assert rich.synthetic.task.sensor_model.preset == "rich" and base.synthetic.task.sensor_model.preset == "nominal"
+    assert rich.data.root == rich.synthetic.out_dir != base.synthetic.out_dir
+    assert rich.sweep.name != base.sweep.name and rich.run_name != base.run_name
+    assert rich.closed_loop.robustness == base.closed_loop.robustness and rich.sweep.grid == base.sweep.grid
+    named = {"film_close": (0.5, 0.8), "layer_shallow": (-1.0, -0.5)}  # the extra interface's height above the target
+    for level, (lo, hi) in named.items():
+        model = apply_perturbation(rich, "extra_interfaces", level).synthetic.task.sensor_model
+        assert model.params()["speckle"] > 0  # still the rich model underneath
+        for seed in range(1000, 1005):
+            heights = sample_tissue(model, seed).heights_mm
+            assert len(heights) == 2 and 0.0 in heights
+            assert lo <= sum(heights) <= hi, (level, heights)
