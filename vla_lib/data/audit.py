@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vla_lib.data.recorder_formats import DataError, Session, offsets_for, read_session
+from vla_lib.data.recorder_files import DataError
+from vla_lib.data.recorder_formats import Session, offsets_for, read_session
 from vla_lib.data.samples import find_sessions
 
 
