@@ -168,9 +168,9 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(prepared, tmp
     assert val[0] == pytest.approx(val[1], rel=1e-4), (first, val)
 
 
-def test_resume_refuses_another_process_count_old_formats_and_reports_free_changes(tmp_path):
-    """An exact resume needs the same settings and the same number of processes; a resume state of an
-    earlier version is refused in one line; changes the weights do not depend on are honoured and said."""
+def test_resume_refuses_another_process_count_other_files_and_reports_free_changes(tmp_path):
+    """An exact resume needs the same settings and the same number of processes; a file that is not a resume state
+    is refused in one line; changes the weights do not depend on are honoured and said."""
     import numpy as np
 
     from vla_lib.train import RunStateError, read_resume
@@ -184,8 +184,11 @@ def test_resume_refuses_another_process_count_old_formats_and_reports_free_chang
     free = cfg.with_overrides({"train.num_workers": 3, "train.log_every_steps": 5})
     assert read_resume(path, free, processes=2, say=said.append)["processes"] == 2
     assert "train.num_workers: 0 -> 3" in said[0] and "train.log_every_steps" in said[0]
-    torch.save({"rng": {"numpy": np.random.get_state()}}, path)  # the pickled format of earlier versions
-    with pytest.raises(RunStateError, match="earlier version"):
+    torch.save({"rng": {"numpy": np.random.get_state()}}, path)  # pickled numpy objects: weights_only refuses them
+    with pytest.raises(RunStateError, match="UnpicklingError: not a resume state"):
+        read_resume(path, cfg, processes=1)
+    torch.save({"progress": {}}, path)
+    with pytest.raises(RunStateError, match="is not a resume state \\(no run_config, processes, split\\)"):
         read_resume(path, cfg, processes=1)
 
 

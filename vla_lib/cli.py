@@ -108,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def main(argv: list[str] | None = None) -> int:
     """Expected failures (bad settings, a cache miss, a damaged store, bad data, a run folder that cannot be
     continued) end with one line naming the problem and the command that fixes it, and exit code 2."""
-    from vla_lib.data.recorder_formats import DataError
+    from vla_lib.data.recorder_files import DataError
     from vla_lib.finite_guard import NonFiniteError
     from vla_lib.policy.checkpoint import CheckpointMismatchError
     from vla_lib.pipeline import NotebookError

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from vla_lib.config_compat import _LIMITS, MOVED, RESUME_FREE, changed_settings, moved_keys  # noqa: F401
+from vla_lib.config_compat import changed_settings
 from vla_lib.config_sections import (  # noqa: F401  (re-exported: `from vla_lib.config import DataConfig` etc.)
     PREDICTORS, WEIGHTLESS, BackboneConfig, CacheConfig, ClosedLoopConfig, DataConfig, EvalConfig, GroupConfig,
     LiveConfig, LoraConfig, SensorTaskConfig, SweepConfig, SyntheticConfig, TrainConfig, _choice, _default_groups)
@@ -169,9 +169,6 @@ def _build(cls: type, values: dict[str, Any], where: str):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
-    moved = moved_keys(where, unknown)
-    if moved:
-        raise ConfigError("; ".join(moved))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(where + k for k in unknown)}; known: {sorted(known)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in values.items()}

@@ -29,3 +29,15 @@ def set_dotted(tree, dotted: str, value, create: bool = False) -> None:
         node[leaf] = value
     else:
         setattr(node, leaf, value)
+
+
+def flatten(tree: dict, keep: tuple[str, ...] = (), prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {dotted name: value}; a dict under a key named in `keep` stays one value (its keys are data,
+    not settings)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in keep:
+            out.update(flatten(value, keep, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out

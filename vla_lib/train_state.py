@@ -41,6 +41,10 @@ class RunStateError(RuntimeError):
     """A run folder that cannot be continued with these settings (finished, or other settings)."""
 
 
+# What a resume reads before it restores anything: the run's settings, its process count, and its train/val split.
+_RESUME_KEYS = ("run_config", "processes", "split")
+
+
 def read_resume(path: Path, cfg, processes: int, say=print) -> dict | None:
     """The saved resume state of this run folder, or None. Refuses a run with other settings or another number of
     processes (the sampler's split of each epoch and the effective batch depend on it), saying what differs; says
@@ -49,11 +53,13 @@ def read_resume(path: Path, cfg, processes: int, say=print) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickle
-    except Exception as e:  # an older, pickled resume state, or a damaged file
-        raise RunStateError(f"{path} cannot be resumed ({type(e).__name__}: written by an earlier version, or "
-                            "damaged); start a new run with --run-name NAME") from None
-    if "split" not in state:
-        raise RunStateError(f"{path} was written by an earlier version; start a new run with --run-name NAME")
+    except Exception as e:  # pickled objects, or a damaged file
+        raise RunStateError(f"{path} cannot be resumed ({type(e).__name__}: not a resume state, or damaged); start a "
+                            "new run with --run-name NAME") from None
+    missing = [k for k in _RESUME_KEYS if k not in state]
+    if missing:
+        raise RunStateError(f"{path} is not a resume state (no {', '.join(missing)}); start a new run with "
+                            "--run-name NAME")
     changed = settings_changed(state["run_config"], cfg.to_dict())
     if changed:
         raise RunStateError(f"{path.parent.parent} holds a run with other settings ({'; '.join(changed)}). Start a new "

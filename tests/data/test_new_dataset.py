@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vla_lib.config import GroupConfig, RunConfig, SyntheticConfig
-from vla_lib.data.recorder_formats import DataError, read_session
+from vla_lib.data.recorder_files import DataError
+from vla_lib.data.recorder_formats import read_session
 from vla_lib.data.samples import SampleDataset, build_index
 from vla_lib.data.synthetic import _make_spec, write_new_dataset_episode
 

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vla_lib.data.recorder_formats import DataError, load_image, read_session
+from vla_lib.data.recorder_files import DataError, load_image
+from vla_lib.data.recorder_formats import read_session
 from vla_lib.data.samples import build_index
 
 

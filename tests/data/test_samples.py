@@ -184,6 +184,19 @@ def test_missing_clock_offsets_are_reported_and_params_offsets_applied(session_c
     assert any("no clock offsets" in s["reason"] for s in skipped)
 
 
+def test_the_audit_report_is_strict_json(session_copy, data_cfg, tmp_path):
+    """audit.json holds no NaN (JSON has none): a value with no data (a median of nothing) is null."""
+    import json
+
+    from vla_lib.data.audit import audit_dataset, write_audit
+
+    data_cfg.root = str(session_copy("recv_all").parent.parent)
+    table, skipped, _ = audit_dataset(data_cfg)
+    path = write_audit(tmp_path, table, skipped, extra={"staleness_ms_median": np.float64("nan")})["path"]
+    summary = json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(f"{c} in audit.json"))
+    assert summary["staleness_ms_median"] is None and summary["sessions"] == len(table) >= 1
+
+
 def test_an_overwritten_frame_gets_a_new_cache_key(session_copy, data_cfg):
     """A frame is identified by path, size and mtime: a JPEG written again is encoded again."""
     import os

@@ -5,7 +5,7 @@ import pytest
 
 from vla_lib.config import ConfigError, RunConfig
 from vla_lib.data.normalization import compute_stats
-from vla_lib.data.recorder_formats import DataError
+from vla_lib.data.recorder_files import DataError
 from vla_lib.data.samples import build_index
 from vla_lib.data.split import split_sessions
 from vla_lib.evaluation.run import held_out, split

@@ -6,7 +6,7 @@ import pytest
 
 from vla_lib.config import RunConfig, SyntheticConfig
 from vla_lib.data.recorder_formats import read_session
-from vla_lib.data.samples import pose_history
+from vla_lib.data.timeline import pose_history
 from vla_lib.data.synthetic import _make_spec, write_new_dataset_episode
 from vla_lib.data.timeline import resample_sensor_window
 from vla_lib.runtime.live_io import LiveRobotIO

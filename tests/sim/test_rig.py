@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vla_lib.config import RunConfig
-from vla_lib.data.samples import pose_history
+from vla_lib.data.timeline import pose_history
 from vla_lib.data.scenarios import chunk_from_speed, sample_episode
 from vla_lib.data.timeline import resample_sensor_window
 from vla_lib.sim.rig import SimRig

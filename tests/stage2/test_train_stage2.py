@@ -64,7 +64,7 @@ def test_cached_and_uncached_vision_give_the_same_loss_and_stage1_features(stage
     """Tolerance: 1e-5 relative (fp32, CPU; the vision tower runs on other batch compositions in the two paths)."""
     from vla_lib.vlm.interface import load_backbone
     from vla_lib.vlm.qwen.encode import encode, prepare_inputs
-    from vla_lib.data.recorder_formats import load_image
+    from vla_lib.data.recorder_files import load_image
 
     cfg, _, _ = stage1_run
     model, backbone, _, _, cache = s2.setup(copy.deepcopy(cfg), "cpu", say=lambda *a: None)

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vla_lib.data.recorder_formats import DataError, Session, offsets_for, read_session
+from vla_lib.data.recorder_files import DataError
+from vla_lib.data.recorder_formats import Session, offsets_for, read_session
 from vla_lib.data.samples import find_sessions
+from vla_lib.jsonio import write_json
 
 
 def _rate(times: np.ndarray) -> float:
@@ -90,8 +92,7 @@ def write_audit(out_dir: str | Path, table: pd.DataFrame, skipped: list[dict], e
     table.to_csv(out / "audit.csv", index=False)
     summary = {"sessions": len(table), "skipped_or_issues": skipped,
                "per_session": json.loads(table.to_json(orient="records")), **(extra or {})}
-    (out / "audit.json").write_text(json.dumps(summary, indent=1, default=float))
-    return {**summary, "path": str(out / "audit.json")}
+    return {**summary, "path": str(write_json(out / "audit.json", summary))}
 
 
 def print_report(table: pd.DataFrame, skipped: list[dict], report_path: str, log=print) -> None:

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vla_lib.data.mmode import plot_mmode, sensor_task_overlays
-from vla_lib.data.recorder_formats import Session, load_image
+from vla_lib.data.recorder_files import load_image
+from vla_lib.data.recorder_formats import Session
 from vla_lib.data.scenarios import load_episode
 
 TRUTH = "sensor_task_truth.json"

@@ -19,7 +19,7 @@ it on the robot clock (`vla_lib.rig.record` writes it; the rig's own recorder sa
 
 Everything is read straight from the session folder. Sensor arrays are memory-mapped, never loaded whole.
 A broken file raises `DataError` naming it; the dataset builder turns that into a reported skip.
-The file-level readers (camera folders, JPEGs, sensor NPZs, `DataError`) are in `recorder_files`, re-exported here.
+The file-level readers (camera folders, JPEGs, sensor NPZs, `DataError`) are in `recorder_files`.
 """
 from __future__ import annotations
 
@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vla_lib.data.recorder_files import (  # noqa: F401  (re-exported: callers import these from here)
-    DataError, FrameList, SensorStream, WindowRows, check_increasing, jpeg_problem, load_image, npz_memmap,
-    read_episode_sensor, read_sensor_npz, read_views)
-from vla_lib.dims import ALINE_POINTS  # noqa: F401  (re-exported: data.synthetic imports it from here)
+from vla_lib.data.recorder_files import (DataError, FrameList, SensorStream, check_increasing, read_episode_sensor,
+                                         read_sensor_npz, read_views)
+from vla_lib.data.recorder_files import load_image  # noqa: F401  (vlm/qwen and stage2/train_stage2 import it from here)
 
 VIEW_KEYS = [f"View{i}_{s}" for i in range(1, 5) for s in ("left", "right")] + ["View5"]
 _TS_AS_NAME = re.compile(r"^(\d+(?:\.\d+)?)\.jpe?g$", re.IGNORECASE)  # New_dataset: images/ViewN/<ts>.jpg

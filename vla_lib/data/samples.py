@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vla_lib.data.recorder_formats import DataError, Session, offsets_for, read_session
-from vla_lib.data.timeline import (latest_frame_index, pose_deltas, pose_history,  # noqa: F401 (re-exported)
-                                   resample_sensor_window, sensor_coverage)
+from vla_lib.data.recorder_files import DataError
+from vla_lib.data.recorder_formats import Session, offsets_for, read_session
+from vla_lib.data.timeline import (latest_frame_index, pose_deltas, pose_history, resample_sensor_window,
+                                   sensor_coverage)
 from vla_lib.dims import SENSOR_CHANNELS
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_lib.data.recorder_formats import DataError
+from vla_lib.data.recorder_files import DataError
 
 
 def split_sessions(index, data_cfg) -> tuple[list[str], list[str]]:

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vla_lib.data.cameras import ZED_SERIALS
-from vla_lib.data.recorder_formats import ALINE_POINTS
 from vla_lib.data.timeline import wrap_deg
+from vla_lib.dims import ALINE_POINTS
 
 TARGETS_XY = [(250.0, -40.0), (250.0, 40.0), (300.0, 0.0), (200.0, 0.0)]  # mm, on the pad surface
 SURFACE_Z = 100.0

@@ -12,7 +12,8 @@ from vla_lib.dotted import set_dotted
 from vla_lib.notebook import repo_root
 
 
-def _label(key: str, value) -> str:
+def axis_label(key: str, value) -> str:
+    """One grid axis at one value as a name part: `train.seed` 1 -> seed1, `augment.enabled` True -> augment_on."""
     leaf = key.split(".")[-1]
     if leaf == "enabled":  # a section switched on or off (augment.enabled): the section names it
         leaf = key.split(".")[-2]
@@ -37,7 +38,7 @@ def expand(base: dict) -> list[tuple[str, dict]]:
             set_dotted(values, k, v, create=True)
         for k, v in zip(keys, combo):
             set_dotted(values, k, v, create=True)
-        member = "-".join(_label(k, v) for k, v in zip(keys, combo)) or "base"
+        member = "-".join(axis_label(k, v) for k, v in zip(keys, combo)) or "base"
         values["output_root"] = str(Path(cfg.output_root) / name)
         values["run_name"] = member
         set_dotted(values, "train.output_dir", str(Path(cfg.output_root) / name / member / "train"), create=True)
@@ -65,7 +66,7 @@ def _weightless_once(values: dict, combo: tuple, keys: list, judged: set) -> Non
     judged.add(evaluation)
 
 
-def _base(source: RunConfig | str | Path, root: Path) -> dict:
+def base_values(source: RunConfig | str | Path, root: Path) -> dict:
     """The sweep's base values: a config as built (flags and --set included), or a params file (`extends:` resolved)."""
     return source.to_dict() if isinstance(source, RunConfig) else load_params(root / source)
 
@@ -73,7 +74,7 @@ def _base(source: RunConfig | str | Path, root: Path) -> dict:
 def write_params(source: RunConfig | str | Path, root: Path | None = None) -> list[tuple[str, Path]]:
     """Write one params file per member under outputs/<sweep>/params/; returns (member, path relative to root)."""
     root = root or repo_root()
-    base = _base(source, root)
+    base = base_values(source, root)
     cfg = RunConfig.from_dict(base)
     out = Path(cfg.output_root) / sweep_name(cfg) / "params"
     (root / out).mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from vla_lib.config import RunConfig
 from vla_lib.dotted import get_dotted
 from vla_lib.notebook import repo_root
-from vla_lib.sweep.grid import TRAINING_ONLY, _base, _label, expand, member_dir
+from vla_lib.sweep.grid import TRAINING_ONLY, axis_label, base_values, expand, member_dir
 from vla_lib.sweep.run import DONE
 
 
@@ -17,7 +17,7 @@ def collect(source: RunConfig | str | Path) -> dict:
     import pandas as pd
 
     root = repo_root()
-    base = _base(source, root)
+    base = base_values(source, root)
     cfg = RunConfig.from_dict(base)
     curves, rows, matrices = [], [], {}
     grid = list(cfg.sweep.grid)
@@ -89,7 +89,7 @@ def show(fig, out_dir, name: str):
 
 def group_label(row, grid: list[str]) -> str:
     keys = [k for k in grid if k != "train.seed"]
-    return ", ".join(_label(k, row[k]) for k in keys) or "all"
+    return ", ".join(axis_label(k, row[k]) for k in keys) or "all"
 
 
 def plot_loss_curves(collected: dict):

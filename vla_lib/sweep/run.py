@@ -7,7 +7,7 @@ from pathlib import Path
 from vla_lib.config import RunConfig
 from vla_lib.jsonio import write_json
 from vla_lib.notebook import execute, repo_root
-from vla_lib.sweep.grid import _base, frame_cache_path, member_dir, write_params
+from vla_lib.sweep.grid import base_values, frame_cache_path, member_dir, write_params
 
 MEMBER_NOTEBOOK = "notebooks/sweep_member.ipynb"
 DONE = "sweep_done.json"
@@ -16,7 +16,7 @@ DONE = "sweep_done.json"
 def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
     """Run every member not done yet through papermill (notebooks/sweep_member.ipynb); returns one status row each."""
     root = repo_root()
-    cfg = RunConfig.from_dict(_base(source, root))
+    cfg = RunConfig.from_dict(base_values(source, root))
     rows, ran = [], []
     members = write_params(source, root)
     for k, (member, path) in enumerate(members, 1):
