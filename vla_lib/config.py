@@ -6,11 +6,10 @@ A run is described by `RunConfig`, a tree of dataclasses. A YAML parameter file 
 `-f params/x.yaml` injects the same sections as notebook variables, and `RunConfig.from_dict` turns them back into
 dataclasses. CLI flags (including those of the commands in docs/training.md) are dotted overrides applied on top
 (see `cli.py`).
-Unknown keys are errors, never silently ignored; a key that moved says where to (`MOVED`). Every section validates
-itself when it is built, and `RunConfig.validate` runs them all again at the start of every mode.
-The sections' dataclasses live in `config_sections.py` (`augment:` in `data/configuration_augment.py`), the rules
-for params files with keys that moved and for resumed runs (`MOVED`, `RESUME_FREE`) in `config_compat.py`; both are
-re-exported here: import from this module.
+Unknown keys are errors naming the section's known keys, never silently ignored. Every section validates itself
+when it is built, and `RunConfig.validate` runs them all again at the start of every mode.
+The sections' dataclasses live in `config_sections.py` (`augment:` in `data/configuration_augment.py`) and are
+re-exported here: import them from this module. Which settings a resumed run may change is `config_compat.py`'s.
 """
 from __future__ import annotations
 

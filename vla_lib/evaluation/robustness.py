@@ -6,7 +6,7 @@
   with the perturbation applied (run_closed_loop calls it when `closed_loop.robustness.enabled`);
 - `aggregate`: many runs' matrices (a sweep's training seeds) as mean ± std per group, {group: {condition:
   {predictor: stats}}} (metrics.json["robustness"] of the run that owns the sweep: sweep.report.robustness_summary);
-- `targets`: the issue's targets per cell; `table` and `plot_heatmap`: what notebook 05 shows.
+- `targets`: per cell, the policy's success where the demonstrator succeeds and the cost of removing the sensor; `table` and `plot_heatmap`: what notebook 05 shows.
 """
 from __future__ import annotations
 
