@@ -159,6 +159,24 @@ def test_expected_failures_are_one_line_with_the_fixing_command(tmp_path, synth_
     ({"live": {"execution": "blend"}}, r"unknown parameter\(s\) live.execution; known: \[.*'duration_s'"),
     ({"train": {"lrr": 1e-3, "epochz": 2}}, r"unknown parameter\(s\) train.epochz, train.lrr; known: \[.*'lr'"),
     ({"runtime": {"inject_delay_s": 0.7}}, r"must leave a step of the chunk"),
+    # NaN compares false with every bound: a NaN blend_decay made NaN steps (each float of the section is checked)
+    ({"runtime": {"blend_decay": float("nan")}}, r"^runtime.blend_decay must be finite, got nan$"),
+    ({"runtime": {"execution_latency_s": float("inf")}}, r"^runtime.execution_latency_s must be finite"),
+    ({"runtime": {"inject_delay_s": float("nan")}}, r"^runtime.inject_delay_s must be finite"),
+    ({"runtime": {"limits": {"max_sensor_gap_s": float("nan")}}}, r"^runtime.limits.max_sensor_gap_s must be finite"),
+    ({"runtime": {"limits": {"workspace_min": [1.0, float("nan"), 3.0]}}}, r"^runtime.limits.workspace_min must be"),
+    ({"runtime": {"limits": {"max_sensor_gap_s": 0}}}, r"runtime.limits: must be > 0: max_sensor_gap_s"),
+    ({"synthetic": {"task": {"action_latency_s": -1}}}, r"^synthetic.task: action_latency_s \(-1.0\) must be >= 0$"),
+    ({"synthetic": {"task": {"tracking_tau_s": 0}}}, r"^synthetic.task: tracking_tau_s \(0.0\) must be > 0$"),
+    ({"synthetic": {"task": {"force_limit_n": -1}}}, r"^synthetic.task: force_limit_n \(-1.0\) must be > 0$"),
+    ({"synthetic": {"task": {"episode_s": float("nan")}}}, r"^synthetic.task.episode_s must be finite"),
+    ({"synthetic": {"task": {"stiffness_range": [0.7, 0.3]}}}, r"^synthetic.task.stiffness_range must be \[lo, hi\]"),
+    ({"synthetic": {"task": {"surface_offset_mm": [2.0, 1.0]}}}, r"^synthetic.task.surface_offset_mm must be"),
+    ({"synthetic": {"task": {"sensor_drop_fraction": 1.0}}}, r"^synthetic.task.sensor_drop_fraction must be in"),
+    # with the arm moving, a stopped stream answered `continue` would leave it moving with nothing watching the force
+    *[({"live": {"send_actions": True}, "runtime": {"faults": {k: "continue"}}},
+       rf"^live.send_actions moves the robot: runtime.faults.{k} must be hold or stop, not continue")
+      for k in ("sensor_stale", "sensor_invalid", "robot_stale")],
 ])
 def test_every_section_refuses_unknown_choices_with_the_allowed_ones(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -177,6 +195,26 @@ def test_every_mode_validates_the_whole_config_again(capsys):
     cfg.runtime.execution = "blnd"
     with pytest.raises(ConfigError, match="runtime.execution"):
         run_mode(argparse.Namespace(mode="synth"), cfg)
+    cfg = RunConfig()
+    cfg.synthetic.task.tracking_tau_s = 0.0
+    with pytest.raises(ConfigError, match="synthetic.task: tracking_tau_s"):
+        run_mode(argparse.Namespace(mode="synth"), cfg)
+    cfg = RunConfig()
+    cfg.runtime.blend_decay = float("nan")
+    with pytest.raises(ConfigError, match="runtime.blend_decay must be finite"):
+        run_mode(argparse.Namespace(mode="synth"), cfg)
+
+
+def test_a_nan_written_in_yaml_is_refused_and_every_perturbation_level_is_a_valid_task(tmp_path):
+    from vla_lib.data.perturbations import apply_perturbation, perturbation_levels
+
+    path = tmp_path / "p.yaml"
+    path.write_text("runtime:\n  blend_decay: .nan\n")
+    with pytest.raises(ConfigError, match="runtime.blend_decay must be finite"):
+        RunConfig.from_yaml(path)
+    cfg = RunConfig.from_dict({"synthetic": {"scenario": "sensor_task"}})
+    for family, level in perturbation_levels():  # the robustness matrix's overrides pass the task's checks
+        apply_perturbation(cfg, family, level)
 
 
 def test_a_derived_value_of_a_section_built_alone_is_refused_in_one_line(tmp_path):

@@ -129,6 +129,12 @@ class RunConfig:
             if off:
                 raise ConfigError(f"live.send_actions moves the robot: {', '.join(off)} must be on (they are off "
                                   "only to measure the loop, in a dry run)")
+            # a stream that stopped answered with `continue` lets the arm move with nothing watching the force
+            blind = [f"runtime.faults.{k}" for k in ("sensor_stale", "sensor_invalid", "robot_stale")
+                     if getattr(self.runtime.faults, k) == "continue"]
+            if blind:
+                raise ConfigError(f"live.send_actions moves the robot: {', '.join(blind)} must be hold or stop, not "
+                                  "continue (a stopped stream would leave the arm moving unsupervised)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; derived fields are written as null (so an override of their source carries over)."""

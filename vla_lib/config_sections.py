@@ -44,6 +44,7 @@ class SyntheticConfig:
 
     def validate(self) -> None:
         _choice("synthetic.scenario", self.scenario, ("scripted", "sensor_task"))
+        self.task.validate()
         if self.scenario == "sensor_task" and self.num_episode_sessions:
             raise ConfigError("synthetic.num_episode_sessions (New_dataset episodes) needs synthetic.scenario scripted")
 

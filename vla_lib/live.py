@@ -82,6 +82,7 @@ def run_live(cfg, policy=None, log=print, session=None, senders_factory=None, on
             log(f"simulated senders replaying {session.path.name} ({'looped' if live.replay_loop else 'once'})")
         report = _run_ready(cfg, policy, io, runtime, instruction, out, on_tick_monitor, log)
     finally:
+        io.stop_watchdog()  # before the senders stop: their end is the run's, not a sensor fault
         senders = rig.stop() if rig is not None else None
         time.sleep(0.1)  # let the last datagrams in flight land before the receivers stop
         io.stop()

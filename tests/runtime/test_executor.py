@@ -168,3 +168,24 @@ def test_a_move_decided_before_a_stop_goes_out_as_a_hold(live_cfg):
     assert [g[0] for g in got] == [wire.STOP_TOPIC, wire.ACTION_TOPIC, wire.RELEASE_TOPIC, wire.ACTION_TOPIC]
     assert not wire.unpack_action(got[1])[2].any()  # the stale move went out as zero deltas
     assert wire.unpack_action(got[3])[2][0] == pytest.approx(0.5)  # released: moves again
+
+
+def test_a_step_that_is_not_finite_after_execution_is_never_emitted():
+    """A NaN blend weight (`runtime.blend_decay: .nan`, refused by the config, but set after it was built) turns
+    finite chunks into a NaN step: it is the `policy_nonfinite` fault, counted, answered as configured, never a move."""
+    from vla_lib.runtime.configuration_runtime import RuntimeConfig
+    from vla_lib.runtime.loop import Runtime
+    from vla_lib.runtime.robot_io import RecordingActuator
+
+    for response, kind in (("stop", "stop"), ("hold", "hold")):
+        cfg = RuntimeConfig(execution="blend", limits=LOOSE)
+        cfg.faults.policy_nonfinite = response
+        cfg.blend_decay = float("nan")
+        runtime = Runtime(cfg, 0.1, RecordingActuator())
+        cmd = run(runtime.executor, 10.0, chunk([0.5, 0, 0, 0, 0, 0]), 10.0)
+        assert cmd.kind == kind and np.isfinite(cmd.delta).all() and not cmd.delta.any(), cmd
+        assert np.isfinite(cmd.target).all() and runtime.events["policy_nonfinite"] == 1
+        assert runtime.latch.stopped == (response == "stop")
+    bare = ChunkExecutor(LOOSE, 0.1, "blend", blend_decay=float("nan"))  # no runtime: a latched stop
+    assert run(bare, 10.0, chunk([0.5, 0, 0, 0, 0, 0]), 10.0).kind == "stop" and bare.latch.stopped
+    assert run(ChunkExecutor(LOOSE, 0.1), 10.0, chunk([0.5] * 6), 10.0, pose=np.full(6, np.nan)).kind == "hold"

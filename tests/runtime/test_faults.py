@@ -36,7 +36,6 @@ def test_no_fault_no_intervention():
 
 
 @pytest.mark.parametrize("fault, kind, response", [
-    ({"sensor_stops_at": AT}, "sensor_stale", "hold"),
     ({"sensor_invalid_at": AT}, "sensor_invalid", "hold"),
     ({"cameras_stop_at": AT}, "camera_stale", "hold"),
     ({"vl_stalls_at": AT}, "vl_stall", "hold"),
@@ -62,6 +61,20 @@ def test_each_fault_gets_its_configured_response(fault, kind, response):
         # blind to the tissue (an invalid window reads as "no surface"), the demonstrator descends at full speed:
         # the guard, which sees the sensor's samples themselves, stops it at the force limit
         assert report["stopped"] is None or (kind == "sensor_invalid" and report["stopped"].startswith("force"))
+
+
+def test_a_sensor_stream_that_stops_is_stopped_by_the_watchdog_before_the_tick_sees_it_stale():
+    """The sensor stops: the guard's watchdog latches the stop (`sensor_gap`) once no sample came for
+    limits.max_sensor_gap_s, on the rig's clock; the tick's `sensor_stale` (hold, 0.25 s) is still counted after it,
+    and answering it with `continue` does not let the arm move on."""
+    gap, check = cfg_with().runtime.limits.max_sensor_gap_s, 0.006  # the rig watches every 3 x 2 ms of physics
+    for stale in ("hold", "continue"):
+        result, report = episode(cfg_with(sensor_stale=stale), sensor_stops_at=AT)
+        assert report["stopped"].startswith("sensor gap") and report["interventions"]["sensor_gap"] == 1
+        trip = report["guard_trips"][0]
+        assert trip["kind"] == "sensor_gap" and AT < trip["t_sample"] <= AT + gap + check + 1e-9
+        assert report["interventions"]["sensor_stale"] > 0 and report["interventions"]["stopped_ticks"] > 0
+        assert moved_after(result, trip["t_sample"]) < 0.05
 
 
 def test_a_tick_overrun_is_counted_and_answered_on_the_next_tick():

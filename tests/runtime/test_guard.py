@@ -74,7 +74,7 @@ def test_the_oct_guard_stops_at_the_depth_limit():
 
 def test_tare_release_and_one_trip_per_latch():
     latch, stops = StopLatch(), []
-    guard = SensorGuard(Limits(force_limit_n=1.0, tare_s=0.1), latch, lambda t, r: stops.append(t))
+    guard = SensorGuard(Limits(force_limit_n=1.0, tare_s=0.1), latch, lambda t, r, kind: stops.append(t))
     t = np.arange(0, 0.2, 0.0015)
     assert not guard.check(t, np.full(len(t), -3.0)) and guard.baseline == -3.0  # tare in free air
     assert not guard.check([0.21, 0.22], [-2.5, -2.1])  # 0.9 N: within
@@ -235,7 +235,7 @@ def test_a_guard_that_raises_latches_the_stop_and_a_nan_stamp_is_still_checked()
 def test_limits_that_would_hide_contact_or_switch_off_the_workspace_are_refused():
     with pytest.raises(ConfigError, match="force_baseline_n 0 N lies more than max_tare_offset_n"):
         Limits(force_baseline_n=0.0)
-    with pytest.raises(ConfigError, match="workspace_min / workspace_max must be finite"):
+    with pytest.raises(ConfigError, match="workspace_max must be finite"):
         Limits(workspace_max=[float("inf"), 1000.0, 1000.0])
     with pytest.raises(ConfigError, match="max_tare_offset_n must be > 0"):
         Limits(max_tare_offset_n=0.0)

@@ -4,9 +4,17 @@ arm and sensor stream, and the tissue and sensor model (`sensor_model`, configur
 Nothing here imports the rest of the package (the config imports it)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from vla_lib.data.configuration_tissue import SensorModelConfig
+from vla_lib.errors import ConfigError, refuse_nonfinite
+
+# what must be > 0 (a zero lag divides by zero in the arm's model, a zero speed never reaches the tissue) and >= 0
+_POSITIVE = ("start_height_mm", "target_depth_mm", "tolerance_mm", "force_limit_n", "oct_range_mm", "v_fast", "v_slow",
+             "v_insert", "insert_gain", "episode_s", "tracking_tau_s")
+_NON_NEGATIVE = ("surface_range_mm", "oct_standoff_mm", "slow_zone_mm", "v_retract", "demo_noise_mm_s",
+                 "action_latency_s", "vl_latency_s", "sensor_bursts_per_10s")
 
 
 @dataclass
@@ -45,3 +53,23 @@ class SensorTaskConfig:
     sensor_bursts_per_10s: float = 3.0
     surface_offset_mm: list[float] | None = None  # [lo, hi]: the offset drawn from it, not +-surface_range_mm
     sensor_model: SensorModelConfig = field(default_factory=SensorModelConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        where = "synthetic.task"
+        refuse_nonfinite(self, where)
+        bad = [f"{k} ({getattr(self, k)!r}) must be > 0" for k in _POSITIVE if not getattr(self, k) > 0]
+        bad += [f"{k} ({getattr(self, k)!r}) must be >= 0" for k in _NON_NEGATIVE if not getattr(self, k) >= 0]
+        if bad:
+            raise ConfigError(f"{where}: {'; '.join(bad)}")
+        if not 0 <= self.sensor_drop_fraction < 1:
+            raise ConfigError(f"{where}.sensor_drop_fraction must be in [0, 1), got {self.sensor_drop_fraction!r}")
+        ranges = {"stiffness_range": (self.stiffness_range, 0.0), "demo_gain_range": (self.demo_gain_range, 0.0),
+                  "surface_offset_mm": (self.surface_offset_mm or [0.0, 0.0], -math.inf)}
+        for key, (lo_hi, floor) in ranges.items():
+            if len(lo_hi) != 2 or not floor < lo_hi[0] <= lo_hi[1]:
+                raise ConfigError(f"{where}.{key} must be [lo, hi] with {'0 < ' if floor == 0 else ''}lo <= hi, "
+                                  f"got {lo_hi}")
+        self.sensor_model.validate()

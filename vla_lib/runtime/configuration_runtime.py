@@ -4,11 +4,9 @@ config (`runtime.limits`, `runtime.faults`) and used by the executor and the sen
 Nothing here imports the rest of the package (the config imports it)."""
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass, field, fields
 
-from vla_lib.errors import ConfigError
+from vla_lib.errors import ConfigError, refuse_nonfinite
 
 RESPONSES = ("hold", "stop", "continue")
 EXECUTION_MODES = ("first", "blend", "rtc")
@@ -39,6 +37,11 @@ class Limits:
     min_oct_distance_mm: float | None = None
     max_robot_age_s: float = 0.25  # stream older than this at a tick: the `robot_stale` fault
     max_sensor_age_s: float = 0.25  # ... `sensor_stale`
+    # The sensor-rate watchdog (runtime.guard): no sensor sample for longer than this latches the stop (`sensor_gap`),
+    # without waiting for an action tick. Above the simulated sensor's nominal loss (bursts of 10-25 ms, two of them
+    # back to back ~51 ms; longest in 600 episodes 33 ms), so nominal recordings never trip it. Not
+    # data.sensor_max_gap_s, the gap that makes a point of the policy's sensor window invalid.
+    max_sensor_gap_s: float = 0.06
     max_camera_age_s: float = 2.0  # newest frame of any view older than this: `camera_stale` (cameras run at ~2 Hz)
     max_feature_age_s: float = 3.0  # VL features older than this (the VL thread stalled): `vl_stall`
     overrun_factor: float = 1.0  # a tick that takes longer than this x the period: `tick_overrun`
@@ -49,25 +52,18 @@ class Limits:
         self.validate()
 
     def validate(self) -> None:
+        refuse_nonfinite(self, "runtime.limits")
         if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
             raise ConfigError("runtime.limits.workspace_min / workspace_max must be [x, y, z] in mm")
         if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
             raise ConfigError(f"runtime.limits: workspace_min {self.workspace_min} must be below workspace_max "
                               f"{self.workspace_max} on every axis")
         positive = ("max_step_mm", "max_step_deg", "max_speed_mm_s", "max_speed_deg_s", "force_limit_n", "tare_s",
-                    "max_robot_age_s", "max_sensor_age_s", "max_camera_age_s", "max_feature_age_s", "overrun_factor",
-                    "out_of_limits_factor")
-        bad = [f"{k} ({getattr(self, k)!r})" for k in positive if not 0 < getattr(self, k) < math.inf]
-        if bad:  # inf or NaN would switch a protection off while it reads as on
-            raise ConfigError(f"runtime.limits: must be finite and > 0: {', '.join(bad)}")
-        given = {k: getattr(self, k) for k in ("force_baseline_n", "free_air_force_n", "max_tare_offset_n",
-                                              "min_oct_distance_mm")}
-        bad = [f"{k} ({v!r})" for k, v in given.items() if v is not None and not math.isfinite(v)]
-        if bad:
-            raise ConfigError(f"runtime.limits: must be finite (or unset): {', '.join(bad)}")
-        corners = [*self.workspace_min, *self.workspace_max]
-        if not all(math.isfinite(v) for v in corners):  # NaN or inf would switch the workspace limit off
-            raise ConfigError(f"runtime.limits: workspace_min / workspace_max must be finite, got {corners}")
+                    "max_robot_age_s", "max_sensor_age_s", "max_sensor_gap_s", "max_camera_age_s", "max_feature_age_s",
+                    "overrun_factor", "out_of_limits_factor")
+        bad = [f"{k} ({getattr(self, k)!r})" for k in positive if not getattr(self, k) > 0]
+        if bad:  # (NaN and inf were refused above: they would switch a protection off while it reads as on)
+            raise ConfigError(f"runtime.limits: must be > 0: {', '.join(bad)}")
         if self.max_tare_offset_n is not None and not self.max_tare_offset_n > 0:
             raise ConfigError(f"runtime.limits.max_tare_offset_n must be > 0 (or null), got {self.max_tare_offset_n}")
         base, bound = self.force_baseline_n, self.max_tare_offset_n
@@ -130,6 +126,7 @@ class RuntimeConfig:
     def validate(self) -> None:
         if self.execution not in EXECUTION_MODES:
             raise ConfigError(f"runtime.execution must be one of {list(EXECUTION_MODES)}, got {self.execution!r}")
+        refuse_nonfinite(self, "runtime")
         if self.blend_decay < 0 or self.execution_latency_s < 0 or self.inject_delay_s < 0:
             raise ConfigError("runtime: blend_decay, execution_latency_s and inject_delay_s must be >= 0")
         self.limits.validate()

@@ -16,7 +16,8 @@ execution_latency_s` (the arm's latency); chunk step k covers [t_obs + k dt, t_o
 
 Then the limits (`Limits`, config `runtime.limits`): workspace (the commanded target clipped), step size and speed
 (translation scaled down, angles clipped, both against min(step limit, speed x dt)). The latched stop (`StopLatch`,
-also tripped by the sensor guard) and the tick's fault responses (`hold` / `stop`) come first.
+also tripped by the sensor guard) and the tick's fault responses (`hold` / `stop`) come first. A step still not
+finite after all this (a NaN blend weight, a NaN pose) is never emitted: `no_pose`, or the `policy_nonfinite` fault.
 """
 from __future__ import annotations
 
@@ -90,12 +91,14 @@ class Command:
 
 class ChunkExecutor:
     def __init__(self, limits: Limits, period: float, mode: str = "first", blend_decay: float = 0.5,
-                 execution_latency_s: float = 0.0, latch: StopLatch | None = None):
+                 execution_latency_s: float = 0.0, latch: StopLatch | None = None, on_fault=None):
         if mode not in EXECUTION_MODES:
             raise ValueError(f"runtime.execution must be one of {list(EXECUTION_MODES)}, got {mode!r}")
         self.limits, self.dt, self.mode = limits, period, mode
         self.blend_decay, self.latency = blend_decay, execution_latency_s
         self.latch = latch or StopLatch()
+        # on_fault(kind, t, detail) -> response: the runtime's fault response (`Runtime.fault`); None: stop (latched)
+        self.on_fault = on_fault
         self.pending: collections.deque = collections.deque()  # (t_ready, id, t_obs, chunk) not yet usable
         self.chunks: collections.deque = collections.deque(maxlen=32)  # usable: (id, t_obs, t_ready, chunk)
         self._next_id = 0
@@ -196,14 +199,27 @@ class ChunkExecutor:
         target = np.full(6, np.nan) if pose is None else pose.copy()
         if self.latch.stopped:
             return Command(t, t_send, "stop", zero, target, raw, [f"stopped: {self.latch.reason}"], cid, k, delay, pose)
-        if pose is None:
-            holds = [*holds, "no_pose"]
+        if pose is None or not np.isfinite(pose).all():  # nothing finite to limit a step against
+            holds, pose = [*holds, "no_pose"], None
         if holds or reasons:
             return Command(t, t_send, "hold", zero, target, raw, [*holds, *reasons], cid, k, delay, pose)
         delta, limited = self.limit(raw, pose)
         target = pose + delta
         target[3:] = wrap_deg(target[3:])
+        if not (np.isfinite(delta).all() and np.isfinite(target).all()):
+            return self._nonfinite(t, t_send, raw, cid, k, delay, pose)
         # the jump is taken on what is executed (limited) against what the previous chunk would have executed
         jump = None if prev is None else float(np.linalg.norm(delta[:3] - self.limit(prev, pose)[0][:3]) / self.dt)
         return Command(t, t_send, "move", delta, target, raw, limited, cid, k, delay, pose, jump)
 
+    def _nonfinite(self, t, t_send, raw, cid, k, delay, pose) -> Command:
+        """A step that is not finite after execution and the limits (e.g. a NaN blend weight on finite chunks)
+        never reaches an arm: it is the bad-policy-output fault (`policy_nonfinite`), answered hold or stop."""
+        detail = "non-finite step after execution and limits"
+        if self.on_fault is not None:
+            self.on_fault("policy_nonfinite", t, detail)  # counts it; a `stop` response trips the latch
+        else:
+            self.latch.trip(f"policy_nonfinite: {detail}", t)
+        kind = "stop" if self.latch.stopped else "hold"
+        return Command(t, t_send, kind, np.zeros(6), pose.copy(), raw, [f"policy_nonfinite: {detail}"], cid, k, delay,
+                       pose)

@@ -13,9 +13,15 @@ than `limits.max_tare_offset_n` from the sensor's free-air reading `limits.free_
 restart in tissue), trips the stop instead of becoming the baseline; the force is then measured from free air (from
 the first sample only where no bound is set), so a release never makes the contact force the new zero. A non-finite
 force sample trips the stop too (a saturated or failing sensor is not "no contact").
+
+The sensor-rate watchdog (`watch`): no sample for longer than `limits.max_sensor_gap_s` trips the same stop (kind
+`sensor_gap`, its trip records `gap_s`, the time from the last sample to the stop), without waiting for the action
+tick's `sensor_stale` (0.25 s, ~5 mm at 20 mm/s). Simulation: the rig calls it from its physics on the simulated
+clock; live: `SensorWatchdog`, a thread of its own, every `max_sensor_gap_s / 8`.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -37,6 +43,7 @@ class SensorGuard:
         self.peak_excess_n = 0.0
         self.last_excess_n, self.last_finite = 0.0, True
         self.trips: list[dict] = []
+        self._last: tuple[float, float] | None = None  # the newest sample: (robot-clock time, perf_counter arrival)
 
     def _update_tare(self, times: np.ndarray, forces: np.ndarray) -> str | None:
         """Collect the tare; when complete, set the baseline or return why it cannot be one."""
@@ -86,6 +93,9 @@ class SensorGuard:
         if not len(times) or not self.enabled:
             return False
         self.samples += len(times)
+        finite_t = times[np.isfinite(times)]
+        if len(finite_t):  # one tuple, swapped whole: the watchdog's thread reads it
+            self._last = (float(finite_t.max()), arrived)
         i, reason = None, None
         bad = np.nonzero(~np.isfinite(forces))[0]
         if len(bad):
@@ -109,10 +119,56 @@ class SensorGuard:
                 reason = f"OCT distance {dist[i]:.2f} mm below limit {self.limits.min_oct_distance_mm:g} mm"
         if i is None or self.latch.stopped:
             return False
-        t_sample = float(times[i])
-        if not self.latch.trip(reason, t_sample):
+        return self._trip(float(times[i]), reason, arrived, "guard_stop")
+
+    def _trip(self, t: float, reason: str, since: float, kind: str, **extra) -> bool:
+        """Trip the latch (the actuator's stop goes out inside it); `reaction_s` is from `since` (perf_counter) to
+        then. `on_trip(t, reason, kind)` (the runtime's count) comes after: the stop never waits for it."""
+        if not self.latch.trip(reason, t):
             return False
+        self.trips.append({"t_sample": t, "reason": reason, "kind": kind, "reaction_s": time.perf_counter() - since,
+                           **extra})
         if self.on_trip is not None:
-            self.on_trip(t_sample, reason)
-        self.trips.append({"t_sample": t_sample, "reason": reason, "reaction_s": time.perf_counter() - arrived})
+            self.on_trip(t, reason, kind)
         return True
+
+    def watch(self, now: float | None = None) -> bool:
+        """The watchdog: True when it tripped the stop because no sample came for `limits.max_sensor_gap_s`.
+        `now`: the simulated clock (robot time); None: the wall clock, measured from the newest sample's arrival.
+        Nothing before the first sample (the loop waits for the sensor stream; no data at all is `sensor_stale`)."""
+        started, last = time.perf_counter(), self._last
+        if last is None or not self.enabled or self.latch.stopped:
+            return False
+        t_last, arrived = last
+        gap = (now - t_last) if now is not None else time.perf_counter() - arrived
+        if not gap > self.limits.max_sensor_gap_s:
+            return False
+        t_stop = t_last + gap  # on the robot clock: when the watchdog saw it
+        reason = f"sensor gap: no sample for {gap * 1e3:.1f} ms (limit {self.limits.max_sensor_gap_s * 1e3:g} ms)"
+        return self._trip(t_stop, reason, started, "sensor_gap", t_last_sample=t_last, gap_s=gap)
+
+
+class SensorWatchdog:
+    """Live: `guard.watch()` every `max_sensor_gap_s / 8` in a thread of its own, so a sensor stream that stops is
+    noticed within 1.125 x the gap whatever the receiver, the action tick and the VL thread are doing. A watch
+    that raises latches the stop (it must not fail open)."""
+
+    def __init__(self, guard: SensorGuard):
+        self.guard, self.period_s = guard, guard.limits.max_sensor_gap_s / 8
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sensor-watchdog", daemon=True)
+
+    def start(self) -> "SensorWatchdog":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._halt.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._halt.wait(self.period_s):
+            try:
+                self.guard.watch()
+            except Exception as e:
+                self.guard.latch.trip(f"sensor watchdog error: {type(e).__name__}: {e}", time.time())

@@ -12,7 +12,8 @@
 - `robot_pose()`, `stream_ages()`: the newest robot sample at or before now; seconds since each stream's newest
   sample (robot, sensor, camera = the oldest of the views' newest frames, and per view).
 - `actuator`: `runtime.actuators.ActionPublisher` (ZMQ PUB with `live.send_actions`, else the dry-run log).
-- `attach_guard(guard)`: the sensor receiver hands every accepted datagram to the guard, in its own thread.
+- `attach_guard(guard)`: the sensor receiver hands every datagram to the guard, in its own thread, and the guard's
+  watchdog (`runtime.guard.SensorWatchdog`) runs in a thread of its own until `stop()`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from vla_lib.data.timeline import pose_history as _pose_history
 from vla_lib.data.timeline import SensorWindow, resample_sensor_window
 from vla_lib.rig.receivers import CameraReceiver, RobotReceiver, SensorReceiver
 from vla_lib.runtime.actuators import ActionPublisher
+from vla_lib.runtime.guard import SensorWatchdog
 
 
 class LiveRobotIO:
@@ -39,6 +41,7 @@ class LiveRobotIO:
         self._decoded: dict[str, tuple[int, object]] = {}
         self.last_ages: dict | None = None  # the latest tick's stream ages (run_live streams each to ticks.jsonl)
         self._window = None
+        self._watchdog: SensorWatchdog | None = None
         self._rows = max(64, int(data_cfg.sensor_window_s * 5000) + 16)  # enough raw rows for up to 5 kHz
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
@@ -47,7 +50,14 @@ class LiveRobotIO:
             r.start_and_wait()
         return self
 
+    def stop_watchdog(self) -> None:
+        """The control loop is over: the streams ending now is the end of the run, not a fault."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+
     def stop(self) -> None:
+        self.stop_watchdog()
         for r in self.receivers.values():
             r.stop()
         self.publisher.close()
@@ -168,6 +178,8 @@ class LiveRobotIO:
 
         self.sensor.on_batch = on_batch
         self.sensor.on_guard_error = on_error
+        self.stop_watchdog()
+        self._watchdog = SensorWatchdog(guard).start()
 
     # -- report ----------------------------------------------------------------------------------------------------
     def stream_stats(self) -> dict:

@@ -51,7 +51,7 @@ class Runtime:
         # the actuator's stop and release run inside the latch's lock: a trip and a release never interleave
         self.latch = StopLatch(on_trip=actuator.stop, on_release=actuator.release)
         self.executor = ChunkExecutor(cfg.limits, period, cfg.execution, cfg.blend_decay, cfg.execution_latency_s,
-                                      self.latch)
+                                      self.latch, on_fault=self.fault)
         self.guard = SensorGuard(cfg.limits, self.latch, self._guard_trip, oct_distance, enabled=cfg.guard)
         self.events: Counter = Counter()  # ticks per fault and per intervention kind (the guard adds from its thread)
         self._events_lock = threading.Lock()
@@ -64,8 +64,8 @@ class Runtime:
         cfg.runtime.validate()
         return cls(cfg.runtime, cfg.data.action_dt_s, actuator, oct_distance)
 
-    def _guard_trip(self, t_sample: float, reason: str) -> None:
-        self.count("guard_stop")  # the actuator's stop already went out, from the latch (StopLatch.on_trip)
+    def _guard_trip(self, t_sample: float, reason: str, kind: str) -> None:
+        self.count(kind)  # guard_stop | sensor_gap: the actuator's stop already went out, from the latch (on_trip)
 
     def count(self, kind: str) -> None:
         with self._events_lock:

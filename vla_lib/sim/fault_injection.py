@@ -67,7 +67,10 @@ class FaultyIO:
     def attach_guard(self, guard) -> None:
         cut = self.faults.sensor_stops_at
 
-        class _Cut:  # the guard sees no sample after an injected sensor stop either
+        class _Cut:  # the guard sees no sample after an injected sensor stop either (its watchdog: a gap)
+            def watch(self, now=None):
+                return guard.watch(now)
+
             def check(self, times, forces, alines=None, arrived=None):
                 keep = np.asarray(times) <= (np.inf if cut is None else cut)
                 return guard.check(np.asarray(times)[keep], np.asarray(forces)[keep],

@@ -150,7 +150,8 @@ class SimRig:
         self._sense(t)
 
     def _sense(self, t: float) -> None:
-        """Make the sensor samples up to t (from the tip heights so far) and hand them to the guard."""
+        """Make the sensor samples up to t (from the tip heights so far) and hand them to the guard; then its
+        watchdog, on the simulated clock (a loss burst longer than limits.max_sensor_gap_s stops the arm)."""
         m = int(np.searchsorted(self.sensor_times, t, side="right"))
         if m > self.n_sensor:
             sl = slice(self.n_sensor, m)
@@ -159,6 +160,8 @@ class SimRig:
             self.n_sensor = m
             if self.guard is not None:
                 self.guard.check(self.sensor_times[sl], self.forces[sl], self.alines[sl])
+        if self.guard is not None:
+            self.guard.watch(t)
 
     def tip_at(self, t) -> np.ndarray:
         """Tip (x, y, z) at time(s) t <= now (interpolated on the 2 ms internal states)."""
@@ -239,6 +242,8 @@ class SimRig:
 
     # -- actuator (the runtime's commands) -----------------------------------------------------------------------
     def apply(self, cmd) -> None:
+        if not np.isfinite(cmd.delta).all():  # the executor never emits one; the physics must never integrate one
+            raise ValueError(f"non-finite step reached the simulated arm: {cmd.delta}")
         self.executed.append(cmd)
         self.commands.append((cmd.t_send + self.task.action_latency_s, np.asarray(cmd.delta, np.float64) / self.period))
 
