@@ -242,3 +242,10 @@ def test_one_dotted_key_helper_reads_and_writes_dicts_and_dataclasses():
     with pytest.raises(ConfigError, match="unknown parameter 'train.no_such_key'"):
         cfg.with_overrides({"train.no_such_key": 1})
     assert cfg.with_overrides({"runtime.limits.force_limit_n": 3.0}).runtime.limits.force_limit_n == 3.0
+
+
+def test_the_sensor_gap_must_be_below_the_staleness_age_and_the_sensor_model_finite():
+    with pytest.raises(ConfigError, match="max_sensor_gap_s"):
+        RunConfig.from_dict({"runtime": {"limits": {"max_sensor_gap_s": 0.3}}})
+    with pytest.raises(ConfigError, match="sensor_model.speckle must be finite"):
+        RunConfig.from_dict({"synthetic": {"task": {"sensor_model": {"speckle": float("inf")}}}})

@@ -91,3 +91,24 @@ def test_the_live_watchdog_stops_the_arm_when_datagrams_stop(live_cfg):
     finally:
         udp.close()
         io.stop()
+
+
+def test_release_is_refused_while_the_sensor_is_silent_and_accepted_once_it_speaks_again():
+    """After a sensor-gap stop the operator cannot release into a silent stream (the arm would move unsupervised
+    until the watchdog's next look); a fresh sample makes the release possible."""
+    from vla_lib.runtime.loop import ReleaseRefused
+
+    cfg = sensor_cfg()
+    rig = SimRig(sample_episode(cfg.synthetic.task, 1000), cfg.synthetic, views=cfg.data.views, data_cfg=cfg.data)
+    runtime = Runtime(cfg.runtime, cfg.data.action_dt_s, rig)
+    guard = runtime.guard
+    air = cfg.runtime.limits.free_air_force_n  # free air: no force trip, only the silence after it
+    assert not guard.check(np.array([0.40, 0.41]), np.array([air, air]))
+    assert guard.watch(0.41 + GAP + 0.01) and runtime.latch.stopped
+    try:
+        runtime.release(now=0.41 + GAP + 0.02)
+        raise AssertionError("released into a silent sensor stream")
+    except ReleaseRefused as e:
+        assert "no sensor sample" in str(e)
+    guard.check(np.array([0.48]), np.array([air]))
+    assert runtime.release(now=0.481).startswith("sensor gap") and not runtime.latch.stopped

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from vla_lib.errors import ConfigError
+from vla_lib.errors import ConfigError, refuse_nonfinite
 
 # `nominal`: one interface (the target surface), fixed gain, no speckle, attenuation, saturation, force bias, drift
 # or puncture; `rich`: all of them on. Ranges are U(lo, hi) per episode; reflectivities are relative to the nominal
@@ -70,6 +70,7 @@ class SensorModelConfig:
         if self.preset not in SENSOR_MODEL_PRESETS:
             raise ConfigError(f"synthetic.task.sensor_model.preset must be one of {list(SENSOR_MODEL_PRESETS)}, "
                               f"got {self.preset!r}")
+        refuse_nonfinite(self, "synthetic.task.sensor_model")
         p = self.params()
         lo, hi = p["interfaces"]
         if not 1 <= lo <= hi <= 4:

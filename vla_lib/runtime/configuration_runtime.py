@@ -64,6 +64,9 @@ class Limits:
         bad = [f"{k} ({getattr(self, k)!r})" for k in positive if not getattr(self, k) > 0]
         if bad:  # (NaN and inf were refused above: they would switch a protection off while it reads as on)
             raise ConfigError(f"runtime.limits: must be > 0: {', '.join(bad)}")
+        if not self.max_sensor_gap_s < self.max_sensor_age_s:  # the watchdog acts first; the tick's hold backs it up
+            raise ConfigError(f"runtime.limits.max_sensor_gap_s ({self.max_sensor_gap_s:g} s) must be below "
+                              f"max_sensor_age_s ({self.max_sensor_age_s:g} s)")
         if self.max_tare_offset_n is not None and not self.max_tare_offset_n > 0:
             raise ConfigError(f"runtime.limits.max_tare_offset_n must be > 0 (or null), got {self.max_tare_offset_n}")
         base, bound = self.force_baseline_n, self.max_tare_offset_n

@@ -132,6 +132,14 @@ class SensorGuard:
             self.on_trip(t, reason, kind)
         return True
 
+    def silent_for(self, now: float | None = None) -> float | None:
+        """Seconds since the newest sample (robot clock with `now`, else wall clock since its arrival); None before
+        the first one."""
+        if self._last is None:
+            return None
+        t_last, arrived = self._last
+        return (now - t_last) if now is not None else time.perf_counter() - arrived
+
     def watch(self, now: float | None = None) -> bool:
         """The watchdog: True when it tripped the stop because no sample came for `limits.max_sensor_gap_s`.
         `now`: the simulated clock (robot time); None: the wall clock, measured from the newest sample's arrival.

@@ -81,16 +81,25 @@ class Runtime:
             self.latch.trip(f"{kind}{': ' + detail if detail else ''}", t)  # the actuator's stop, through the latch
         return response
 
-    def release(self) -> str | None:
+    def release(self, now: float | None = None) -> str | None:
         """The operator releases a latched stop (returns what had stopped it): the latch, then the actuator (the
         simulated arm's frozen set point; live: a `release` message on the action endpoint). Refused while the newest
-        sensor sample is still over the force limit or not finite: releasing would only move the arm into it again."""
+        sensor sample is still over the force limit or not finite (releasing would only move the arm into it again),
+        or while the sensor is silent beyond `max_sensor_gap_s` (the arm would move unsupervised until the watchdog's
+        next look). `now`: the simulated clock; None: the wall clock."""
         g = self.guard
-        if g is not None and g.enabled and self.latch.stopped and (
-                not g.last_finite or g.last_excess_n > g.limits.force_limit_n):
+        if g is None or not g.enabled or not self.latch.stopped:
+            return self.latch.release()
+        if not g.last_finite or g.last_excess_n > g.limits.force_limit_n:
             raise ReleaseRefused(f"release refused: the newest force sample is "
                                  f"{'not finite' if not g.last_finite else f'{g.last_excess_n:.2f} N from the baseline'}"
                                  f" (limit {g.limits.force_limit_n:g} N): withdraw the needle first")
+        if now is None and getattr(self.actuator, "clock", None) is not None:
+            now = self.actuator.now()  # the simulated rig: its own clock, not the wall clock's
+        silent = g.silent_for(now)
+        if silent is not None and silent > g.limits.max_sensor_gap_s:
+            raise ReleaseRefused(f"release refused: no sensor sample for {silent * 1e3:.0f} ms (limit "
+                                 f"{g.limits.max_sensor_gap_s * 1e3:g} ms): restore the sensor stream first")
         return self.latch.release()
 
     # -- one tick ------------------------------------------------------------------------------------------------
