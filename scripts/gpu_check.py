@@ -97,6 +97,7 @@ class Check:
         self.failed: list[str] = []
         self.running: dict[str, tuple] = {}  # commands started beside the step in progress
         self.walls: dict[str, float] = {}  # each command's own wall time (from its start, beside or not)
+        self.peaks: dict[str, PeakMemory] = {}  # ... and the GPU's peak memory over it (what ran beside included)
 
     def start(self, name: str, extra: list[str] | None = None) -> None:
         """Start one of COMMANDS in its own process, its output to <log_dir>/<name>.log; `command(name)` waits."""
@@ -112,16 +113,19 @@ class Check:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.running[name] = (proc, log, time.time())
+        # GPU-wide peak from this command's start (a command started beside others ends before its row is due)
+        self.running[name] = (proc, log, time.time(), PeakMemory().__enter__())
 
     def command(self, name: str, extra: list[str] | None = None) -> str:
         """Run one of COMMANDS (or wait for it, when it was started beside an earlier step). Returns its output."""
         if name not in self.running:
             self.start(name, extra)
-        proc, log, started = self.running.pop(name)
+        proc, log, started, mem = self.running.pop(name)
         code = proc.wait()
+        mem.__exit__()
         log.close()
         self.walls[name] = time.time() - started
+        self.peaks[name] = mem
         out = (self.log_dir / f"{name}.log").read_text()
         errors = [line for line in out.splitlines() if line.startswith(("error:", "Traceback", "RuntimeError"))]
         expect(code == 0, f"exit code {code}: {(errors or out.splitlines()[-1:] or [''])[0]}"
@@ -138,7 +142,8 @@ class Check:
                 detail, status = f"{type(e).__name__}: {e}", "FAILED"
                 self.failed.append(name)
         wall = self.walls.get(name, time.time() - start)
-        row = f"[gpu_check] {status:6s} {name:18s} {wall:7.1f} s  peak {mem.text():>9s}  {detail}"
+        peak = max((mem, self.peaks.get(name, mem)), key=lambda m: m.peak).text()
+        row = f"[gpu_check] {status:6s} {name:18s} {wall:7.1f} s  peak {peak:>9s}  {detail}"
         self.rows.append(row)
         print(row, flush=True)
         with open(self.log_dir / "summary.txt", "a") as f:  # step by step: a run cut short keeps what it measured
