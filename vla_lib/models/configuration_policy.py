@@ -38,7 +38,8 @@ class PolicyConfig:
     # tells the expert how fast the arm is already moving; K = 0 (the `original` presets: the published model has
     # no such token) turns it off.
     history_steps: int = 4
-    # How the chunk reads the arm's own motion (both need history_steps >= 1; both off = the behaviour before them).
+    # How the chunk reads the arm's own motion (both need history_steps >= 1; both off: no residual, and the
+    # history token always sees the measured deltas).
     # `residual_last_delta`: every step is the newest history delta plus a learned correction, so the step the arm
     # has already committed to (latency + lag) comes from the measurement and the heads learn only the change.
     residual_last_delta: bool = False
