@@ -132,23 +132,24 @@ class SensorGuard:
             self.on_trip(t, reason, kind)
         return True
 
-    def silent_for(self, now: float | None = None) -> float | None:
+    def silent_for(self, now: float | None = None, last: tuple[float, float] | None = None) -> float | None:
         """Seconds since the newest sample (robot clock with `now`, else wall clock since its arrival); None before
-        the first one."""
-        if self._last is None:
+        the first one. `last`: a `_last` the caller already read."""
+        last = self._last if last is None else last
+        if last is None:
             return None
-        t_last, arrived = self._last
+        t_last, arrived = last
         return (now - t_last) if now is not None else time.perf_counter() - arrived
 
     def watch(self, now: float | None = None) -> bool:
         """The watchdog: True when it tripped the stop because no sample came for `limits.max_sensor_gap_s`.
         `now`: the simulated clock (robot time); None: the wall clock, measured from the newest sample's arrival.
         Nothing before the first sample (the loop waits for the sensor stream; no data at all is `sensor_stale`)."""
-        started, last = time.perf_counter(), self._last
+        started, last = time.perf_counter(), self._last  # one read: the receiver thread swaps `_last` whole
         if last is None or not self.enabled or self.latch.stopped:
             return False
-        t_last, arrived = last
-        gap = (now - t_last) if now is not None else time.perf_counter() - arrived
+        t_last = last[0]
+        gap = self.silent_for(now, last)
         if not gap > self.limits.max_sensor_gap_s:
             return False
         t_stop = t_last + gap  # on the robot clock: when the watchdog saw it
