@@ -40,7 +40,7 @@ class BusyPolicy:
         self._burn(30)
         return np.zeros((1, 1, 4), np.float32), np.ones((1, 1), bool)
 
-    def act(self, features, mask, window, history):
+    def act(self, features, mask, window, history, contact=None):
         self._burn(10)
         return np.zeros((1, 8, 7), np.float32)
 

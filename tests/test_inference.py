@@ -145,3 +145,20 @@ def test_realtime_replay_runs_at_the_action_rate_without_future_frames(setup):
     assert np.all(np.diff(ts) > 0.05)  # paced by the clock, not run flat out
     quality = fresh_vs_stale(policy, replay, instruction, report)
     assert np.isfinite(quality["mse_loop_features"]) and np.isfinite(quality["mse_fresh_features"])
+
+
+def test_a_contact_memory_policy_refuses_a_call_without_the_memory(setup, tmp_path):
+    """Trained with the contact memory, a call without it would read "not in contact" and drive on: refused."""
+    cfg, index, heads, backbone, path = setup
+    blob = torch.load(path, weights_only=True)
+    blob["policy_config"]["contact_memory"] = True
+    blob["model_state_dict"] = Stage1Policy(PolicyConfig(**blob["policy_config"])).state_dict()
+    torch.save(blob, tmp_path / "contact.pt")
+    policy = VLAPolicy.from_checkpoint(tmp_path / "contact.pt", device="cpu")
+    sample = SampleDataset(index, cfg.data)[0]
+    paths = [str(p) if p else None for p in index.view_paths(0)]
+    window = SensorWindow(sample["sensor"], sample["sensor_mask"])
+    with pytest.raises(ValueError, match="contact_memory: pass contact="):
+        policy.predict(index.table.instruction[0], paths, window, index.history[0])
+    chunk = policy.predict(index.table.instruction[0], paths, window, index.history[0], [1.0, 0.0, 0.0, -1.0])
+    assert chunk.shape == (8, 7) and np.isfinite(chunk).all()

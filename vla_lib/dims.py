@@ -5,3 +5,4 @@ ACTION_DIM = 7  # the 6 pose deltas + a constant gripper value (the action inter
 GRIPPER = 6  # index of the gripper dimension in an action
 ALINE_POINTS = 1025  # points of one OCT A-line
 SENSOR_CHANNELS = 1 + ALINE_POINTS  # force + A-line: one row of a sensor window
+CONTACT_DIMS = 4  # the contact memory: in contact (0/1), tip displacement since contact onset x, y, z (mm)

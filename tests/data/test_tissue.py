@@ -137,7 +137,7 @@ def test_tracker_follows_the_interface_where_the_force_begins():
         tip = ep.surface_z + 4.0 - 0.8 * np.clip(ts - 0.5, 0, None)  # at rest for 0.5 s, then down
         f, a = sensor_values(ep, task, tip, rng, ts)
         d = tracker.update(SensorWindow(np.concatenate([f[:, None], a], 1), np.ones(65, bool)))
-        ticks.append((tip[-1] - ep.surface_z, np.nan if d is None else d, tracker.contact))
+        ticks.append((tip[-1] - ep.surface_z, np.nan if d is None else d, tracker.onset.contact))
     truth, got, contact = map(np.array, zip(*ticks))
     ahead = [min((x for x in dist - heights if x > -0.5), default=np.nan) for dist in truth]
     before = ~contact & (truth < 3.0)  # in the OCT's view, no contact yet

@@ -24,7 +24,7 @@ class SensorReadingPolicy:
         self.encoded += 1
         return torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
 
-    def act(self, feats, mask, window, history):
+    def act(self, feats, mask, window, history, contact=None):
         distance, _ = read_sensor(None if window is None else SensorWindow(window.values[0], window.valid[0]), self.task)
         moving = history is not None and abs(history[0, -1, 2]) > 1e-4
         if distance is not None and distance <= -(self.task.target_depth_mm - 0.03):

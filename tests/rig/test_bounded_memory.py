@@ -55,7 +55,7 @@ class _Policy:
     def encode(self, instructions, views):
         return np.zeros((1, 1, 4), np.float32), np.ones((1, 1), bool)
 
-    def act(self, features, mask, windows, history):
+    def act(self, features, mask, windows, history, contact=None):
         return np.zeros((1, 8, 7), np.float32)
 
 

@@ -95,7 +95,7 @@ class _Scripted:
         self.encoded += 1
         return torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
 
-    def act(self, feats, mask, window, history):
+    def act(self, feats, mask, window, history, contact=None):
         self.acted.append((window, history))
         return chunk_from_speed(1.0, 8, 0.1)[None]
 

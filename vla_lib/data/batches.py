@@ -27,6 +27,6 @@ def collate(items: list[dict]) -> dict:
     for k in ("vl", "vl_mask"):  # absent in Stage 2: the step computes the features with the adapted backbone
         if k in items[0]:
             out[k] = torch.stack([it[k] for it in items])
-    for k in ("sensor", "sensor_mask", "history", "target", "target_mask", "has_sensor", "weight", "index"):
+    for k in ("sensor", "sensor_mask", "history", "contact", "target", "target_mask", "has_sensor", "weight", "index"):
         out[k] = torch.as_tensor(np.stack([np.asarray(it[k]) for it in items]))
     return out

@@ -4,6 +4,8 @@ One sample per anchor time t (every `anchor_stride_s`):
 - per configured view, the latest frame with stamp <= t (its staleness recorded; no frame yet -> masked slot);
 - the sensor samples in (t - window, t] resampled onto a fixed grid, with a validity mask (no sensor -> has_sensor
   False and an all-False mask: the model picks its learned null embedding, it never sees bare zeros as data);
+- the contact memory at t (`data.contact`: where the force began, run over the session's anchors as the runtime runs
+  it over its ticks);
 - the target: `horizon` steps of `action_dt_s` end-effector pose deltas, angles wrapped, plus the constant gripper.
 Chunks that would run past the last robot sample are dropped by default (`chunk_past_end: drop`): the scripted
 demonstrations stop before the retract, so padding would teach a stop the robot never made. `pad` keeps them, with
@@ -22,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vla_lib.data.contact import contact_track
 from vla_lib.data.recorder_files import DataError
 from vla_lib.data.recorder_formats import Session, offsets_for, read_session
 from vla_lib.data.timeline import (latest_frame_index, pose_deltas, pose_history, resample_sensor_window,
                                    sensor_coverage)
-from vla_lib.dims import SENSOR_CHANNELS
+from vla_lib.dims import CONTACT_DIMS, SENSOR_CHANNELS
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SampleIndex:
     target_mask: np.ndarray  # (N, H) bool
     frame_index: np.ndarray  # (N, V) int, -1 = masked view
     history: np.ndarray  # (N, K, 6) the robot's own last K pose deltas ending at t (proprioception, oldest first)
+    contact: np.ndarray  # (N, CONTACT_DIMS) the contact memory at t (zeros before contact and without sensor)
     sessions: dict[str, Session]
     views: list[str]
     data_root: Path
@@ -50,7 +54,7 @@ class SampleIndex:
     def subset(self, session_ids: list[str]) -> "SampleIndex":
         keep = self.table["session_id"].isin(session_ids).to_numpy()
         return SampleIndex(self.table[keep].reset_index(drop=True), self.targets[keep], self.target_mask[keep],
-                           self.frame_index[keep], self.history[keep], {s: self.sessions[s] for s in session_ids if s in self.sessions},
+                           self.frame_index[keep], self.history[keep], self.contact[keep], {s: self.sessions[s] for s in session_ids if s in self.sessions},
                            self.views, self.data_root, self.skipped, self.lines)
 
     def view_paths(self, i: int) -> list[Path | None]:
@@ -83,7 +87,7 @@ def build_index(data_cfg, verbose: bool = False) -> SampleIndex:
     if not pairs:
         raise DataError(root, f"no session folders match the configured groups "
                               f"({[g.glob for g in data_cfg.groups]})")
-    tables, targets, tmasks, frames, histories, sessions, skipped, lines = [], [], [], [], [], {}, [], []
+    tables, targets, tmasks, frames, histories, contacts, sessions, skipped, lines = [], [], [], [], [], [], {}, [], []
     for group, path in pairs:
         try:
             session = read_session(path, data_cfg.check_images, offsets_for(data_cfg, path.name))
@@ -95,9 +99,10 @@ def build_index(data_cfg, verbose: bool = False) -> SampleIndex:
             skipped.append({"session": str(path.relative_to(root)), "file": str(path),
                             "reason": "too short for one sample (anchor stride, sensor window and horizon)"})
             continue
-        table, tgt, tmask, fidx, hist = part
+        table, tgt, tmask, fidx, hist, touch = part
         sessions[table["session_id"].iat[0]] = session
         tables.append(table), targets.append(tgt), tmasks.append(tmask), frames.append(fidx), histories.append(hist)
+        contacts.append(touch)
         prefix = f"[Priority {group.weight:g}x] " if group.weight != 1.0 else ""
         sensor_word = "WITH sensor" if session.has_sensor and data_cfg.sensor_enabled else "NO sensor"
         lines.append(f"{prefix}Added: {session.session_id} ({len(table)} samples, {sensor_word})"
@@ -110,7 +115,7 @@ def build_index(data_cfg, verbose: bool = False) -> SampleIndex:
         raise DataError(root, f"no usable sessions; skipped: {skipped}")
     table = pd.concat(tables, ignore_index=True)
     return SampleIndex(table, np.concatenate(targets), np.concatenate(tmasks), np.concatenate(frames),
-                       np.concatenate(histories), sessions,
+                       np.concatenate(histories), np.concatenate(contacts), sessions,
                        list(data_cfg.views), root, skipped, lines)
 
 
@@ -154,8 +159,9 @@ def _session_samples(session: Session, group, cfg, root: Path):
     if has_sensor:
         st = session.sensor.times + session.sensor_offset()
         coverage = sensor_coverage(st, anchors, cfg.sensor_window_s, cfg.sensor_window_size, cfg.sensor_max_gap_s)
+        touch = contact_track(st, session.sensor.forces, rt, session.pose, anchors, cfg)
     else:
-        coverage = np.zeros(n)
+        coverage, touch = np.zeros(n), np.zeros((n, CONTACT_DIMS), np.float32)
     table = pd.DataFrame({
         "session_id": session_id, "group": group.name, "weight": float(group.weight),
         "instruction": group.instruction, "t": anchors, "t_rel": anchors - rt[0], "has_sensor": has_sensor,
@@ -164,7 +170,8 @@ def _session_samples(session: Session, group, cfg, root: Path):
     })
     for v, view in enumerate(cfg.views):
         table[f"staleness_{view}"] = staleness[:, v]
-    return table, tgt, tmask, fidx, pose_history(rt, session.pose, anchors, cfg.derived("history_steps"), cfg.action_dt_s)
+    hist = pose_history(rt, session.pose, anchors, cfg.derived("history_steps"), cfg.action_dt_s)
+    return table, tgt, tmask, fidx, hist, touch
 
 
 def frame_ids(paths: list[Path], root: Path) -> list[str]:
@@ -236,6 +243,7 @@ class SampleDataset:
             "sensor_mask": valid,
             "has_sensor": bool(self._has_sensor[i]) and bool(valid.any()),
             "history": self.index.history[i],
+            "contact": self.index.contact[i],
             "target": self.index.targets[i],
             "target_mask": self.index.target_mask[i],
             "view_mask": self._view_mask[i],

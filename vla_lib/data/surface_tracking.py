@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_lib.data.tissue import FORCE_BASELINE, MIN_SEPARATION_MM, tip_distance
+from vla_lib.data.contact import ContactOnset
+from vla_lib.data.tissue import MIN_SEPARATION_MM, tip_distance
 
 PROMINENCE = 150.0  # a reflection stands this far above the A-line's floor (the weakest target: 800 x 0.5 x 0.7)
 PASSED_MM = 0.5  # an interface this far behind the tip without contact force is a film, not the target
-CONTACT_N = 0.04  # force above the free-air baseline that means contact
-MAX_BIAS_N = 0.5  # the force in free air lies within this of the sensor's nominal reading (FORCE_BASELINE)
-BASELINE_TAU_S = 1.0  # the free-air baseline follows the force with this time constant (drift <= 0.02 N/s lags 0.02 N)
 ONSET_MM = 0.1  # the target's distance assumed at contact when no reflection shows it
 AHEAD_MM = 0.05  # at contact, reflections up to this far ahead may still be the target (centroid noise)
 TRACK_MM = MIN_SEPARATION_MM / 2  # the tracked reflection moves less than this per 5 rows (up to 20 mm/s)
@@ -49,9 +47,8 @@ class SurfaceTracker:
     negative below it) or None while no surface is in view."""
 
     def __init__(self, task, dt: float = 0.1):
-        self.task, self.alpha = task, min(1.0, dt / BASELINE_TAU_S)
-        self.baseline: float | None = None
-        self.contact = False
+        self.task = task
+        self.onset = ContactOnset(dt)  # the force side: the same detector as the policy's contact memory
         self.target: float | None = None
 
     def update(self, window) -> float | None:
@@ -60,23 +57,16 @@ class SurfaceTracker:
         rows = window.values[window.valid]
         if len(rows) == 0:
             return self.target  # nothing new: the last reading stands (None before contact)
-        if self.contact:  # followed through the window 5 rows (~8 ms) at a time: a step stays far below TRACK_MM
+        if self.onset.contact:  # followed through the window 5 rows (~8 ms) at a time: a step stays far below TRACK_MM
             for chunk in np.array_split(rows[:, 1:], max(1, len(rows) // 5)):
                 self._follow(reflections(chunk.mean(0), self.task))
             return self.target
-        if self.baseline is None:  # free air at the start, unless the force is off the sensor's free-air reading
-            self.baseline = float(rows[:, 0].mean())
-            if abs(self.baseline - FORCE_BASELINE) > MAX_BIAS_N:  # in contact already (a restart in tissue)
-                self.baseline = FORCE_BASELINE
         dists = reflections(rows[-5:, 1:].mean(0), self.task)  # the last ~8 ms (the reflections move)
         ahead = dists[dists > -PASSED_MM]
-        force = float(rows[-20:, 0].mean())  # the last ~30 ms
-        if force - self.baseline > CONTACT_N:
-            self.contact = True
+        if self.onset.update(rows[:, 0]):
             passed = dists[dists <= AHEAD_MM]
             self.target = float(passed[-1]) if len(passed) else -ONSET_MM
             return self.target
-        self.baseline += self.alpha * (force - self.baseline)
         return float(ahead[0]) if len(ahead) else None
 
     def _follow(self, dists: np.ndarray) -> None:

@@ -65,7 +65,7 @@ class ControllerPolicy:
     def encode(self, instructions, views):
         return None, None
 
-    def act(self, features, mask, window, history):
+    def act(self, features, mask, window, history, contact=None):
         return self.controller(self.io)[None]
 
 

@@ -22,7 +22,8 @@ def fresh_vs_stale(policy, replay, instruction: str, report) -> dict:
             fresh_cache[ident] = policy.encode([instruction], [images])
         feats, mask = fresh_cache[ident]
         w, h = tick["window"], tick["history"]
-        fresh = policy.act(feats, mask, None if w is None else w.batched(), None if h is None else h[None])[0]
+        fresh = policy.act(feats, mask, None if w is None else w.batched(), None if h is None else h[None],
+                           tick["contact"][None])[0]
         truth = replay.true_chunk(tick["t"])
         err_stale.append(((tick["chunk"][:, :POSE_DIMS] - truth) ** 2).mean())
         err_fresh.append(((fresh[:, :POSE_DIMS] - truth) ** 2).mean())

@@ -46,6 +46,9 @@ class PolicyConfig:
     # Training only: the share of samples whose proprioception token sees zero deltas (the training mean), so the
     # expert cannot lean on the arm's own speed alone (the copycat problem) and must read the sensor too.
     history_dropout: float = 0.0
+    # The contact memory (data/contact.py) as one more condition token: where the force began, so a film above the
+    # target and a layer below it (the same two reflections in one window) are told apart.
+    contact_memory: bool = False
     fusion: str = "concat"
     expert_hidden: int = 1024
     expert_layers: int = 4

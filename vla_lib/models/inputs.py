@@ -3,17 +3,18 @@
 A new input is added here, in the type and in its builders; every call site passes a `PolicyInputs`. Conventions,
 the same everywhere: a sensor window is the raw force + A-line on the fixed grid with invalid points set to 0 *and*
 masked out; a sample without sensor data has an all-False mask (the model takes its learned null embedding);
-`history` is the robot's last K pose deltas (mm, deg; K may be 0).
+`history` is the robot's last K pose deltas (mm, deg; K may be 0); `contact` the contact memory
+(`data.contact.ContactMemory`: in contact, tip displacement since the onset; zeros before contact or without sensor).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from vla_lib.data.timeline import SensorWindow
-from vla_lib.dims import POSE_DIMS
+from vla_lib.dims import CONTACT_DIMS, POSE_DIMS
 
 
 @dataclass
@@ -23,6 +24,11 @@ class PolicyInputs:
     sensor: torch.Tensor  # (B, W, C) float: raw sensor window on the fixed grid, invalid points 0
     sensor_mask: torch.Tensor  # (B, W) bool: grid points that carry a sample
     history: torch.Tensor  # (B, K, POSE_DIMS) float: the robot's last K pose deltas, oldest first
+    contact: torch.Tensor | None = field(default=None)  # (B, CONTACT_DIMS) float; None: zeros (not in contact)
+
+    def __post_init__(self) -> None:
+        if self.contact is None:
+            self.contact = torch.zeros(self.vl.shape[0], CONTACT_DIMS, device=self.vl.device)
 
     @property
     def has_sensor(self) -> torch.Tensor:
@@ -37,9 +43,10 @@ class PolicyInputs:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def without_sensor(self) -> "PolicyInputs":
-        """The same inputs with the sensor removed (the ablation): every sample takes the null embedding."""
+        """The same inputs with the sensor removed (the ablation): every sample takes the null embedding, and the
+        contact memory, which the sensor's force gives, reads "never in contact"."""
         return PolicyInputs(self.vl, self.vl_mask, torch.zeros_like(self.sensor),
-                            torch.zeros_like(self.sensor_mask), self.history)
+                            torch.zeros_like(self.sensor_mask), self.history, torch.zeros_like(self.contact))
 
 
 def inputs_from_batch(batch: dict, device) -> PolicyInputs:
@@ -48,13 +55,15 @@ def inputs_from_batch(batch: dict, device) -> PolicyInputs:
                         vl_mask=batch["vl_mask"].to(device, non_blocking=True),
                         sensor=batch["sensor"].to(device, non_blocking=True),
                         sensor_mask=batch["sensor_mask"].to(device, non_blocking=True),
-                        history=batch["history"].to(device, non_blocking=True))
+                        history=batch["history"].to(device, non_blocking=True),
+                        contact=batch["contact"].to(device, non_blocking=True))
 
 
 def inputs_from_observation(features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None,
-                            *, window: int, channels: int, device) -> PolicyInputs:
+                            contact=None, *, window: int, channels: int, device) -> PolicyInputs:
     """From a replay tick, a live observation or an inference call: `sensor_windows` a batched SensorWindow (values
-    (B, W, C), valid (B, W)) or None (no sensor); `history` (B, K, POSE_DIMS) or None (K = 0)."""
+    (B, W, C), valid (B, W)) or None (no sensor); `history` (B, K, POSE_DIMS) or None (K = 0); `contact`
+    (B, CONTACT_DIMS) or None (not in contact)."""
     b = features.shape[0]
     if sensor_windows is None:
         sensor = torch.zeros(b, window, channels, device=device)
@@ -71,7 +80,10 @@ def inputs_from_observation(features: torch.Tensor, feature_mask: torch.Tensor, 
         sensor = torch.where(mask.unsqueeze(-1), sensor, torch.zeros((), device=device))  # no sample: no value
     hist = torch.zeros(b, 0, POSE_DIMS, device=device) if history is None else \
         torch.as_tensor(np.asarray(history, np.float32), device=device)
-    return PolicyInputs(features.to(device, torch.float32), feature_mask.to(device), sensor, mask, hist)
+    touch = None if contact is None else torch.as_tensor(np.asarray(contact, np.float32), device=device)
+    if touch is not None and touch.shape != (b, CONTACT_DIMS):
+        raise ValueError(f"the contact memory must be (B, {CONTACT_DIMS}), got {tuple(touch.shape)}")
+    return PolicyInputs(features.to(device, torch.float32), feature_mask.to(device), sensor, mask, hist, touch)
 
 
 def example_inputs(cfg, n_tokens: int, device, random: bool = False) -> PolicyInputs:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from vla_lib.dims import POSE_DIMS
+from vla_lib.dims import CONTACT_DIMS, POSE_DIMS
 from vla_lib.models.configuration_policy import PolicyConfig
 from vla_lib.models.inputs import PolicyInputs
 
@@ -154,6 +154,7 @@ class ActionExpert(nn.Module):
         else:
             self.fuse = nn.Linear(cfg.vl_dim, d)
         self.history = nn.Linear(cfg.history_steps * POSE_DIMS, d) if cfg.history_steps else None
+        self.contact = nn.Linear(CONTACT_DIMS, d) if cfg.contact_memory else None
         self.queries = nn.Parameter(torch.randn(1, cfg.horizon, d))
         layer = nn.TransformerDecoderLayer(d, cfg.expert_heads, cfg.expert_ff, cfg.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.expert_layers)
@@ -161,7 +162,7 @@ class ActionExpert(nn.Module):
         self.head = nn.Linear(d, cfg.action_dim)
 
     def forward(self, vl: torch.Tensor, vl_mask: torch.Tensor, sensor: torch.Tensor | None,
-                history: torch.Tensor | None = None) -> torch.Tensor:
+                history: torch.Tensor | None = None, contact: torch.Tensor | None = None) -> torch.Tensor:
         w = vl_mask.unsqueeze(-1).to(vl.dtype)
         vl_mean = (vl * w).sum(1) / w.sum(1).clamp(min=1)
         if self.fusion == "concat":
@@ -178,6 +179,8 @@ class ActionExpert(nn.Module):
             cond = self.fuse(vl_mean).unsqueeze(1)
         if self.history is not None:  # (B, K, 6) normalised -> one more memory token
             cond = torch.cat([cond, self.history(history.flatten(1)).unsqueeze(1)], 1)
+        if self.contact is not None:  # (B, 4): in contact, mm since the onset -> one more memory token
+            cond = torch.cat([cond, self.contact(contact.to(cond.dtype)).unsqueeze(1)], 1)
         h = self.decoder(self.queries.expand(vl.shape[0], -1, -1), cond)
         return self.head(self.norm(h))
 
@@ -217,7 +220,10 @@ class Stage1Policy(nn.Module):
             enc = self.sensor_encoder(w, x.sensor_mask, has)
             s = torch.where(has.view(-1, 1), enc, self.null_sensor.to(enc.dtype).expand(len(has), -1))
         h = self._history(x)
-        out = self.expert(x.vl, x.vl_mask, s, self._history_token(h))
+        # the memory comes from the sensor's force: a sample without sensor data has none (as in the ablation)
+        contact = x.contact * x.has_sensor.view(-1, 1).to(x.contact.dtype) if self.sensor_encoder is not None \
+            else torch.zeros_like(x.contact)
+        out = self.expert(x.vl, x.vl_mask, s, self._history_token(h), contact)
         if self.config.residual_last_delta:  # normalised: last + c * std in physical units; the gripper keeps its mean
             last = nn.functional.pad(h[:, -1], (0, out.shape[-1] - POSE_DIMS))
             out = out + last.unsqueeze(1).to(out.dtype)

@@ -10,7 +10,8 @@ the checkpoint was trained with. The sensor window is a `data.timeline.SensorWin
 force + A-line window on the fixed grid and which of its points carry a sample (a dataset sample's `sensor` and
 `sensor_mask`; None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
 (K = `policy.history_steps`, oldest first; what `vla_lib.data.timeline.pose_history` computes from the robot samples
-stamped at or before now). The split `encode` / `act` is what the real-time loop
+stamped at or before now); `contact` the contact memory (`vla_lib.data.contact.ContactMemory`, one per episode,
+updated every tick; needed when the checkpoint was trained with `model.contact_memory`). The split `encode` / `act` is what the real-time loop
 uses: the VL features refresh at their own rate, the action step runs at 10 Hz on the latest ones.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vla_lib.config import RunConfig
 from vla_lib.policy.checkpoint import CheckpointMismatchError, feature_mismatch, load_checkpoint
 from vla_lib.models.action_graph import ActionStep
 from vla_lib.data.timeline import SensorWindow
+from vla_lib.dims import CONTACT_DIMS
 from vla_lib.models.inputs import inputs_from_observation
 from vla_lib.policy.adapter import apply_adapter
 from vla_lib.vlm.cache_build import store_parts
@@ -115,11 +117,16 @@ class VLAPolicy:
         return self.backbone.encode(self.backbone.prepare(samples), self.config.cache.pooling)
 
     @torch.no_grad()
-    def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None) -> np.ndarray:
+    def act(self, features: torch.Tensor, feature_mask: torch.Tensor, sensor_windows=None, history=None,
+            contact=None) -> np.ndarray:
         """(B, H, 7) chunk in mm / deg from VL features, a batched SensorWindow (values (B, T, 1026), valid (B, T);
-        None: no sensor) and the robot's
-        last pose deltas ((B, K, 6) mm / deg, oldest first; needed when the heads were trained with history)."""
-        x = inputs_from_observation(features, feature_mask, sensor_windows, history,
+        None: no sensor), the robot's last pose deltas ((B, K, 6) mm / deg, oldest first; needed when the heads were
+        trained with history) and the contact memory ((B, 4), `data.contact.ContactMemory`; needed when the heads
+        were trained with it: a missing memory would read "not in contact" and drive the tip on)."""
+        if self.contact_memory and contact is None:
+            raise ValueError("this policy was trained with model.contact_memory: pass contact= the "
+                             "vla_lib.data.contact.ContactMemory value of this tick (the runtime's loop does)")
+        x = inputs_from_observation(features, feature_mask, sensor_windows, history, contact,
                                     window=self.config.data.sensor_window_size,
                                     channels=self.heads.config.sensor_channels, device=self.device)
         if self.cuda_graph and len(features) == 1:
@@ -136,21 +143,27 @@ class VLAPolicy:
         a previous error during capture")."""
         feats, mask = self.encode([instruction], [images])
         window = sensor_window.batched() if isinstance(sensor_window, SensorWindow) else sensor_window  # else refused
-        self.act(feats, mask, window, None if history is None else np.asarray(history, np.float32)[None])
+        self.act(feats, mask, window, None if history is None else np.asarray(history, np.float32)[None],
+                 np.zeros((1, CONTACT_DIMS), np.float32))
 
     # -- one call -------------------------------------------------------------------------------------------------
     @property
     def history_steps(self) -> int:
         return self.heads.config.history_steps
 
-    def predict(self, instruction: str, images: list, sensor_window=None, history=None) -> np.ndarray:
+    @property
+    def contact_memory(self) -> bool:
+        return self.heads.config.contact_memory
+
+    def predict(self, instruction: str, images: list, sensor_window=None, history=None, contact=None) -> np.ndarray:
         """(H, 7) chunk in mm / deg for one observation."""
         one = isinstance(sensor_window, SensorWindow)  # anything else is refused by inputs_from_observation
         sensor = sensor_window.batched() if one else sensor_window
         hist = None if history is None else np.asarray(history, np.float32)[None]
-        return self.predict_batch([instruction], [images], sensor, hist)[0]
+        touch = None if contact is None else np.asarray(contact, np.float32)[None]
+        return self.predict_batch([instruction], [images], sensor, hist, touch)[0]
 
     def predict_batch(self, instructions: list[str], images: list[list], sensor_windows=None,
-                      history=None) -> np.ndarray:
+                      history=None, contact=None) -> np.ndarray:
         features, mask = self.encode(instructions, images)
-        return self.act(features, mask, sensor_windows, history)
+        return self.act(features, mask, sensor_windows, history, contact)

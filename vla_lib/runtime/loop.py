@@ -6,8 +6,8 @@ the same `Runtime` objects; only the `RobotIO` and its actuator differ. One tick
 1. the faults seen now (stale robot / sensor / camera stream, a sensor window with no valid point, features
    older than `limits.max_feature_age_s` while frames arrive, the VL encoder's last error, the last tick's
    overrun), each answered as `runtime.faults` says (hold / stop / continue) and counted;
-2. the policy on the latest features, the sensor window and the pose history; a chunk with NaN, or with a step
-   beyond `limits.out_of_limits_factor` x the step limit, is a fault, never executed as it is;
+2. the policy on the latest features, the sensor window, the pose history and the contact memory; a chunk with
+   NaN, or with a step beyond `limits.out_of_limits_factor` x the step limit, is a fault, never executed as it is;
 3. the chunk is handed to the executor with its observation time and the time it is usable (after the measured
    or the injected inference delay), the executor picks and limits this tick's step, the actuator applies it.
 The sensor guard runs beside the loop, on every sensor batch (runtime/guard.py).
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vla_lib.data.contact import ContactMemory
 from vla_lib.runtime.executor import ChunkExecutor, Command, StopLatch
 from vla_lib.runtime.guard import SensorGuard
 
@@ -57,6 +58,7 @@ class Runtime:
         self._events_lock = threading.Lock()
         self.fault_log: list[dict] = []  # the first 100 faults, with their detail
         self.vl_error: str | None = None  # the VL encoder's last error, until an encode succeeds
+        self.contact = ContactMemory(period)  # where the force began, kept for the run (the policy's memory input)
         self._overran = False
 
     @classmethod
@@ -130,8 +132,9 @@ class Runtime:
             self._overran = False
             seen("tick_overrun")
         history = io.pose_history(policy.history_steps) if policy.history_steps else None
+        contact = self.contact.update(window, io.robot_pose())  # every tick: a policy without it is simply not told
         chunk = np.asarray(policy.act(latest.features, latest.mask, None if window is None else window.batched(),
-                                      None if history is None else history[None])[0])
+                                      None if history is None else history[None], contact[None])[0])
         done = t if simulated else io.now()  # on the simulated clock the policy costs no simulated time
         if not np.isfinite(chunk).all():
             seen("policy_nonfinite")
@@ -157,6 +160,7 @@ class Runtime:
             self._overran = True  # answered at the next tick (this one's command is out)
         return {"t": t, "latency_ms": latency * 1e3, "staleness_s": t - latest.captured,
                 "feature_age_s": t - latest.ready, "ident": latest.ident, "window": window, "history": history,
+                "contact": contact,
                 "chunk": chunk, "command": cmd}
 
     def summary(self) -> dict:

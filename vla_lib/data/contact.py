@@ -1,0 +1,84 @@
+"""Contact memory: where the needle met the target surface, kept for the rest of the episode.
+
+A window of 100 ms cannot tell a film above the target from a layer below it (both show two reflections behind the
+tip at the same distances); what tells them apart is where the contact force began, which the demonstrator keeps as
+state. `ContactMemory` gives the policy the same memory as an input: [in contact (0/1), the tip's displacement since
+the contact onset (x, y, z mm, robot frame)], all zero before contact. It is computed by this one class, tick by
+tick, from the sensor window and the robot pose: over a session's anchors for training (`contact_track`) and in the
+runtime's tick for the closed loop, the replay and the live rig, so training and the robot see the same value.
+
+Contact is the force rising `CONTACT_N` above a baseline that follows the force's slow drift in free air (a force
+off the sensor's free-air reading at the start is contact already). Without a sensor there is never contact: the
+memory is part of what the sensor gives, and the sensor ablation removes it too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vla_lib.data.timeline import SensorWindow, resample_sensor_window
+from vla_lib.data.tissue import FORCE_BASELINE
+from vla_lib.dims import CONTACT_DIMS
+
+CONTACT_N = 0.04  # force above the free-air baseline that means contact
+MAX_BIAS_N = 0.5  # the force in free air lies within this of the sensor's nominal reading (FORCE_BASELINE)
+BASELINE_TAU_S = 1.0  # the free-air baseline follows the force with this time constant (drift <= 0.02 N/s lags 0.02 N)
+FORCE_ROWS = 20  # the force is read as the mean of the window's last ~30 ms (20 points at 650 Hz)
+
+
+class ContactOnset:
+    """Contact from the force alone, one call per control period `dt`; latched once seen."""
+
+    def __init__(self, dt: float):
+        self.alpha = min(1.0, dt / BASELINE_TAU_S)
+        self.baseline: float | None = None
+        self.contact = False
+
+    def update(self, forces: np.ndarray) -> bool:
+        """`forces`: the window's valid force samples, oldest first (none: nothing new). True from contact on."""
+        if self.contact or len(forces) == 0:
+            return self.contact
+        if self.baseline is None:  # free air at the start, unless the force is off the sensor's free-air reading
+            self.baseline = float(np.mean(forces))
+            if abs(self.baseline - FORCE_BASELINE) > MAX_BIAS_N:  # in contact already (a restart in tissue)
+                self.baseline = FORCE_BASELINE
+        force = float(np.mean(forces[-FORCE_ROWS:]))
+        if force - self.baseline > CONTACT_N:
+            self.contact = True
+        else:
+            self.baseline += self.alpha * (force - self.baseline)
+        return self.contact
+
+
+class ContactMemory:
+    """The policy's contact input, tick by tick: `update(window, pose)` -> (CONTACT_DIMS,) float32."""
+
+    def __init__(self, dt: float):
+        self.onset = ContactOnset(dt)
+        self.origin: np.ndarray | None = None  # the tip position (mm) at the first tick in contact
+
+    def update(self, window, pose) -> np.ndarray:
+        """`window` a SensorWindow or None (no sensor); `pose` the robot's latest pose (6,), mm / deg."""
+        forces = np.empty(0) if window is None else np.asarray(window.values)[np.asarray(window.valid), 0]
+        position = np.full(3, np.nan) if pose is None else np.asarray(pose, np.float64)[:3]  # no pose: not finite
+        if self.onset.update(forces) and self.origin is None and np.isfinite(position).all():
+            self.origin = position.copy()
+        out = np.zeros(CONTACT_DIMS, np.float32)
+        if self.origin is not None:
+            out[0], out[1:] = 1.0, position - self.origin
+        return out
+
+
+def contact_track(sensor_times: np.ndarray, forces: np.ndarray, robot_times: np.ndarray, pose: np.ndarray,
+                  anchors: np.ndarray, data_cfg) -> np.ndarray:
+    """(N, CONTACT_DIMS) the contact memory at each anchor of a session, the anchors taken as the control ticks:
+    the window the runtime would see at t (force column only) and the latest robot pose stamped at or before t."""
+    no_aline = np.empty((len(sensor_times), 0), np.float32)
+    memory = ContactMemory(data_cfg.anchor_stride_s)
+    last = np.clip(np.searchsorted(robot_times, anchors, side="right") - 1, 0, len(robot_times) - 1)
+    out = np.zeros((len(anchors), CONTACT_DIMS), np.float32)
+    for i, t in enumerate(anchors):
+        values, valid, _ = resample_sensor_window(sensor_times, forces, no_aline, float(t), data_cfg.sensor_window_s,
+                                                  data_cfg.sensor_window_size, data_cfg.sensor_max_gap_s)
+        out[i] = memory.update(SensorWindow(values, valid), pose[last[i]])
+    return out
+
