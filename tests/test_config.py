@@ -249,3 +249,10 @@ def test_the_sensor_gap_must_be_below_the_staleness_age_and_the_sensor_model_fin
         RunConfig.from_dict({"runtime": {"limits": {"max_sensor_gap_s": 0.3}}})
     with pytest.raises(ConfigError, match="sensor_model.speckle must be finite"):
         RunConfig.from_dict({"synthetic": {"task": {"sensor_model": {"speckle": float("inf")}}}})
+
+
+def test_the_contact_memory_needs_anchors_on_the_control_ticks():
+    RunConfig.from_dict({"model": {"contact_memory": True}})  # anchors every 0.1 s, the control period
+    with pytest.raises(ConfigError, match="contact_memory needs data.anchor_stride_s = data.action_dt_s"):
+        RunConfig.from_dict({"model": {"contact_memory": True}, "data": {"anchor_stride_s": 0.05}})
+    RunConfig.from_dict({"data": {"anchor_stride_s": 0.05}})  # without the memory any stride
