@@ -127,6 +127,10 @@ def test_the_params_file_runs_the_matrix_the_issue_asks_for():
     assert len({family for family, _ in cfg.closed_loop.robustness.conditions()}) >= 6
     assert {"policy", "policy_no_sensor", "demonstrator"} <= set(cfg.closed_loop.predictors)
     assert cfg.sweep.grid["augment.enabled"] == [False, True] and len(cfg.sweep.grid["train.seed"]) >= 3
+    assert cfg.model.contact_memory  # the demo's policy as shipped
+    without = RunConfig.from_yaml(Path(__file__).resolve().parents[2] / "params/robustness_no_contact.yaml")
+    assert not without.model.contact_memory and without.sweep.name != cfg.sweep.name
+    assert without.closed_loop.robustness == cfg.closed_loop.robustness and without.sweep.grid == cfg.sweep.grid
 
 
 def test_the_rich_variant_trains_on_rich_sessions_of_its_own_and_keeps_the_interface_levels():
