@@ -72,3 +72,11 @@ def test_memory_without_sensor_or_pose():
     np.testing.assert_array_equal(out, [1, 0, 0, 0])
     np.testing.assert_allclose(memory.update(SensorWindow(free, valid), pose - [0, 0, 1.5, 0, 0, 0]),
                                [1, 0, 0, -1.5])  # latched: backing off keeps the surface where it was met
+
+
+def test_a_sensor_offset_is_no_contact_for_the_memory():
+    """A real sensor whose free-air reading is -2 N (not the simulated -3 N): no contact until the force rises."""
+    memory, valid, pose = ContactMemory(0.1), np.ones(65, bool), np.zeros(6)
+    for force in (-2.0, -2.0, -2.01, -1.99):
+        assert not memory.update(SensorWindow(np.full((65, 2), force, np.float32), valid), pose).any()
+    assert memory.update(SensorWindow(np.full((65, 2), -1.9, np.float32), valid), pose)[0] == 1.0

@@ -7,29 +7,32 @@ the contact onset (x, y, z mm, robot frame)], all zero before contact. It is com
 tick, from the sensor window and the robot pose: over a session's anchors for training (`contact_track`) and in the
 runtime's tick for the closed loop, the replay and the live rig, so training and the robot see the same value.
 
-Contact is the force rising `CONTACT_N` above a baseline that follows the force's slow drift in free air (a force
-off the sensor's free-air reading at the start is contact already). Without a sensor there is never contact: the
-memory is part of what the sensor gives, and the sensor ablation removes it too.
+Contact is the force rising `CONTACT_N` above a baseline that follows the force's slow drift in free air, starting
+from the first reading: the memory assumes no free-air value of its own, so a real sensor's offset cannot fake a
+contact. A run that starts in tissue is the runtime guard's to refuse (its tare check). Without a sensor there is
+never contact: the memory is part of what the sensor gives, and the sensor ablation removes it too.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from vla_lib.data.timeline import SensorWindow, resample_sensor_window
-from vla_lib.data.tissue import FORCE_BASELINE
 from vla_lib.dims import CONTACT_DIMS
 
 CONTACT_N = 0.04  # force above the free-air baseline that means contact
-MAX_BIAS_N = 0.5  # the force in free air lies within this of the sensor's nominal reading (FORCE_BASELINE)
+MAX_BIAS_N = 0.5  # with a known free-air reading: a first force further from it than this is contact already
 BASELINE_TAU_S = 1.0  # the free-air baseline follows the force with this time constant (drift <= 0.02 N/s lags 0.02 N)
 FORCE_ROWS = 20  # the force is read as the mean of the window's last ~30 ms (20 points at 650 Hz)
 
 
 class ContactOnset:
-    """Contact from the force alone, one call per control period `dt`; latched once seen."""
+    """Contact from the force alone, one call per control period `dt`; latched once seen. `free_air_n`: the sensor's
+    known free-air reading (the simulated sensor's), which makes a first force far from it contact at once; None: the
+    first reading is free air."""
 
-    def __init__(self, dt: float):
+    def __init__(self, dt: float, free_air_n: float | None = None):
         self.alpha = min(1.0, dt / BASELINE_TAU_S)
+        self.free_air_n = free_air_n
         self.baseline: float | None = None
         self.contact = False
 
@@ -37,10 +40,10 @@ class ContactOnset:
         """`forces`: the window's valid force samples, oldest first (none: nothing new). True from contact on."""
         if self.contact or len(forces) == 0:
             return self.contact
-        if self.baseline is None:  # free air at the start, unless the force is off the sensor's free-air reading
+        if self.baseline is None:  # free air at the start, unless the force is off a known free-air reading
             self.baseline = float(np.mean(forces))
-            if abs(self.baseline - FORCE_BASELINE) > MAX_BIAS_N:  # in contact already (a restart in tissue)
-                self.baseline = FORCE_BASELINE
+            if self.free_air_n is not None and abs(self.baseline - self.free_air_n) > MAX_BIAS_N:
+                self.baseline = self.free_air_n  # in contact already (a restart in tissue)
         force = float(np.mean(forces[-FORCE_ROWS:]))
         if force - self.baseline > CONTACT_N:
             self.contact = True
@@ -71,7 +74,9 @@ class ContactMemory:
 def contact_track(sensor_times: np.ndarray, forces: np.ndarray, robot_times: np.ndarray, pose: np.ndarray,
                   anchors: np.ndarray, data_cfg) -> np.ndarray:
     """(N, CONTACT_DIMS) the contact memory at each anchor of a session, the anchors taken as the control ticks:
-    the window the runtime would see at t (force column only) and the latest robot pose stamped at or before t."""
+    the window the runtime would see at t and the latest robot pose stamped at or before t. Only the force column is
+    resampled (the A-lines are not read): a row whose A-line alone is not finite counts here and not in the runtime's
+    window; the recorders lose packets as whole rows."""
     no_aline = np.empty((len(sensor_times), 0), np.float32)
     memory = ContactMemory(data_cfg.anchor_stride_s)
     last = np.clip(np.searchsorted(robot_times, anchors, side="right") - 1, 0, len(robot_times) - 1)

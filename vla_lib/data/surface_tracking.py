@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from vla_lib.data.contact import ContactOnset
-from vla_lib.data.tissue import MIN_SEPARATION_MM, tip_distance
+from vla_lib.data.tissue import FORCE_BASELINE, MIN_SEPARATION_MM, tip_distance
 
 PROMINENCE = 150.0  # a reflection stands this far above the A-line's floor (the weakest target: 800 x 0.5 x 0.7)
 PASSED_MM = 0.5  # an interface this far behind the tip without contact force is a film, not the target
@@ -48,7 +48,8 @@ class SurfaceTracker:
 
     def __init__(self, task, dt: float = 0.1):
         self.task = task
-        self.onset = ContactOnset(dt)  # the force side: the same detector as the policy's contact memory
+        # the force side: the policy's contact-memory detector, told the simulated sensor's free-air reading
+        self.onset = ContactOnset(dt, free_air_n=FORCE_BASELINE)
         self.target: float | None = None
 
     def update(self, window) -> float | None:
