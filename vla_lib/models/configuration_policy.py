@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 from vla_lib.dims import ACTION_DIM, SENSOR_CHANNELS
 from vla_lib.errors import ConfigError
-
-FUSIONS = ("concat", "cross_attention", "gated", "none")
+from vla_lib.models.fusion import FUSIONS
 
 
 @dataclass
@@ -46,7 +45,7 @@ class PolicyConfig:
     # Training only: the share of samples whose proprioception token sees zero deltas (the training mean), so the
     # expert cannot lean on the arm's own speed alone (the copycat problem) and must read the sensor too.
     history_dropout: float = 0.0
-    fusion: str = "concat"
+    fusion: str = "concat"  # one of models/fusion.py's FUSIONS
     expert_hidden: int = 1024
     expert_layers: int = 4
     expert_heads: int = 8
@@ -58,7 +57,7 @@ class PolicyConfig:
 
     def validate(self) -> None:
         if self.fusion not in FUSIONS:
-            raise ConfigError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+            raise ConfigError(f"model.fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if (self.residual_last_delta or self.history_dropout) and not self.history_steps:
