@@ -174,10 +174,12 @@ def test_resume_refuses_another_process_count_other_files_and_reports_free_chang
     import numpy as np
 
     from vla_lib.train import RunStateError, read_resume
+    from vla_lib.train_state import RESUME_FORMAT
 
     cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
     path = tmp_path / "resume_state.pt"
-    torch.save({"run_config": cfg.to_dict(), "processes": 2, "split": {"train": [], "val": []}, "progress": {}}, path)
+    torch.save({"format": RESUME_FORMAT, "run_config": cfg.to_dict(), "processes": 2, "split": {"train": [], "val": []},
+                "progress": {}}, path)
     with pytest.raises(RunStateError, match="2 process"):
         read_resume(path, cfg, processes=1)
     said = []
@@ -190,6 +192,23 @@ def test_resume_refuses_another_process_count_other_files_and_reports_free_chang
     torch.save({"progress": {}}, path)
     with pytest.raises(RunStateError, match="is not a resume state \\(no run_config, processes, split\\)"):
         read_resume(path, cfg, processes=1)
+
+
+@pytest.mark.parametrize("version", [None, "vla_lib.resume/0"])
+def test_a_resume_state_of_another_or_no_format_is_refused_in_one_line(tmp_path, version):
+    """A file whose layout this version does not write (no `format`, or another) is refused before anything is
+    restored, naming the file and what to do, not resumed from."""
+    from vla_lib.train_state import RunStateError, read_resume
+
+    cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
+    state = {"run_config": cfg.to_dict(), "processes": 1, "split": {"train": [], "val": []}, "progress": {}}
+    path = tmp_path / "resume_state.pt"
+    torch.save(state if version is None else {**state, "format": version}, path)
+    with pytest.raises(RunStateError) as refused:
+        read_resume(path, cfg, processes=1)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"{path} is a resume state of format {version!r}, not "
+                                                 "'vla_lib.resume/1'") and "start without resuming" in line
 
 
 def test_a_saved_run_config_loads_back_as_it_was_and_a_stale_derived_value_is_refused():

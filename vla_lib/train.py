@@ -32,8 +32,8 @@ from vla_lib.models.inputs import inputs_from_batch
 # benchmarks import them from this module).
 from vla_lib.train_data import build_model, load_data, load_features, make_loader, make_sampler
 from vla_lib.train_objective import LOSS_DIMS, lr_lambda, masked_mse, param_groups, sample_weights  # noqa: F401
-from vla_lib.train_state import (RunStateError, epoch_rows, load_resume, read_resume, rng_state,  # noqa: F401
-                                 seed_everything, trim_metrics)
+from vla_lib.train_state import (RESUME_FORMAT, RunStateError, epoch_rows, load_resume, read_resume,  # noqa: F401
+                                 rng_state, seed_everything, trim_metrics)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ class Trainer:
         ranks = acc.gather_for_metrics([mine], use_gather_object=True) if acc.num_processes > 1 else [mine]
         if acc.is_main_process:
             state = {k: v for k, v in self.progress.items() if k != "totals"}
-            atomic_save({"model": self.model_state(),
+            atomic_save({"format": RESUME_FORMAT, "model": self.model_state(),
                          "optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                          "progress": state, "ranks": ranks, "run_config": self.cfg.to_dict(), "split": self.split,
                          "stats": asdict(self.stats), "processes": acc.num_processes}, self.resume_file)
