@@ -173,8 +173,7 @@ def test_resume_refuses_another_process_count_other_files_and_reports_free_chang
     is refused in one line; changes the weights do not depend on are honoured and said."""
     import numpy as np
 
-    from vla_lib.train import RunStateError, read_resume
-    from vla_lib.train_state import RESUME_FORMAT
+    from vla_lib.train_state import RESUME_FORMAT, RunStateError, read_resume
 
     cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
     path = tmp_path / "resume_state.pt"
@@ -225,6 +224,7 @@ def test_a_saved_run_config_loads_back_as_it_was_and_a_stale_derived_value_is_re
 def test_a_non_finite_loss_stops_the_run_at_its_step_and_nothing_after_it_is_saved(prepared, tmp_path, monkeypatch):
     from vla_lib import train as stage1, training
     from vla_lib.cli import build_parser, config_from_args
+    from vla_lib.finite_guard import NonFiniteError
 
     cfg = config_from_args(build_parser().parse_args(
         prepared + ["--output-dir", str(tmp_path), "--set", f"output_root={tmp_path}", "--epochs", "2", "--batch-size", "4", "--save-every-steps", "1"]))
@@ -236,7 +236,7 @@ def test_a_non_finite_loss_stops_the_run_at_its_step_and_nothing_after_it_is_sav
         return (out[0] * float("nan"), *out[1:]) if len(calls) == 2 else out
 
     monkeypatch.setattr(stage1.Trainer, "loss", loss)
-    with pytest.raises(stage1.NonFiniteError, match="optimiser step 2: the loss and gradient norm were not finite"):
+    with pytest.raises(NonFiniteError, match="optimiser step 2: the loss and gradient norm were not finite"):
         training.train(cfg, log=lambda *a: None)
     ckpts = tmp_path / "checkpoints"
     assert not any((ckpts / name).exists() for name in ("qwen_vla_sensor.pt", "qwen_vla_sensor_best.pt"))
