@@ -17,7 +17,7 @@ import torch
 
 from vla_lib.config import settings_changed
 from vla_lib.data.batches import collate
-from vla_lib.data.recorder_formats import load_image
+from vla_lib.data.recorder_files import load_image
 from vla_lib.data.samples import SampleDataset, frame_ids
 from vla_lib.errors import ConfigError
 from vla_lib.models.inputs import PolicyInputs
