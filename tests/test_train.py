@@ -1,4 +1,4 @@
-"""Stage-1 training: the published training command line, exact resume after SIGKILL, and 2 processes (gloo on CPU)."""
+"""Stage-1 training: the training command line of docs/training.md, exact resume after SIGKILL, and 2 processes (gloo on CPU)."""
 import json
 import os
 import signal
@@ -33,7 +33,7 @@ _run = run_cli
 
 
 def test_seed_command_line_trains_and_checkpoints(prepared, tmp_path):
-    # the published training line as written, then the CI pixel budget (the cache was built for it: another budget
+    # docs/training.md's training line as written, then the CI pixel budget (the cache was built for it: another budget
     # would miss)
     args = SEED_TRAIN + prepared[2:] + ["--image-resize-height", "168", "--image-resize-width", "308", "--epochs", "2",
                                     "--batch-size", "4", "--grad-accum-steps", "2"]

@@ -1,5 +1,5 @@
 """The Qwen2.5-VL backbone behind `vlm.interface.VLBackbone`: a hub id or local path through `from_pretrained`, the
-tiny offline model, or the published 3B architecture with random weights (GPU timing without a download)."""
+tiny offline model, or Qwen2.5-VL-3B's architecture with random weights (GPU timing without a download)."""
 from __future__ import annotations
 
 import hashlib
