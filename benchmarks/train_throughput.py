@@ -173,7 +173,9 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
     from vla_lib.data.batches import collate
     from vla_lib.data.normalization import compute_stats
     from vla_lib.data.samples import SampleDataset
-    from vla_lib.train import build_model, loss_fn, param_groups
+    from vla_lib.train import loss_fn
+    from vla_lib.train_data import build_model
+    from vla_lib.train_objective import param_groups
 
     cfg = RunConfig.from_yaml(params).with_overrides({"model.dropout": 0.0})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

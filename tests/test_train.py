@@ -1,4 +1,4 @@
-"""Stage-1 training: the published training command line, exact resume after SIGKILL, and 2 processes (gloo on CPU)."""
+"""Stage-1 training: the training command line of docs/training.md, exact resume after SIGKILL, and 2 processes (gloo on CPU)."""
 import json
 import os
 import signal
@@ -33,7 +33,7 @@ _run = run_cli
 
 
 def test_seed_command_line_trains_and_checkpoints(prepared, tmp_path):
-    # the published training line as written, then the CI pixel budget (the cache was built for it: another budget
+    # docs/training.md's training line as written, then the CI pixel budget (the cache was built for it: another budget
     # would miss)
     args = SEED_TRAIN + prepared[2:] + ["--image-resize-height", "168", "--image-resize-width", "308", "--epochs", "2",
                                     "--batch-size", "4", "--grad-accum-steps", "2"]
@@ -173,11 +173,12 @@ def test_resume_refuses_another_process_count_other_files_and_reports_free_chang
     is refused in one line; changes the weights do not depend on are honoured and said."""
     import numpy as np
 
-    from vla_lib.train import RunStateError, read_resume
+    from vla_lib.train_state import RESUME_FORMAT, RunStateError, read_resume
 
     cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
     path = tmp_path / "resume_state.pt"
-    torch.save({"run_config": cfg.to_dict(), "processes": 2, "split": {"train": [], "val": []}, "progress": {}}, path)
+    torch.save({"format": RESUME_FORMAT, "run_config": cfg.to_dict(), "processes": 2, "split": {"train": [], "val": []},
+                "progress": {}}, path)
     with pytest.raises(RunStateError, match="2 process"):
         read_resume(path, cfg, processes=1)
     said = []
@@ -190,6 +191,23 @@ def test_resume_refuses_another_process_count_other_files_and_reports_free_chang
     torch.save({"progress": {}}, path)
     with pytest.raises(RunStateError, match="is not a resume state \\(no run_config, processes, split\\)"):
         read_resume(path, cfg, processes=1)
+
+
+@pytest.mark.parametrize("version", [None, "vla_lib.resume/0"])
+def test_a_resume_state_of_another_or_no_format_is_refused_in_one_line(tmp_path, version):
+    """A file whose layout this version does not write (no `format`, or another) is refused before anything is
+    restored, naming the file and what to do, not resumed from."""
+    from vla_lib.train_state import RunStateError, read_resume
+
+    cfg = RunConfig.from_yaml(REPO / "params/ci.yaml")
+    state = {"run_config": cfg.to_dict(), "processes": 1, "split": {"train": [], "val": []}, "progress": {}}
+    path = tmp_path / "resume_state.pt"
+    torch.save(state if version is None else {**state, "format": version}, path)
+    with pytest.raises(RunStateError) as refused:
+        read_resume(path, cfg, processes=1)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"{path} is a resume state of format {version!r}, not "
+                                                 "'vla_lib.resume/1'") and "start without resuming" in line
 
 
 def test_a_saved_run_config_loads_back_as_it_was_and_a_stale_derived_value_is_refused():
@@ -206,6 +224,7 @@ def test_a_saved_run_config_loads_back_as_it_was_and_a_stale_derived_value_is_re
 def test_a_non_finite_loss_stops_the_run_at_its_step_and_nothing_after_it_is_saved(prepared, tmp_path, monkeypatch):
     from vla_lib import train as stage1, training
     from vla_lib.cli import build_parser, config_from_args
+    from vla_lib.finite_guard import NonFiniteError
 
     cfg = config_from_args(build_parser().parse_args(
         prepared + ["--output-dir", str(tmp_path), "--set", f"output_root={tmp_path}", "--epochs", "2", "--batch-size", "4", "--save-every-steps", "1"]))
@@ -217,7 +236,7 @@ def test_a_non_finite_loss_stops_the_run_at_its_step_and_nothing_after_it_is_sav
         return (out[0] * float("nan"), *out[1:]) if len(calls) == 2 else out
 
     monkeypatch.setattr(stage1.Trainer, "loss", loss)
-    with pytest.raises(stage1.NonFiniteError, match="optimiser step 2: the loss and gradient norm were not finite"):
+    with pytest.raises(NonFiniteError, match="optimiser step 2: the loss and gradient norm were not finite"):
         training.train(cfg, log=lambda *a: None)
     ckpts = tmp_path / "checkpoints"
     assert not any((ckpts / name).exists() for name in ("qwen_vla_sensor.pt", "qwen_vla_sensor_best.pt"))

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from vla_lib.finite_guard import NonFiniteError
     from vla_lib.policy.checkpoint import CheckpointMismatchError
     from vla_lib.pipeline import NotebookError
-    from vla_lib.train import RunStateError
+    from vla_lib.train_state import RunStateError
     from vla_lib.vlm.feature_store import CacheMissError
 
     parser = build_parser()

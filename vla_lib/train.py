@@ -25,15 +25,13 @@ from tqdm.auto import tqdm
 from vla_lib.data.augment import training_augmentation
 from vla_lib.data.batches import FeatureJoinedDataset, collate
 from vla_lib.data.samples import SampleDataset
-from vla_lib.finite_guard import FiniteGuard, NonFiniteError  # noqa: F401  (NonFiniteError: raised through train)
+from vla_lib.finite_guard import FiniteGuard, NonFiniteError
 from vla_lib.policy.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
 from vla_lib.models.inputs import inputs_from_batch
-# The steps of a run live in these modules; they are named here too, as `vla_lib.train`'s own (Stage 2 and the
-# benchmarks import them from this module).
 from vla_lib.train_data import build_model, load_data, load_features, make_loader, make_sampler
-from vla_lib.train_objective import LOSS_DIMS, lr_lambda, masked_mse, param_groups, sample_weights  # noqa: F401
-from vla_lib.train_state import (RunStateError, epoch_rows, load_resume, read_resume, rng_state,  # noqa: F401
-                                 seed_everything, trim_metrics)
+from vla_lib.train_objective import lr_lambda, masked_mse, param_groups, sample_weights
+from vla_lib.train_state import (RESUME_FORMAT, epoch_rows, load_resume, read_resume, rng_state, seed_everything,
+                                 trim_metrics)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -108,7 +106,7 @@ class Trainer:
     def setup(self) -> None:
         """The stage's model, datasets and parameter groups (`build`), then what both stages share: optimiser,
         sampler, schedule, accelerate and the loader."""
-        cfg, tc, acc = self.cfg, self.cfg.train, self.acc
+        tc, acc = self.cfg.train, self.acc
         model, groups, train_set, self.val_set, train_index = self.build()
         # fused AdamW on CUDA: one kernel for all parameters (the step is a visible share of a 28 ms batch-64 step)
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=self.on_cuda or None)
@@ -290,7 +288,7 @@ class Trainer:
         ranks = acc.gather_for_metrics([mine], use_gather_object=True) if acc.num_processes > 1 else [mine]
         if acc.is_main_process:
             state = {k: v for k, v in self.progress.items() if k != "totals"}
-            atomic_save({"model": self.model_state(),
+            atomic_save({"format": RESUME_FORMAT, "model": self.model_state(),
                          "optimizer": self.optimizer.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                          "progress": state, "ranks": ranks, "run_config": self.cfg.to_dict(), "split": self.split,
                          "stats": asdict(self.stats), "processes": acc.num_processes}, self.resume_file)

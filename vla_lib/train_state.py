@@ -43,12 +43,15 @@ class RunStateError(RuntimeError):
 
 # What a resume reads before it restores anything: the run's settings, its process count, and its train/val split.
 _RESUME_KEYS = ("run_config", "processes", "split")
+# The layout `Trainer.save_resume` writes: a change to what it holds bumps it, so a file of another layout is refused in
+# one line instead of failing halfway through the restore.
+RESUME_FORMAT = "vla_lib.resume/1"
 
 
 def read_resume(path: Path, cfg, processes: int, say=print) -> dict | None:
-    """The saved resume state of this run folder, or None. Refuses a run with other settings or another number of
-    processes (the sampler's split of each epoch and the effective batch depend on it), saying what differs; says
-    which free settings changed."""
+    """The saved resume state of this run folder, or None. Refuses a file of another (or no) `RESUME_FORMAT`, and a
+    run with other settings or another number of processes (the sampler's split of each epoch and the effective batch
+    depend on it), saying what differs; says which free settings changed."""
     if not path.exists():
         return None
     try:
@@ -60,6 +63,9 @@ def read_resume(path: Path, cfg, processes: int, say=print) -> dict | None:
     if missing:
         raise RunStateError(f"{path} is not a resume state (no {', '.join(missing)}); start a new run with "
                             "--run-name NAME")
+    if state.get("format") != RESUME_FORMAT:
+        raise RunStateError(f"{path} is a resume state of format {state.get('format')!r}, not {RESUME_FORMAT!r}: it "
+                            "cannot be resumed; start without resuming (a new run with --run-name NAME)")
     changed = settings_changed(state["run_config"], cfg.to_dict())
     if changed:
         raise RunStateError(f"{path.parent.parent} holds a run with other settings ({'; '.join(changed)}). Start a new "

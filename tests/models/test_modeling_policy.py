@@ -1,4 +1,4 @@
-"""The Stage-1 heads: the published model's shapes, the proprioception token, the null sensor."""
+"""The Stage-1 heads: the `original` preset's pinned parameter counts, the proprioception token, the null sensor."""
 import pytest
 import torch
 

@@ -69,6 +69,24 @@ def test_rtc_keeps_the_committed_prefix_and_switches_after_the_delay():
     assert ex.step(1.0, 1.0, POSE).reasons == ["horizon_exhausted"]
 
 
+def test_a_new_execution_mode_is_one_entry_of_the_registry(monkeypatch):
+    """A mode added to `runtime/execution.py` `EXECUTION_MODES` (here: the newest chunk's last step) is a choice of
+    `runtime.execution` and runs in the executor, its switch jump measured as the mode says (untimed: step 0)."""
+    from vla_lib.runtime import execution
+    from vla_lib.runtime.configuration_runtime import RuntimeConfig
+
+    def last(chunks, t_exec, dt, blend_decay):
+        cid, _, _, c = chunks[-1]
+        return c[-1].copy(), cid, len(c) - 1, []
+    monkeypatch.setitem(execution.EXECUTION_MODES, "last", execution.ExecutionMode(last, timed=False))
+    assert RuntimeConfig(execution="last").execution == "last"
+    ex = ChunkExecutor(LOOSE, 0.1, "last")
+    assert run(ex, 0.0, chunk([1, 0, 0, 0, 0, 0], step=1.0), 0.0).delta[0] == 8.0  # step 7: [8, 7, 7, ...]
+    cmd = run(ex, 0.1, chunk([10, 0, 0, 0, 0, 0], step=1.0), 0.1)  # step 7: [17, 7, 7, ...]
+    # against the previous chunk's step 0 ([1, 0, 0]), not its step for this time ([2, 1, 1])
+    assert cmd.delta[0] == 17.0 and cmd.switch_jump_mm_s == pytest.approx(np.linalg.norm([16, 7, 7]) / 0.1)
+
+
 def test_step_and_speed_limits_use_the_one_control_period():
     lim = Limits(max_step_mm=2.0, max_step_deg=1.0, max_speed_mm_s=100.0, max_speed_deg_s=100.0)
     cmd = run(ChunkExecutor(lim, 0.1), 0, chunk([3.0, 4.0, 0, 0.5, -3.0, 2.0]), 0)

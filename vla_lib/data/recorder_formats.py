@@ -33,7 +33,6 @@ import pandas as pd
 
 from vla_lib.data.recorder_files import (DataError, FrameList, SensorStream, check_increasing, read_episode_sensor,
                                          read_sensor_npz, read_views)
-from vla_lib.data.recorder_files import load_image  # noqa: F401  (vlm/qwen and stage2/train_stage2 import it from here)
 
 VIEW_KEYS = [f"View{i}_{s}" for i in range(1, 5) for s in ("left", "right")] + ["View5"]
 _TS_AS_NAME = re.compile(r"^(\d+(?:\.\d+)?)\.jpe?g$", re.IGNORECASE)  # New_dataset: images/ViewN/<ts>.jpg

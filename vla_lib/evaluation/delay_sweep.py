@@ -12,18 +12,20 @@ from dataclasses import replace
 import numpy as np
 
 from vla_lib.evaluation.closed_loop import evaluate_closed_loop
+from vla_lib.runtime.execution import EXECUTION_MODES
 
 COLUMNS = ("success_rate", "depth_error_mm", "peak_force_n", "peak_force_n_max", "peak_force_n_guard_off",
            "peak_force_n_max_guard_off", "stopped_episodes", "switch_jump_mm_s", "inference_delay_steps")
 
 
-def delay_sweep(cfg, policy, delays_s=(0.0, 0.1, 0.2, 0.3), modes=("first", "blend", "rtc"),
+def delay_sweep(cfg, policy, delays_s=(0.0, 0.1, 0.2, 0.3), modes=None,
                 predictors=("policy", "demonstrator"), episodes: int | None = None, log=print):
-    """A DataFrame: mode, delay_ms, predictor, the closed-loop summary's main figures, interventions per kind."""
+    """A DataFrame: mode, delay_ms, predictor, the closed-loop summary's main figures, interventions per kind.
+    `modes` None: every execution mode there is (`runtime/execution.py`)."""
     import pandas as pd
 
     rows = []
-    for mode in modes:
+    for mode in EXECUTION_MODES if modes is None else modes:
         for delay in delays_s:
             run = replace(cfg, runtime=replace(cfg.runtime, execution=mode, inject_delay_s=float(delay)))
             run.validate()

@@ -1,7 +1,6 @@
 """Evaluation entry points shared by the CLI (`--mode eval`) and notebook 04: everything from one RunConfig."""
 from __future__ import annotations
 
-import json
 import platform
 import warnings
 from pathlib import Path
@@ -10,8 +9,8 @@ import torch
 
 from vla_lib.jsonio import write_json
 from vla_lib.commands import command_for
-from vla_lib.data.recorder_formats import DataError
 from vla_lib.data import scenarios
+from vla_lib.data.recorder_files import DataError
 from vla_lib.data.samples import build_index
 from vla_lib.data.synthetic import phase_labels
 from vla_lib.errors import ConfigError

@@ -1,8 +1,9 @@
 """Configuration of the Stage-1 heads (SensorEncoder + Action Expert), with named presets.
 
-`original` reproduces the published model's shapes exactly (SensorEncoder 47,238,656 parameters, concat expert
-72,448,007; no proprioception token) with our fixes that add no parameters left on; `original_exact` also turns the
-fixes off (no sensor positional encoding, raw force/A-line) for like-for-like comparisons. `small` is the CPU demo.
+`original` is the full-size heads with their shapes pinned (SensorEncoder 47,238,656 parameters, concat expert
+72,448,007, no proprioception token: tests/models checks the counts, so its checkpoints keep loading), the input fixes
+that add no parameters on; `original_exact` also turns those fixes off (no sensor positional encoding, raw force/A-line)
+to compare like for like with heads trained without them. `small` is the CPU demo.
 """
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from dataclasses import dataclass, field
 
 from vla_lib.dims import ACTION_DIM, SENSOR_CHANNELS
 from vla_lib.errors import ConfigError
-
-FUSIONS = ("concat", "cross_attention", "gated", "none")
+from vla_lib.models.fusion import FUSIONS
 
 
 @dataclass
@@ -35,7 +35,7 @@ class PolicyConfig:
     sensor_positional_encoding: bool = True  # without it the sensor transformer has no notion of time order
     normalize_sensor_inputs: bool = True  # force (~-3) and A-line standardised with the training-split stats
     # Proprioception: the robot's last K end-effector pose deltas as one more condition token. Without it nothing
-    # tells the expert how fast the arm is already moving; K = 0 (the `original` presets: the published model has
+    # tells the expert how fast the arm is already moving; K = 0 (the `original` presets: their pinned shapes have
     # no such token) turns it off.
     history_steps: int = 4
     # How the chunk reads the arm's own motion (both need history_steps >= 1; both off: no residual, and the
@@ -49,7 +49,7 @@ class PolicyConfig:
     # The contact memory (data/contact.py) as one more condition token: where the force began, so a film above the
     # target and a layer below it (the same two reflections in one window) are told apart.
     contact_memory: bool = False
-    fusion: str = "concat"
+    fusion: str = "concat"  # one of models/fusion.py's FUSIONS
     expert_hidden: int = 1024
     expert_layers: int = 4
     expert_heads: int = 8
@@ -61,7 +61,7 @@ class PolicyConfig:
 
     def validate(self) -> None:
         if self.fusion not in FUSIONS:
-            raise ConfigError(f"model.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+            raise ConfigError(f"model.fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if (self.residual_last_delta or self.history_dropout) and not self.history_steps:
@@ -79,7 +79,7 @@ class PolicyConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "original": {"history_steps": 0},  # otherwise the dataclass defaults are the published model's shapes
+    "original": {"history_steps": 0},  # otherwise the dataclass defaults are its shapes
     "original_exact": {"history_steps": 0, "sensor_positional_encoding": False, "normalize_sensor_inputs": False},
     "small": {
         "sensor_conv_channels": [64, 128, 128, 128], "sensor_dim": 128, "sensor_layers": 1, "sensor_heads": 4,

@@ -15,6 +15,7 @@ from torch import nn
 
 from vla_lib.dims import CONTACT_DIMS, POSE_DIMS
 from vla_lib.models.configuration_policy import PolicyConfig
+from vla_lib.models.fusion import FUSIONS, adopt
 from vla_lib.models.inputs import PolicyInputs
 
 
@@ -135,24 +136,14 @@ def _sinusoid(n: int, d: int, device, dtype) -> torch.Tensor:
 
 
 class ActionExpert(nn.Module):
-    """Learned horizon queries attend (transformer decoder) to the fused condition -> (B, H, action_dim)."""
+    """Learned horizon queries attend (transformer decoder) to the fused condition (`model.fusion`, models/fusion.py)
+    and the proprioception token -> (B, H, action_dim)."""
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
-        d, s = cfg.expert_hidden, cfg.sensor_output_dim
+        d = cfg.expert_hidden
         self.fusion = cfg.fusion if cfg.sensor_enabled else "none"
-        if self.fusion == "concat":
-            self.fuse = nn.Linear(cfg.vl_dim + s, d)
-        elif self.fusion == "cross_attention":
-            self.vl_proj, self.sensor_proj = nn.Linear(cfg.vl_dim, d), nn.Linear(s, d)
-            self.attn = nn.MultiheadAttention(d, cfg.expert_heads, batch_first=True)
-            self.fuse = nn.Linear(d, d)
-        elif self.fusion == "gated":
-            self.vl_proj, self.sensor_proj = nn.Linear(cfg.vl_dim, d), nn.Linear(s, d)
-            self.gate = nn.Linear(2 * d, d)
-            self.fuse = nn.Linear(d, d)
-        else:
-            self.fuse = nn.Linear(cfg.vl_dim, d)
+        adopt(self, FUSIONS[self.fusion](cfg))  # its layers first: the parameter order checkpoints were saved in
         self.history = nn.Linear(cfg.history_steps * POSE_DIMS, d) if cfg.history_steps else None
         self.contact = nn.Linear(CONTACT_DIMS, d) if cfg.contact_memory else None
         self.queries = nn.Parameter(torch.randn(1, cfg.horizon, d))
@@ -163,20 +154,7 @@ class ActionExpert(nn.Module):
 
     def forward(self, vl: torch.Tensor, vl_mask: torch.Tensor, sensor: torch.Tensor | None,
                 history: torch.Tensor | None = None, contact: torch.Tensor | None = None) -> torch.Tensor:
-        w = vl_mask.unsqueeze(-1).to(vl.dtype)
-        vl_mean = (vl * w).sum(1) / w.sum(1).clamp(min=1)
-        if self.fusion == "concat":
-            cond = self.fuse(torch.cat([vl_mean, sensor], -1)).unsqueeze(1)
-        elif self.fusion == "cross_attention":  # the sensor asks the per-view tokens
-            q = self.sensor_proj(sensor).unsqueeze(1)
-            kv = self.vl_proj(vl)
-            cond = self.fuse(self.attn(q, kv, kv, key_padding_mask=~vl_mask)[0])
-        elif self.fusion == "gated":
-            v, s = self.vl_proj(vl_mean), self.sensor_proj(sensor)
-            g = torch.sigmoid(self.gate(torch.cat([v, s], -1)))
-            cond = self.fuse(g * v + (1 - g) * s).unsqueeze(1)
-        else:
-            cond = self.fuse(vl_mean).unsqueeze(1)
+        cond = self.condition(vl, vl_mask, sensor)
         if self.history is not None:  # (B, K, 6) normalised -> one more memory token
             cond = torch.cat([cond, self.history(history.flatten(1)).unsqueeze(1)], 1)
         if self.contact is not None:  # (B, 4): in contact, mm since the onset -> one more memory token

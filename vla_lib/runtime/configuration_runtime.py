@@ -1,15 +1,15 @@
 """What the runtime lets a command do, and what it does when something goes wrong: one dataclass each, held by the
 config (`runtime.limits`, `runtime.faults`) and used by the executor and the sensor guard as they are.
 
-Nothing here imports the rest of the package (the config imports it)."""
+It imports no config (the config imports it); `runtime.execution` is checked against `runtime/execution.py`'s modes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
 from vla_lib.errors import ConfigError, refuse_nonfinite
+from vla_lib.runtime.execution import EXECUTION_MODES
 
 RESPONSES = ("hold", "stop", "continue")
-EXECUTION_MODES = ("first", "blend", "rtc")
 
 
 @dataclass
@@ -111,8 +111,8 @@ class RuntimeConfig:
     chunk execution mode, the limits and the fault responses. The loop ticks once per `data.action_dt_s` (the
     duration of one predicted step: ticking at any other rate would scale every speed), so there is no rate here."""
 
-    # rtc | first | blend (runtime/executor.py); rtc equals first while the inference delay is under a step, and
-    # only rtc executes the step meant for now once it is not
+    # one of runtime/execution.py's EXECUTION_MODES; rtc equals first while the inference delay is under a step,
+    # and only rtc executes the step meant for now once it is not
     execution: str = "rtc"
     blend_decay: float = 0.5  # blend: weight exp(-decay x k) of a chunk's step k
     execution_latency_s: float = 0.03  # a step sent at t executes at t + this (the arm's latency): blend / rtc

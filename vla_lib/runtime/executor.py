@@ -1,18 +1,8 @@
 """Chunk execution: which step of which predicted chunk goes out at each tick, limited.
 
 Chunks arrive with the time of the observations they were computed from (`t_obs`) and the time they became usable
-(`t_ready`: after the inference delay). A step sent at `t_send` executes at `t_exec = t_send +
-execution_latency_s` (the arm's latency); chunk step k covers [t_obs + k dt, t_obs + (k+1) dt). Modes
-(`runtime.execution`):
-- `first`: step 0 of the newest usable chunk, whatever its age (the naive "act on the first action": with an
-  inference delay it executes a step meant for the past);
-- `blend`: a latency-aware temporal ensemble: every usable chunk covering t_exec contributes its step
-  k = floor((t_exec - t_obs) / dt), weighted exp(-blend_decay x k), so fresher chunks weigh more;
-- `rtc`: real-time chunking's execution (Black et al. 2025, "Real-Time Execution of Action Chunking Flow
-  Policies"): while a chunk is being inferred (delay d steps) the previous chunk's steps run on (the committed
-  prefix); once the new chunk is usable the executor switches to it at its step d, never re-executing the steps
-  that went out meanwhile. Valid while d <= H - 1; a chunk whose horizon has run out is a hold (`horizon_exhausted`).
-(The flow-matching inpainting half of RTC has nothing to act on here: the Action Expert is a regression head.)
+(`t_ready`: after the inference delay). Which step goes out is the execution mode's choice (`runtime.execution`,
+one of `runtime/execution.py` `EXECUTION_MODES`: first, blend, rtc).
 
 Then the limits (`Limits`, config `runtime.limits`): workspace (the commanded target clipped), step size and speed
 (translation scaled down, angles clipped, both against min(step limit, speed x dt)). The latched stop (`StopLatch`,
@@ -22,14 +12,14 @@ finite after all this (a NaN blend weight, a NaN pose) is never emitted: `no_pos
 from __future__ import annotations
 
 import collections
-import math
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vla_lib.data.timeline import wrap_deg
-from vla_lib.runtime.configuration_runtime import EXECUTION_MODES, Limits
+from vla_lib.runtime.configuration_runtime import Limits
+from vla_lib.runtime.execution import EXECUTION_MODES, step_index
 
 
 class StopLatch:
@@ -95,6 +85,7 @@ class ChunkExecutor:
         if mode not in EXECUTION_MODES:
             raise ValueError(f"runtime.execution must be one of {list(EXECUTION_MODES)}, got {mode!r}")
         self.limits, self.dt, self.mode = limits, period, mode
+        self.execution = EXECUTION_MODES[mode]
         self.blend_decay, self.latency = blend_decay, execution_latency_s
         self.latch = latch or StopLatch()
         # on_fault(kind, t, detail) -> response: the runtime's fault response (`Runtime.fault`); None: stop (latched)
@@ -116,35 +107,14 @@ class ChunkExecutor:
             t_ready, cid, t_obs, chunk = self.pending.popleft()
             self.chunks.append((cid, t_obs, t_ready, chunk))
 
-    def _k(self, t_exec: float, t_obs: float) -> int:
-        return int(math.floor((t_exec - t_obs) / self.dt + 1e-9))
-
     def choose(self, t_send: float) -> tuple[np.ndarray, int, int, float, list[str]]:
         """(the 6 deltas, chunk id, step index, delay in steps of the newest usable chunk, reasons)."""
         self._promote(t_send)
         if not self.chunks:
             return np.zeros(6), -1, -1, 0.0, ["no_chunk"]
-        cid, t_obs, t_ready, chunk = self.chunks[-1]
-        delay = (t_ready - t_obs) / self.dt
-        if self.mode == "first":
-            return chunk[0].copy(), cid, 0, delay, []
-        t_exec = t_send + self.latency
-        if self.mode == "rtc":
-            k = self._k(t_exec, t_obs)
-            if k >= len(chunk):
-                return np.zeros(6), cid, k, delay, ["horizon_exhausted"]
-            return chunk[max(k, 0)].copy(), cid, max(k, 0), delay, []
-        total, weight, newest, newest_k = np.zeros(6), 0.0, -1, -1
-        for c_id, tc, _, c in self.chunks:
-            k = self._k(t_exec, tc)
-            if 0 <= k < len(c):
-                w = math.exp(-self.blend_decay * k)
-                total += w * c[k]
-                weight += w
-                newest, newest_k = c_id, k
-        if weight == 0.0:  # no chunk covers t_exec (delay beyond the horizon): hold
-            return np.zeros(6), cid, -1, delay, ["horizon_exhausted"]
-        return total / weight, newest, newest_k, delay, []
+        _, t_obs, t_ready, _ = self.chunks[-1]
+        step, cid, k, reasons = self.execution.pick(self.chunks, t_send + self.latency, self.dt, self.blend_decay)
+        return step, cid, k, (t_ready - t_obs) / self.dt, reasons
 
     # -- limits --------------------------------------------------------------------------------------------------
     def step_limits(self) -> tuple[float, float]:
@@ -186,7 +156,7 @@ class ChunkExecutor:
         prev = next(((tc, c) for c_id, tc, _, c in self.chunks if c_id == last), None)
         if prev is None:
             return None
-        k = self._k(t_send + self.latency, prev[0]) if self.mode != "first" else 0
+        k = step_index(t_send + self.latency, prev[0], self.dt) if self.execution.timed else 0
         return prev[1][k] if 0 <= k < len(prev[1]) else None
 
     def step(self, t: float, t_send: float, pose: np.ndarray | None, holds: list[str] = ()) -> Command:

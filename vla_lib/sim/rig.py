@@ -15,7 +15,7 @@ what the rig serves at time t is only what exists by then:
 - the sensor at `sensor_hz` (650 Hz) with clock jitter, `sensor_drop_fraction` (2 %) of its packets dropped and
   `sensor_bursts_per_10s` (3) bursts of 10-25 ms lost per 10 s; each
   sample's value comes from the tip height at its own time (vla_lib.data.scenarios.sensor_values);
-- proprioception: `pose_history` from the arm's logged samples up to now (vla_lib.data.samples.pose_history).
+- proprioception: `pose_history` from the arm's logged samples up to now (vla_lib.data.timeline.pose_history).
 The recorder (vla_lib.sim.demonstrations) records demonstrations on this rig; the closed-loop evaluation drives it.
 """
 from __future__ import annotations
@@ -25,10 +25,9 @@ from collections import deque
 import numpy as np
 from PIL import Image
 
-from vla_lib.data.samples import pose_history
 from vla_lib.data.scenarios import PREROLL_S, Episode, sensor_values
 from vla_lib.data.synthetic import draw_needle, draw_pad
-from vla_lib.data.timeline import SensorWindow, resample_sensor_window, wrap_deg
+from vla_lib.data.timeline import SensorWindow, pose_history, resample_sensor_window, wrap_deg
 
 INTERNAL_DT = 0.002
 ROBOT_EVERY = 5  # log every 5th internal step: 100 Hz

@@ -17,7 +17,7 @@ import torch
 
 from vla_lib.config import settings_changed
 from vla_lib.data.batches import collate
-from vla_lib.data.recorder_formats import load_image
+from vla_lib.data.recorder_files import load_image
 from vla_lib.data.samples import SampleDataset, frame_ids
 from vla_lib.errors import ConfigError
 from vla_lib.models.inputs import PolicyInputs
@@ -25,7 +25,9 @@ from vla_lib.policy.adapter import prune_adapters, save_adapter
 from vla_lib.policy.checkpoint import feature_mismatch, load_checkpoint, save_checkpoint
 from vla_lib.stage2.lora import adapter_state, inject_lora, lora_parameter_count, outside_lm_layers, touches_vision
 from vla_lib.stage2.vision_cache import VisionCache, frame_key, vision_parts
-from vla_lib.train import Trainer, load_data, loss_fn, param_groups
+from vla_lib.train import Trainer, loss_fn
+from vla_lib.train_data import load_data
+from vla_lib.train_objective import param_groups
 from vla_lib.vlm.cache_build import store_parts
 from vla_lib.vlm.feature_store import fingerprint_of
 from vla_lib.vlm.interface import load_backbone, require_stage2

@@ -1,5 +1,5 @@
 """The Qwen2.5-VL backbone behind `vlm.interface.VLBackbone`: a hub id or local path through `from_pretrained`, the
-tiny offline model, or the published 3B architecture with random weights (GPU timing without a download)."""
+tiny offline model, or Qwen2.5-VL-3B's architecture with random weights (GPU timing without a download)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from vla_lib.data.recorder_files import load_image
 from vla_lib.vlm.interface import resolve_device, resolve_dtype
-from vla_lib.data.recorder_formats import load_image
 from vla_lib.vlm.qwen import encode_lm
 from vla_lib.vlm.qwen.encode import encode, prepare_for, prepare_inputs
 from vla_lib.vlm.qwen.gpu_prepare import DeviceImagePrep, decode_views, read_bytes, resolve_image_prep

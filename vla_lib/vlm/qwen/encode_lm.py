@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from vla_lib.data.recorder_formats import load_image
+from vla_lib.data.recorder_files import load_image
 from vla_lib.vlm.qwen.encode import build_messages, fit_images, pooling_weights
 from vla_lib.vlm.qwen.lm_layers import causal_mask, lm_layer
 
