@@ -78,3 +78,18 @@ def test_a_resumed_run_sees_the_same_augmentations(cached, run, tmp_path):
     b = load_checkpoint(resumed.ckpt_dir / CHECKPOINT_NAMES["final"]).heads.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_the_initial_weights_do_not_depend_on_an_inline_cache_build(synth_root, tmp_path):
+    """A sweep's first member encodes the cache inline (it loads the VL model, drawing random numbers) and its
+    reruns do not: the heads must start from the same weights either way."""
+    cfg = ci_config(synth_root, tmp_path).with_overrides({"cache.allow_inline_encoding": True,
+                                                          "train.wandb_mode": "disabled"})
+    weights = []
+    for name in ("inline", "cached"):  # the first builds the store, the second finds it
+        run = cfg.with_overrides({"output_root": str(tmp_path / name), "train.output_dir": str(tmp_path / name)})
+        trainer = Trainer(run, log=lambda *a: None)
+        trainer.setup()
+        weights.append({k: v.clone() for k, v in trainer.model_state().items()})
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=0, atol=0, msg=k)

@@ -137,6 +137,9 @@ class Trainer:
         train_index, val_index, self.split, self.stats = load_data(cfg, self.say, acc.is_main_process, self.resume)
         train_features, val_features, store = load_features(cfg, train_index, val_index, self.say)
         self.features_info = {"fingerprint": store.fingerprint, "parts": store.parts}
+        # the initial weights from train.seed alone: an inline cache build just before draws random numbers (it
+        # loads the VL model), and a sweep's first member, which builds the cache, trained other weights than a rerun
+        seed_everything(tc.seed)
         model = build_model(cfg, self.stats, train_features.features.shape[-1])
         self.counts = model.parameter_counts()
         self.say(f"Trainable: Action Expert {self.counts['action_expert']:,}, Sensor Encoder "
