@@ -7,10 +7,13 @@ the contact onset (x, y, z mm, robot frame)], all zero before contact. It is com
 tick, from the sensor window and the robot pose: over a session's anchors for training (`contact_track`) and in the
 runtime's tick for the closed loop, the replay and the live rig, so training and the robot see the same value.
 
-Contact is the force rising `CONTACT_N` above a baseline that follows the force's slow drift in free air, starting
-from the first reading: the memory assumes no free-air value of its own, so a real sensor's offset cannot fake a
-contact. A run that starts in tissue is the runtime guard's to refuse (its tare check). Without a sensor there is
-never contact: the memory is part of what the sensor gives, and the sensor ablation removes it too.
+Contact is the force rising `CONTACT_N` above a baseline that follows the force's slow drift in free air, never
+faster than a sensor drifts (`MAX_DRIFT_N_S`): a contact that builds slowly (a slow push at the surface) is found,
+where an unbounded follower took it for drift and never saw it. A pause in contact below the threshold still enters
+the baseline at that rate, so the onset is found late by up to MAX_DRIFT_N_S x the pause / the stiffness. The
+baseline starts from the first reading: the memory assumes no free-air value of its own, so a real sensor's offset
+cannot fake a contact; a run that starts in tissue is the runtime guard's to refuse (its tare check). Without a sensor
+there is never contact: the memory is part of what the sensor gives, and the sensor ablation removes it too.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from vla_lib.dims import CONTACT_DIMS
 CONTACT_N = 0.04  # force above the free-air baseline that means contact
 MAX_BIAS_N = 0.5  # with a known free-air reading: a first force further from it than this is contact already
 BASELINE_TAU_S = 1.0  # the free-air baseline follows the force with this time constant (drift <= 0.02 N/s lags 0.02 N)
+MAX_DRIFT_N_S = 0.02  # ... and never faster than this: a force sensor's drift (the rich sensor model's largest)
 FORCE_ROWS = 20  # the force is read as the mean of the window's last ~30 ms (20 points at 650 Hz)
 
 
@@ -31,7 +35,7 @@ class ContactOnset:
     first reading is free air."""
 
     def __init__(self, dt: float, free_air_n: float | None = None):
-        self.alpha = min(1.0, dt / BASELINE_TAU_S)
+        self.alpha, self.max_step = min(1.0, dt / BASELINE_TAU_S), MAX_DRIFT_N_S * dt
         self.free_air_n = free_air_n
         self.baseline: float | None = None
         self.contact = False
@@ -48,7 +52,7 @@ class ContactOnset:
         if force - self.baseline > CONTACT_N:
             self.contact = True
         else:
-            self.baseline += self.alpha * (force - self.baseline)
+            self.baseline += float(np.clip(self.alpha * (force - self.baseline), -self.max_step, self.max_step))
         return self.contact
 
 
