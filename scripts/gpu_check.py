@@ -319,7 +319,8 @@ index = build_index(cfg.data); i = 100
 sample = SampleDataset(index, cfg.data)[i]
 window = SensorWindow(sample["sensor"], sample["sensor_mask"])          # (65, 1026) values, (65,) which are samples
 chunk = policy.predict(index.table.instruction[i], index.view_paths(i),   # 5 views: paths, PIL images or arrays
-                       window, index.history[i])                          # (4, 6): the robot's last pose deltas
+                       window, index.history[i],                          # (K, 6): the robot's last pose deltas
+                       sample["contact"])                                 # (4,): the contact memory at t
 print(chunk.shape, chunk[0])                                              # (8, 7): mm, deg, gripper
 import numpy as np; assert chunk.shape == (8, 7) and np.isfinite(chunk).all(), chunk
 """

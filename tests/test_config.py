@@ -256,3 +256,5 @@ def test_the_contact_memory_needs_anchors_on_the_control_ticks():
     with pytest.raises(ConfigError, match="contact_memory needs data.anchor_stride_s = data.action_dt_s"):
         RunConfig.from_dict({"model": {"contact_memory": True}, "data": {"anchor_stride_s": 0.05}})
     RunConfig.from_dict({"data": {"anchor_stride_s": 0.05}})  # without the memory any stride
+    with pytest.raises(ConfigError, match="contact_memory needs data.sensor_enabled"):
+        RunConfig.from_dict({"model": {"contact_memory": True}, "data": {"sensor_enabled": False}})

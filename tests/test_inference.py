@@ -158,7 +158,7 @@ def test_a_contact_memory_policy_refuses_a_call_without_the_memory(setup, tmp_pa
     sample = SampleDataset(index, cfg.data)[0]
     paths = [str(p) if p else None for p in index.view_paths(0)]
     window = SensorWindow(sample["sensor"], sample["sensor_mask"])
-    with pytest.raises(ValueError, match="contact_memory: pass contact="):
+    with pytest.raises(ValueError, match="trained with model.contact_memory"):
         policy.predict(index.table.instruction[0], paths, window, index.history[0])
     chunk = policy.predict(index.table.instruction[0], paths, window, index.history[0], [1.0, 0.0, 0.0, -1.0])
     assert chunk.shape == (8, 7) and np.isfinite(chunk).all()

@@ -122,6 +122,8 @@ class RunConfig:
         if self.runtime.inject_delay_s >= room - 1e-9:
             raise ConfigError(f"runtime.inject_delay_s ({self.runtime.inject_delay_s:g} s) must leave a step of the "
                               f"chunk to execute: < (data.horizon - 1) x data.action_dt_s = {room:g} s")
+        if self.model.contact_memory and not self.data.sensor_enabled:
+            raise ConfigError("model.contact_memory needs data.sensor_enabled: the memory comes from the sensor's force")
         if self.model.contact_memory and abs(self.data.anchor_stride_s - self.data.action_dt_s) > 1e-9:
             raise ConfigError("model.contact_memory needs data.anchor_stride_s = data.action_dt_s: the samples' memory "
                               "is run over the anchors as the loop runs it over its ticks, one per action_dt_s")

@@ -19,7 +19,7 @@ def _touching(x, depth_mm: float):
 
 
 def test_the_token_reads_the_memory_only_with_sensor_data():
-    p, x = _policy(contact_memory=True), _inputs(k=0)
+    p, x = _policy(contact_memory=True), replace(_inputs(k=0), contact=torch.zeros(3, 4))  # not in contact
     free, deep = p(x), p(_touching(x, 1.5))
     assert (free - deep).abs().amax(dim=(1, 2)).min() > 1e-4  # every sample: the memory changes the chunk
     blind = replace(x, sensor_mask=torch.zeros_like(x.sensor_mask))  # no sensor: no memory either
@@ -31,3 +31,14 @@ def test_heads_without_the_option_ignore_the_memory():
     p, x = _policy(), _inputs(k=0)
     assert p.expert.contact is None
     torch.testing.assert_close(p(x), p(_touching(x, 1.5)))
+
+
+def test_heads_with_the_token_refuse_inputs_without_the_memory():
+    """Zeros would read "not in contact" and drive the tip on: inputs that do not carry the memory are refused."""
+    import pytest
+
+    p, x = _policy(contact_memory=True), _inputs(k=0)
+    assert x.contact is None
+    with pytest.raises(ValueError, match="trained with model.contact_memory"):
+        p(x)
+    p(_touching(x, 0.0))

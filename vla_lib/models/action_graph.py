@@ -70,7 +70,10 @@ class ActionStep:
 
     def fits(self, x: PolicyInputs) -> bool:
         """Whether `x` has the shapes the graph was captured for."""
-        return not self.graphed or all(t.shape == self.static.tensors()[k].shape for k, t in x.tensors().items())
+        if not self.graphed:
+            return True
+        static = self.static.tensors()
+        return x.tensors().keys() == static.keys() and all(t.shape == static[k].shape for k, t in x.tensors().items())
 
     @torch.no_grad()
     def __call__(self, x: PolicyInputs) -> torch.Tensor:

@@ -4,7 +4,8 @@ A new input is added here, in the type and in its builders; every call site pass
 the same everywhere: a sensor window is the raw force + A-line on the fixed grid with invalid points set to 0 *and*
 masked out; a sample without sensor data has an all-False mask (the model takes its learned null embedding);
 `history` is the robot's last K pose deltas (mm, deg; K may be 0); `contact` the contact memory
-(`data.contact.ContactMemory`: in contact, tip displacement since the onset; zeros before contact or without sensor).
+(`data.contact.ContactMemory`: in contact, tip displacement since the onset; zeros before contact or without sensor;
+None where not given, which heads trained with it refuse: zeros would read "not in contact" and drive the tip on).
 """
 from __future__ import annotations
 
@@ -24,11 +25,7 @@ class PolicyInputs:
     sensor: torch.Tensor  # (B, W, C) float: raw sensor window on the fixed grid, invalid points 0
     sensor_mask: torch.Tensor  # (B, W) bool: grid points that carry a sample
     history: torch.Tensor  # (B, K, POSE_DIMS) float: the robot's last K pose deltas, oldest first
-    contact: torch.Tensor | None = field(default=None)  # (B, CONTACT_DIMS) float; None: zeros (not in contact)
-
-    def __post_init__(self) -> None:
-        if self.contact is None:
-            self.contact = torch.zeros(self.vl.shape[0], CONTACT_DIMS, device=self.vl.device)
+    contact: torch.Tensor | None = field(default=None)  # (B, CONTACT_DIMS) float; None: not given
 
     @property
     def has_sensor(self) -> torch.Tensor:
@@ -36,17 +33,18 @@ class PolicyInputs:
         return self.sensor_mask.any(1)
 
     def to(self, device, non_blocking: bool = False) -> "PolicyInputs":
-        return PolicyInputs(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                               for f in fields(self)})
+        return PolicyInputs(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.tensors().items()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The inputs given (an optional one left out is absent)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def without_sensor(self) -> "PolicyInputs":
         """The same inputs with the sensor removed (the ablation): every sample takes the null embedding, and the
         contact memory, which the sensor's force gives, reads "never in contact"."""
         return PolicyInputs(self.vl, self.vl_mask, torch.zeros_like(self.sensor),
-                            torch.zeros_like(self.sensor_mask), self.history, torch.zeros_like(self.contact))
+                            torch.zeros_like(self.sensor_mask), self.history,
+                            None if self.contact is None else torch.zeros_like(self.contact))
 
 
 def inputs_from_batch(batch: dict, device) -> PolicyInputs:
@@ -63,7 +61,7 @@ def inputs_from_observation(features: torch.Tensor, feature_mask: torch.Tensor, 
                             contact=None, *, window: int, channels: int, device) -> PolicyInputs:
     """From a replay tick, a live observation or an inference call: `sensor_windows` a batched SensorWindow (values
     (B, W, C), valid (B, W)) or None (no sensor); `history` (B, K, POSE_DIMS) or None (K = 0); `contact`
-    (B, CONTACT_DIMS) or None (not in contact)."""
+    (B, CONTACT_DIMS) or None (not given)."""
     b = features.shape[0]
     if sensor_windows is None:
         sensor = torch.zeros(b, window, channels, device=device)
@@ -93,4 +91,5 @@ def example_inputs(cfg, n_tokens: int, device, random: bool = False) -> PolicyIn
                         vl_mask=torch.ones(1, n_tokens, dtype=torch.bool, device=device),
                         sensor=make(1, cfg.sensor_length, cfg.sensor_channels, device=device),
                         sensor_mask=torch.ones(1, cfg.sensor_length, dtype=torch.bool, device=device),
-                        history=torch.zeros(1, cfg.history_steps, POSE_DIMS, device=device))
+                        history=torch.zeros(1, cfg.history_steps, POSE_DIMS, device=device),
+                        contact=torch.zeros(1, CONTACT_DIMS, device=device) if cfg.contact_memory else None)

@@ -198,10 +198,7 @@ class Stage1Policy(nn.Module):
             enc = self.sensor_encoder(w, x.sensor_mask, has)
             s = torch.where(has.view(-1, 1), enc, self.null_sensor.to(enc.dtype).expand(len(has), -1))
         h = self._history(x)
-        # the memory comes from the sensor's force: a sample without sensor data has none (as in the ablation)
-        contact = x.contact * x.has_sensor.view(-1, 1).to(x.contact.dtype) if self.sensor_encoder is not None \
-            else torch.zeros_like(x.contact)
-        out = self.expert(x.vl, x.vl_mask, s, self._history_token(h), contact)
+        out = self.expert(x.vl, x.vl_mask, s, self._history_token(h), self._contact(x))
         if self.config.residual_last_delta:  # normalised: last + c * std in physical units; the gripper keeps its mean
             last = nn.functional.pad(h[:, -1], (0, out.shape[-1] - POSE_DIMS))
             out = out + last.unsqueeze(1).to(out.dtype)
@@ -216,6 +213,19 @@ class Stage1Policy(nn.Module):
                              f"(history), got {tuple(x.history.shape)}")
         h = x.history[:, -self.config.history_steps:, :POSE_DIMS].to(x.vl.dtype)
         return (h - self.action_mean[:POSE_DIMS]) / self.action_std[:POSE_DIMS]
+
+    def _contact(self, x: PolicyInputs) -> torch.Tensor | None:
+        """The contact memory the expert reads (None when the heads have no such token). It comes from the sensor's
+        force: a sample without sensor data has none (zeros, as in the ablation)."""
+        if self.expert.contact is None:
+            return None
+        if x.contact is None:
+            raise ValueError("these heads were trained with model.contact_memory: the inputs must carry the contact "
+                             "memory (VLAPolicy.act / predict: contact=, a vla_lib.data.contact.ContactMemory value "
+                             "per tick, which the runtime's loop passes)")
+        if self.sensor_encoder is None:
+            return torch.zeros_like(x.contact)
+        return x.contact * x.has_sensor.view(-1, 1).to(x.contact.dtype)
 
     def _history_token(self, h: torch.Tensor | None) -> torch.Tensor | None:
         """What the proprioception token sees: in training, a `history_dropout` share of samples see zeros (the

@@ -123,9 +123,6 @@ class VLAPolicy:
         None: no sensor), the robot's last pose deltas ((B, K, 6) mm / deg, oldest first; needed when the heads were
         trained with history) and the contact memory ((B, 4), `data.contact.ContactMemory`; needed when the heads
         were trained with it: a missing memory would read "not in contact" and drive the tip on)."""
-        if self.contact_memory and contact is None:
-            raise ValueError("this policy was trained with model.contact_memory: pass contact= the "
-                             "vla_lib.data.contact.ContactMemory value of this tick (the runtime's loop does)")
         x = inputs_from_observation(features, feature_mask, sensor_windows, history, contact,
                                     window=self.config.data.sensor_window_size,
                                     channels=self.heads.config.sensor_channels, device=self.device)
