@@ -92,3 +92,17 @@ def test_a_slow_push_is_found_not_absorbed_as_drift():
         if memory.update(window, np.array([0, 0, -d, 0, 0, 0]))[0] and found is None:
             found = d
     assert found is not None and found < 0.5, found
+
+
+def test_a_withdrawal_ends_the_memory_and_the_next_contact_is_a_new_insertion():
+    """Contact at z = 0, withdrawn 3 mm into free air (a stop and release, a replay that starts again): the memory
+    reads "not in contact" again, and the next contact, at z = -1, is its new origin."""
+    memory, valid = ContactMemory(0.1), np.ones(65, bool)
+    free, touch = np.full((65, 2), -3.0, np.float32), np.full((65, 2), -2.9, np.float32)
+    at = lambda z: np.array([0.0, 0.0, z, 0, 0, 0])  # noqa: E731
+    memory.update(SensorWindow(free, valid), at(5.0))
+    assert memory.update(SensorWindow(touch, valid), at(0.0))[0] == 1
+    np.testing.assert_allclose(memory.update(SensorWindow(free, valid), at(1.0)), [1, 0, 0, 1])  # backing off: kept
+    assert not memory.update(SensorWindow(free, valid), at(3.0)).any()
+    np.testing.assert_allclose(memory.update(SensorWindow(touch, valid), at(-1.0)), [1, 0, 0, 0])
+    np.testing.assert_allclose(memory.update(SensorWindow(touch, valid), at(-1.5)), [1, 0, 0, -0.5])

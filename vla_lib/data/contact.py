@@ -27,6 +27,7 @@ MAX_BIAS_N = 0.5  # with a known free-air reading: a first force further from it
 BASELINE_TAU_S = 1.0  # the free-air baseline follows the force with this time constant (drift <= 0.02 N/s lags 0.02 N)
 MAX_DRIFT_N_S = 0.02  # ... and never faster than this: a force sensor's drift (the rich sensor model's largest)
 FORCE_ROWS = 20  # the force is read as the mean of the window's last ~30 ms (20 points at 650 Hz)
+RETRACT_MM = 2.0  # a tip this far from the onset with the force back at its free-air baseline has left the tissue
 
 
 class ContactOnset:
@@ -40,6 +41,10 @@ class ContactOnset:
         self.baseline: float | None = None
         self.contact = False
 
+    @staticmethod
+    def force(forces: np.ndarray) -> float:
+        return float(np.mean(forces[-FORCE_ROWS:]))
+
     def update(self, forces: np.ndarray) -> bool:
         """`forces`: the window's valid force samples, oldest first (none: nothing new). True from contact on."""
         if self.contact or len(forces) == 0:
@@ -48,7 +53,7 @@ class ContactOnset:
             self.baseline = float(np.mean(forces))
             if self.free_air_n is not None and abs(self.baseline - self.free_air_n) > MAX_BIAS_N:
                 self.baseline = self.free_air_n  # in contact already (a restart in tissue)
-        force = float(np.mean(forces[-FORCE_ROWS:]))
+        force = self.force(forces)
         if force - self.baseline > CONTACT_N:
             self.contact = True
         else:
@@ -67,12 +72,22 @@ class ContactMemory:
         """`window` a SensorWindow or None (no sensor); `pose` the robot's latest pose (6,), mm / deg."""
         forces = np.empty(0) if window is None else np.asarray(window.values)[np.asarray(window.valid), 0]
         position = np.full(3, np.nan) if pose is None else np.asarray(pose, np.float64)[:3]  # no pose: not finite
+        if self.origin is not None and len(forces) and self._left_tissue(forces, position):
+            self.onset.contact, self.origin = False, None  # a new insertion: its own onset (the baseline stays)
         if self.onset.update(forces) and self.origin is None and np.isfinite(position).all():
             self.origin = position.copy()
         out = np.zeros(CONTACT_DIMS, np.float32)
         if self.origin is not None:
             out[0], out[1:] = 1.0, position - self.origin
         return out
+
+
+    def _left_tissue(self, forces: np.ndarray, position: np.ndarray) -> bool:
+        """Withdrawn: the tip RETRACT_MM from the onset and the force back at its free-air baseline (inside tissue
+        the force is far above it: 0.3 N/mm x 2 mm). A later contact is a new insertion, e.g. after a stop and
+        release, or a replayed recording that starts again."""
+        away = float(np.linalg.norm(position - self.origin)) > RETRACT_MM
+        return away and self.onset.force(forces) - self.onset.baseline < CONTACT_N
 
 
 def contact_track(sensor_times: np.ndarray, forces: np.ndarray, robot_times: np.ndarray, pose: np.ndarray,
