@@ -93,3 +93,18 @@ def test_the_initial_weights_do_not_depend_on_an_inline_cache_build(synth_root, 
         weights.append({k: v.clone() for k, v in trainer.model_state().items()})
     for k in weights[0]:
         torch.testing.assert_close(weights[0][k], weights[1][k], rtol=0, atol=0, msg=k)
+
+
+def test_a_run_stopped_before_validation_writes_strict_json(cached, tmp_path):
+    """Stopped at its first optimiser step, no validation ran (best_val is still infinite): the summary and the
+    metrics rows are strict JSON (null, never `Infinity`), which every JSON reader accepts."""
+    import json
+
+    def strict(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    trainer = _train(cached, tmp_path, stop_at=1)
+    summary = json.loads((trainer.out / "train_summary.json").read_text(), parse_constant=strict)
+    assert summary["best_val"] is None and not summary["finished"]
+    for line in trainer.metrics_file.read_text().splitlines():
+        json.loads(line, parse_constant=strict)

@@ -148,8 +148,7 @@ class RunConfig:
                  **{t: (v, "" if isinstance(v, str) else None) for t, v in self.defaults().items()}}
         for target, (default, blank) in unset.items():
             if self._get(target) == default:
-                section, key = target.split(".")
-                values[section][key] = blank
+                set_dotted(values, target, blank)
         return values
 
     def to_yaml(self, path: str | Path) -> None:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from vla_lib.data.augment import training_augmentation
 from vla_lib.data.batches import FeatureJoinedDataset, collate
 from vla_lib.data.samples import SampleDataset
+from vla_lib.jsonio import json_safe, write_json
 from vla_lib.finite_guard import FiniteGuard, NonFiniteError
 from vla_lib.policy.checkpoint import CHECKPOINT_NAMES, atomic_save, save_checkpoint
 from vla_lib.models.inputs import inputs_from_batch
@@ -308,7 +309,7 @@ class Trainer:
         """One row of metrics.jsonl (and wandb), main process only."""
         if self.acc.is_main_process:
             with open(self.metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(json_safe(row)) + "\n")  # strict JSON: a non-finite value is null
             if self.wandb_run is not None:
                 self.wandb_run.log({k: v for k, v in row.items() if "/" in k}, step=self.progress["global_step"])
 
@@ -326,7 +327,7 @@ class Trainer:
                    "processes": acc.num_processes, "checkpoint_dir": str(self.ckpt_dir), "split": self.split,
                    "training_stage": self.cfg.train.training_stage}
         if acc.is_main_process:
-            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+            write_json(self.out / "train_summary.json", summary)  # atomic; best_val before any validation: null
         return summary
 
 

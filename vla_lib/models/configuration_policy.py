@@ -1,9 +1,9 @@
 """Configuration of the Stage-1 heads (SensorEncoder + Action Expert), with named presets.
 
 `original` is the full-size heads with their shapes pinned (SensorEncoder 47,238,656 parameters, concat expert
-72,448,007, no proprioception token: tests/models checks the counts, so its checkpoints keep loading), the input fixes
-that add no parameters on; `original_exact` also turns those fixes off (no sensor positional encoding, raw force/A-line)
-to compare like for like with heads trained without them. `small` is the CPU demo.
+72,448,007, no proprioception token: tests/models checks the counts, so its checkpoints keep loading), with the two
+input options that add no parameters on; `original_exact` turns them off too (no sensor positional encoding, raw
+force/A-line) to compare like for like with heads trained without them. `small` is the CPU demo.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class PolicyConfig:
     sensor_heads: int = 8
     sensor_ff: int = 4096
     sensor_output_dim: int = 3072
-    # Fixes on by default (docs/training.md lists them). Neither adds parameters, so the `original` preset keeps its counts.
+    # Input options, on by default (docs/training.md); neither adds parameters, so the `original` preset keeps its counts.
     sensor_positional_encoding: bool = True  # without it the sensor transformer has no notion of time order
     normalize_sensor_inputs: bool = True  # force (~-3) and A-line standardised with the training-split stats
     # Proprioception: the robot's last K end-effector pose deltas as one more condition token. Without it nothing
