@@ -81,7 +81,6 @@ class ContactMemory:
             out[0], out[1:] = 1.0, position - self.origin
         return out
 
-
     def _left_tissue(self, forces: np.ndarray, position: np.ndarray) -> bool:
         """Withdrawn: the tip RETRACT_MM from the onset and the force back at its free-air baseline (inside tissue
         the force is far above it: 0.3 N/mm x 2 mm). A later contact is a new insertion, e.g. after a stop and

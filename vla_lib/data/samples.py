@@ -54,8 +54,8 @@ class SampleIndex:
     def subset(self, session_ids: list[str]) -> "SampleIndex":
         keep = self.table["session_id"].isin(session_ids).to_numpy()
         return SampleIndex(self.table[keep].reset_index(drop=True), self.targets[keep], self.target_mask[keep],
-                           self.frame_index[keep], self.history[keep], self.contact[keep], {s: self.sessions[s] for s in session_ids if s in self.sessions},
-                           self.views, self.data_root, self.skipped, self.lines)
+                           self.frame_index[keep], self.history[keep], self.contact[keep],
+                           {s: self.sessions[s] for s in session_ids if s in self.sessions}, self.views, self.data_root, self.skipped, self.lines)
 
     def view_paths(self, i: int) -> list[Path | None]:
         session = self.sessions[self.table.at[i, "session_id"]]

@@ -31,7 +31,7 @@ class PolicyConfig:
     sensor_heads: int = 8
     sensor_ff: int = 4096
     sensor_output_dim: int = 3072
-    # Input options, on by default (docs/training.md); neither adds parameters, so the `original` preset keeps its counts.
+    # Input options, on by default (docs/training.md); neither adds parameters: the `original` preset keeps its counts.
     sensor_positional_encoding: bool = True  # without it the sensor transformer has no notion of time order
     normalize_sensor_inputs: bool = True  # force (~-3) and A-line standardised with the training-split stats
     # Proprioception: the robot's last K end-effector pose deltas as one more condition token. Without it nothing

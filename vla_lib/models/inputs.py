@@ -9,7 +9,7 @@ None where not given, which heads trained with it refuse: zeros would read "not 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ class PolicyInputs:
     sensor: torch.Tensor  # (B, W, C) float: raw sensor window on the fixed grid, invalid points 0
     sensor_mask: torch.Tensor  # (B, W) bool: grid points that carry a sample
     history: torch.Tensor  # (B, K, POSE_DIMS) float: the robot's last K pose deltas, oldest first
-    contact: torch.Tensor | None = field(default=None)  # (B, CONTACT_DIMS) float; None: not given
+    contact: torch.Tensor | None = None  # (B, CONTACT_DIMS) float; None: not given
 
     @property
     def has_sensor(self) -> torch.Tensor:
@@ -41,10 +41,9 @@ class PolicyInputs:
 
     def without_sensor(self) -> "PolicyInputs":
         """The same inputs with the sensor removed (the ablation): every sample takes the null embedding, and the
-        contact memory, which the sensor's force gives, reads "never in contact"."""
+        heads give a sample without sensor data no contact memory (the memory comes from the sensor's force)."""
         return PolicyInputs(self.vl, self.vl_mask, torch.zeros_like(self.sensor),
-                            torch.zeros_like(self.sensor_mask), self.history,
-                            None if self.contact is None else torch.zeros_like(self.contact))
+                            torch.zeros_like(self.sensor_mask), self.history, self.contact)
 
 
 def inputs_from_batch(batch: dict, device) -> PolicyInputs:

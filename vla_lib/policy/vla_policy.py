@@ -11,7 +11,8 @@ force + A-line window on the fixed grid and which of its points carry a sample (
 `sensor_mask`; None = no sensor: the learned null embedding); `history` the robot's last K end-effector pose deltas
 (K = `policy.history_steps`, oldest first; what `vla_lib.data.timeline.pose_history` computes from the robot samples
 stamped at or before now); `contact` the contact memory (`vla_lib.data.contact.ContactMemory`, one per episode,
-updated every tick; needed when the checkpoint was trained with `model.contact_memory`). The split `encode` / `act` is what the real-time loop
+updated every tick; needed when the checkpoint was trained with `model.contact_memory`). The split `encode` / `act`
+is what the real-time loop
 uses: the VL features refresh at their own rate, the action step runs at 10 Hz on the latest ones.
 """
 from __future__ import annotations
@@ -147,10 +148,6 @@ class VLAPolicy:
     @property
     def history_steps(self) -> int:
         return self.heads.config.history_steps
-
-    @property
-    def contact_memory(self) -> bool:
-        return self.heads.config.contact_memory
 
     def predict(self, instruction: str, images: list, sensor_window=None, history=None, contact=None) -> np.ndarray:
         """(H, 7) chunk in mm / deg for one observation."""

@@ -132,7 +132,7 @@ class Runtime:
             self._overran = False
             seen("tick_overrun")
         history = io.pose_history(policy.history_steps) if policy.history_steps else None
-        contact = self.contact.update(window, io.robot_pose())  # every tick: a policy without it is simply not told
+        contact = self.contact.update(window, io.robot_pose())  # every tick; heads without the token ignore it
         chunk = np.asarray(policy.act(latest.features, latest.mask, None if window is None else window.batched(),
                                       None if history is None else history[None], contact[None])[0])
         done = t if simulated else io.now()  # on the simulated clock the policy costs no simulated time
