@@ -42,6 +42,9 @@ def main():
     ap.add_argument("--compile-mode", default="reduce-overhead", help="train.compile_mode of the compiled variant")
     ap.add_argument("--log-every", type=int, default=50, help="train.log_every_steps (each log is a host sync)")
     ap.add_argument("--breakdown", action="store_true", help="also time the loader alone and the step alone")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one steady-state epoch of the compiled variant through the real loop")
+    ap.add_argument("--trace", default=None, help="with --profile: write the Chrome trace here")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="train_bench_"))
@@ -76,7 +79,8 @@ def main():
     results = {v: [] for v in args.variants}
     for r in range(args.rounds):
         for variant in args.variants:  # alternated, so drift of the machine falls on both
-            run_cfg = cfg.with_overrides({"train.output_dir": str(out / f"train_{variant}_{r}"),
+            run_cfg = cfg.with_overrides({"run_name": f"train_{variant}_{r}",  # each run its own folder and params
+                                          "train.output_dir": str(out / f"train_{variant}_{r}"),
                                           "train.compile": variant == "compiled"})
             summary = train(run_cfg, log=lambda *a: None)  # stops with NonFiniteError on a non-finite loss
             rows = summary["history"]
@@ -102,6 +106,38 @@ def main():
         loader_rate, model_rate = breakdown(cfg, index, store, args)
         print(json.dumps({"loader_only_samples_per_s": round(loader_rate),
                           "model_only_samples_per_s": round(model_rate)}))
+    if args.profile:
+        profile_epoch(cfg, out, args)
+
+
+def profile_epoch(cfg, out: Path, args) -> None:
+    """Where a steady-state epoch of the real loop spends its time: the Trainer's own steps, its second epoch
+    (the first compiles) under torch.profiler; prints the ops by host time and by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from vla_lib.train import Trainer
+
+    run = Trainer(cfg.with_overrides({"run_name": "train_profile", "train.output_dir": str(out / "train_profile"),
+                                      "train.compile": True,
+                                      "train.epochs": 2}), log=lambda *a: None)
+    run.setup()
+    run.resume_or_start()
+    run.train_epoch()
+    run.end_epoch(run.validate())
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        t = time.perf_counter()
+        run.train_epoch()
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        wall = time.perf_counter() - t
+    steps = run.steps_per_epoch
+    print(f"profiled epoch: {steps} steps, {1e3 * wall / steps:.1f} ms/step wall under the profiler")
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+    if torch.cuda.is_available():
+        print(events.table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=70))
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
 
 
 def breakdown(cfg, index, store, args) -> tuple[float, float]:
