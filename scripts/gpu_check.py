@@ -39,7 +39,7 @@ COMMANDS = {
     "eval": f"python -m vla_lib --mode eval --params {RUN}/params.yaml",
     "closed_loop": f"python -m vla_lib --mode closed_loop --params {RUN}/params.yaml",
     # the heads compiled against eager (this script in a process of its own; its result: a JSON beside the logs)
-    "heads_equivalence": f"python scripts/gpu_check.py --equivalence-json {RUN}_logs/heads_equivalence.json",
+    "heads_equivalence": f"python benchmarks/heads_equivalence.py --params {PARAMS} --json {RUN}_logs/heads_equivalence.json",
     "stage2": f"accelerate launch -m vla_lib --mode train --params {RUN}/params.yaml --run-name gpu_check_stage2 "
               f"--training-stage stage2 --finetune-vl lora --stage1-checkpoint {CKPT} --epochs 1 --batch-size 8 "
               "--grad-accum-steps 1 --vl-lr 1e-5 --set train.compile=false",
@@ -108,7 +108,9 @@ class Check:
         if self.cpu and name not in ("synth", "heads_equivalence"):  # those two take no vla_lib settings
             argv += CPU_SETTINGS
         argv += extra or []
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+               # a benchmarks/ script imports vla_lib from this checkout even where it is not pip-installed
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         log = open(self.log_dir / f"{name}.log", "w")
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
@@ -248,30 +250,18 @@ def train_eager(check: Check) -> str:
 # Compiled vs eager on the same weights, per step (`compare_compiled_to_eager`): fp32 shows the same function up to
 # reduction order; bf16 autocast adds rounding where Inductor fuses ops (it keeps fp32 inside a fused kernel)
 STEP_LIMITS = {"fp32": (1e-4, 1e-3), "bf16": (3e-3, 5e-2)}  # (loss, gradient norm), relative, at every step
-
-
-def equivalence_json(out: str) -> None:
-    """The heads (`original` preset, stage1.yaml's model section, dropout 0) 50 AdamW steps at batch 64, compiled in
-    both modes (bf16) and in fp32 against eager, written to `out` (run in its own process, beside the other steps)."""
-    import torch
-
-    from benchmarks.train_throughput import compare_compiled_to_eager
-
-    cuda = torch.cuda.is_available()
-    start = time.time()
-    res = compare_compiled_to_eager(PARAMS, steps=50 if cuda else 5, batch_size=64 if cuda else 8,
-                                    modes=("default", "reduce-overhead") if cuda else ("default",))
-    Path(out).write_text(json.dumps({"result": res, "wall_s": time.time() - start, "cuda": cuda}))
+GRAPH_LIMIT = 1e-3  # the action step's CUDA graph against eager on the same bf16 weights (it replays the same kernels)
 
 
 def heads_equivalence(check: Check) -> str:
-    """Every step of the compiled runs within STEP_LIMITS of eager on the same weights and batch; all finite (the
-    child raises otherwise). The free-running trajectories' end points are reported, not judged (chaos: see
-    `compare_compiled_to_eager`)."""
+    """Every step of the compiled runs (stage1.yaml's heads, and with the contact memory) within STEP_LIMITS of eager
+    on the same weights and batch, all finite (the child raises otherwise), and the CUDA-graphed action step within
+    GRAPH_LIMIT of eager. The free-running trajectories' end points are reported, not judged (chaos: see
+    `benchmarks/heads_equivalence.py`)."""
     check.command("heads_equivalence")  # started beside the others after synth (or now, with --only)
     done = json.loads((check.log_dir / "heads_equivalence.json").read_text())
     res, cuda = done["result"], done["cuda"]
-    floor = res.pop("bf16_noise_floor")
+    floor, graph = res.pop("bf16_noise_floor"), done["action_graph_rel"]
     for mode, r in res.items():
         kind = "fp32" if mode.endswith("/fp32") or not cuda else "bf16"  # on the CPU the "bf16" runs are fp32 too
         loss_limit, grad_limit = STEP_LIMITS[kind]
@@ -279,11 +269,14 @@ def heads_equivalence(check: Check) -> str:
                f"{mode}: compiled differs from eager on the same weights by {r['step_loss_rel_max']:.1e} (loss) and "
                f"{r['step_grad_rel_max']:.1e} (gradient norm) relative at worst (limits {loss_limit:.0e}, "
                f"{grad_limit:.0e}): not the same function: {res}")
+    for heads, rel in graph.items():
+        expect(rel is None or rel <= GRAPH_LIMIT, f"the {heads} action step's CUDA graph differs from eager by {rel:.1e}")
     return (f"{done['wall_s']:.0f} s beside the other steps; per step vs eager on the same weights (loss, grad): "
             + "; ".join(f"{m} {r['step_loss_rel_max']:.0e}, {r['step_grad_rel_max']:.0e}" for m, r in res.items())
             + "; free-running last-step loss vs eager: "
             + ", ".join(f"{m} {r['rel_diff_last']:.1e}" for m, r in res.items())
-            + f" (bf16 vs fp32 eager {floor:.1e})")
+            + f" (bf16 vs fp32 eager {floor:.1e}); action graph vs eager "
+            + ", ".join(f"{k} {'n/a' if v is None else f'{v:.0e}'}" for k, v in graph.items()))
 
 
 def evaluate(check: Check) -> str:
@@ -348,13 +341,9 @@ def main() -> int:
     ap.add_argument("--cpu", action="store_true", help="the tiny model on the CPU (checks this script only)")
     ap.add_argument("--only", nargs="*", help="run only these steps (their inputs must exist): "
                     + " ".join(n for n, _ in STEPS))
-    ap.add_argument("--equivalence-json", help=argparse.SUPPRESS)  # the heads_equivalence child process
     args = ap.parse_args()
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
-    if args.equivalence_json:
-        equivalence_json(args.equivalence_json)
-        return 0
     import torch
 
     if not args.cpu and not torch.cuda.is_available():
