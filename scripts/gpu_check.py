@@ -270,7 +270,7 @@ def heads_equivalence(check: Check) -> str:
                f"{r['step_grad_rel_max']:.1e} (gradient norm) relative at worst (limits {loss_limit:.0e}, "
                f"{grad_limit:.0e}): not the same function: {res}")
     for heads, rel in graph.items():
-        expect(rel is None or rel <= GRAPH_LIMIT, f"the {heads} action step's CUDA graph differs from eager by {rel:.1e}")
+        expect(rel is None or rel <= GRAPH_LIMIT, f"the {heads} action step's CUDA graph differs from eager by {rel}")
     return (f"{done['wall_s']:.0f} s beside the other steps; per step vs eager on the same weights (loss, grad): "
             + "; ".join(f"{m} {r['step_loss_rel_max']:.0e}, {r['step_grad_rel_max']:.0e}" for m, r in res.items())
             + "; free-running last-step loss vs eager: "
