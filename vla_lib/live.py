@@ -220,8 +220,7 @@ def untrained_policy(cfg, seed: int = 0):
     stats = compute_stats(build_index(cfg.data))
     backbone = load_backbone(cfg.backbone)
     torch.manual_seed(seed)
-    heads = Stage1Policy(replace(cfg.model, vl_dim=backbone.hidden_size), *stats.action_arrays(),
-                         *stats.sensor_arrays()).eval()
+    heads = Stage1Policy(replace(cfg.model, vl_dim=backbone.hidden_size), **stats.model_buffers()).eval()
     return VLAPolicy(heads, cfg, stats, backbone, "cpu")
 
 

@@ -67,7 +67,7 @@ def build_model(cfg, stats, vl_dim: int) -> Stage1Policy:
     if cfg.model.vl_dim not in (0, vl_dim):
         raise ConfigError(f"model.vl_dim is {cfg.model.vl_dim} but the feature store holds {vl_dim}-d features: "
                           "leave model.vl_dim unset (it comes from the backbone)")
-    return Stage1Policy(replace(cfg.model, vl_dim=int(vl_dim)), *stats.action_arrays(), *stats.sensor_arrays())
+    return Stage1Policy(replace(cfg.model, vl_dim=int(vl_dim)), **stats.model_buffers())
 
 
 def make_sampler(train_index, acc, tc) -> DistributedWeightedSampler:

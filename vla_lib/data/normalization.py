@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_lib.dims import ALINE_POINTS
+from vla_lib.dims import ALINE_POINTS, POSE_DIMS
 
 QUANTILES = (0.01, 0.5, 0.99)
 
@@ -22,6 +22,8 @@ class NormStats:
     aline_mean: list[float]  # per A-line point
     aline_std: list[float]
     sessions: list[str]  # the training sessions they came from
+    # per action dimension: it never changed in the training split (None: stats written before this field)
+    action_held: list[bool] | None = None
 
     def to_json(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +39,19 @@ class NormStats:
 
     def action_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.action_mean, np.float32), np.asarray(self.action_std, np.float32)
+
+    def model_buffers(self) -> dict[str, np.ndarray]:
+        """The heads' normalisation buffers (`Stage1Policy(cfg, **stats.model_buffers())`)."""
+        (action_mean, action_std), (sensor_mean, sensor_std) = self.action_arrays(), self.sensor_arrays()
+        return {"action_mean": action_mean, "action_std": action_std, "sensor_mean": sensor_mean,
+                "sensor_std": sensor_std, "action_held": self.held_actions()}
+
+    def held_actions(self) -> np.ndarray:
+        """(A,) bool: the dimensions the heads return as their training-split value instead of an output: the gripper
+        (past the pose deltas, no training signal) and any pose delta that never changed in the training split (a
+        task that moves along z only: an output there could only add noise). Older stats: the gripper alone."""
+        held = np.arange(len(self.action_mean)) >= POSE_DIMS
+        return held | np.asarray(self.action_held, bool) if self.action_held is not None else held
 
     def sensor_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         mean = np.concatenate([[self.force_mean], self.aline_mean]).astype(np.float32)
@@ -80,4 +95,4 @@ def compute_stats(train_index, max_rows_per_session: int = 20000) -> NormStats:
     else:  # no sensor in training: identity normalisation
         fm, fs, am, as_ = 0.0, 1.0, np.zeros(ALINE_POINTS), np.ones(ALINE_POINTS)
     return NormStats(actions.mean(0).tolist(), std.tolist(), quant, fm, fs, am.tolist(), as_.tolist(),
-                     sorted(train_index.sessions))
+                     sorted(train_index.sessions), (actions.std(0) == 0).tolist())

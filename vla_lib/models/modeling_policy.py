@@ -166,7 +166,10 @@ class ActionExpert(nn.Module):
 class Stage1Policy(nn.Module):
     """SensorEncoder + ActionExpert over cached VL features, with the normalisation stats as buffers."""
 
-    def __init__(self, cfg: PolicyConfig, action_mean=None, action_std=None, sensor_mean=None, sensor_std=None):
+    def __init__(self, cfg: PolicyConfig, action_mean=None, action_std=None, sensor_mean=None, sensor_std=None,
+                 action_held=None):
+        """`action_held` (action_dim,) bool: dimensions `predict` returns as their training-split mean
+        (`NormStats.held_actions`; default: the gripper's)."""
         super().__init__()
         unset = [k for k in ("vl_dim", "horizon", "sensor_enabled", "sensor_length") if getattr(cfg, k) in (None, 0)
                  and k != "sensor_enabled"] + (["sensor_enabled"] if cfg.sensor_enabled is None else [])
@@ -182,6 +185,12 @@ class Stage1Policy(nn.Module):
         self.register_buffer("action_std", _buf(action_std, cfg.action_dim, 1.0))
         self.register_buffer("sensor_mean", _buf(sensor_mean, cfg.sensor_channels, 0.0))
         self.register_buffer("sensor_std", _buf(sensor_std, cfg.sensor_channels, 1.0))
+        self.register_buffer("action_held", _held(action_held, cfg.action_dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # heads saved before `action_held` existed held the gripper alone: the default
+        state_dict.setdefault(prefix + "action_held", _held(None, self.config.action_dim))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: PolicyInputs) -> torch.Tensor:
         """Normalised (B, H, action_dim) from one `PolicyInputs` (raw sensor window and history: the stats buffers
@@ -244,17 +253,21 @@ class Stage1Policy(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: PolicyInputs) -> torch.Tensor:
-        """(B, H, action_dim) in physical units (mm, deg). Dimensions past the 6 pose deltas (the gripper) carry no
-        training signal: they are returned as their training-set value, not as an untrained output."""
+        """(B, H, action_dim) in physical units (mm, deg). The held dimensions (the gripper, and a pose delta that
+        never changed in the training split) carry no training signal: they are returned as their training-set
+        value, not as an output that could only add noise."""
         out = self.denormalize_actions(self.forward(x))
-        return torch.cat([out[..., :POSE_DIMS], self.action_mean[POSE_DIMS:].to(out.dtype).expand(
-            *out.shape[:-1], -1)], -1)
+        return torch.where(self.action_held, self.action_mean.to(out.dtype), out)
 
     def parameter_counts(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
         return {"sensor_encoder": count(self.sensor_encoder), "action_expert": count(self.expert),
                 "null_sensor": self.null_sensor.numel() if self.null_sensor is not None else 0,
                 "total_trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+
+
+def _held(values, n: int) -> torch.Tensor:
+    return torch.arange(n) >= POSE_DIMS if values is None else torch.as_tensor(values, dtype=torch.bool).clone()
 
 
 def _buf(values, n: int, default: float) -> torch.Tensor:
