@@ -8,6 +8,7 @@ import yaml
 
 from vla_lib import sweep
 from vla_lib.config import RunConfig
+from vla_lib.errors import ConfigError
 
 
 def _base(tmp_path):
@@ -69,6 +70,35 @@ def test_killed_sweep_continues_with_what_is_left(tmp_path, monkeypatch):
     assert ran == ["sensor_on-seed0", "sensor_on-seed1", "sensor_on-seed2", "sensor_off-seed0", "sensor_off-seed1",
                    "sensor_off-seed2"]
     assert [r["status"] for r in rows] == ["skipped (done)"] * 2 + ["ran"] * 4
+
+
+def test_a_done_member_with_other_settings_is_refused_not_reused(tmp_path, monkeypatch):
+    import papermill
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "vla_lib").mkdir()
+    base = _base(tmp_path)
+    base["sweep"]["grid"] = {"train.seed": [0]}
+    (tmp_path / "params" / "p.yaml").write_text(yaml.safe_dump(base))
+    monkeypatch.chdir(tmp_path)
+    ran = []
+
+    def fake_execute(src, dst, parameters, **kw):  # run_member's marker: the member's settings
+        cfg = RunConfig.from_yaml(tmp_path / parameters["params_file"])
+        ran.append(cfg.run_name)
+        (Path(cfg.run_dir) / sweep.DONE).write_text(json.dumps({"run_config": cfg.to_dict()}))
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    sweep.run_sweep("params/p.yaml", log=lambda *a: None)
+    base["train"] = {"num_workers": 0}  # logistics: the done member stands
+    (tmp_path / "params" / "p.yaml").write_text(yaml.safe_dump(base))
+    assert [r["status"] for r in sweep.run_sweep("params/p.yaml", log=lambda *a: None)] == ["skipped (done)"]
+    for section, change in (("model", {"history_steps": 2}), ("closed_loop", {"episodes": 3})):
+        edited = {**base, section: change}  # what the member trained or was judged on
+        (tmp_path / "params" / "p.yaml").write_text(yaml.safe_dump(edited))
+        with pytest.raises(ConfigError, match=f"{section}.*sweep.name"):
+            sweep.run_sweep("params/p.yaml", log=lambda *a: None)
+    assert len(ran) == 1
 
 
 def test_collect_and_verdict(tmp_path, monkeypatch):

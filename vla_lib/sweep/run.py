@@ -1,16 +1,20 @@
 """Runs the members not done yet through papermill, resumably; `run_member` is one member's train and evaluation."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
-from vla_lib.config import RunConfig
+from vla_lib.config import RunConfig, settings_changed
+from vla_lib.errors import ConfigError
 from vla_lib.jsonio import write_json
 from vla_lib.notebook import execute, repo_root
 from vla_lib.sweep.grid import base_values, frame_cache_path, member_dir, write_params
 
 MEMBER_NOTEBOOK = "notebooks/sweep_member.ipynb"
 DONE = "sweep_done.json"
+# settings a resumed training may change (config_compat.RESUME_FREE) but that a done member's results depend on
+RESULT_SECTIONS = ("synthetic.", "eval.", "runtime.", "closed_loop.")
 
 
 def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
@@ -22,6 +26,7 @@ def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
     for k, (member, path) in enumerate(members, 1):
         out = root / member_dir(cfg, member)
         if (out / DONE).exists():
+            _refuse_stale(out, path, cfg)
             log(f"[sweep] member {k}/{len(members)} {member}: done already, skipped")
             rows.append({"member": member, "status": "skipped (done)", "seconds": 0.0})
             continue
@@ -36,6 +41,21 @@ def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
         log(f"[sweep] member {k}/{len(members)} {member} done in {ran[-1]:.0f} s")
         rows.append({"member": member, "status": "ran", "seconds": ran[-1]})
     return rows
+
+
+def _refuse_stale(out: Path, params: Path, sweep_cfg: RunConfig) -> None:
+    """A done member is skipped only if it was done with its settings now: after an edit of the params (the model,
+    the closed loop's levels) its results would be stale, and the sweep stops saying what changed and what to do."""
+    stored = json.loads((out / DONE).read_text()).get("run_config")
+    if stored is None:  # marked done before the marker held its settings: they cannot be compared
+        return
+    now = RunConfig.from_yaml(params).to_dict()
+    changed = settings_changed(stored, now) + [c for c in settings_changed(stored, now, free_only=True)
+                                               if c.startswith(RESULT_SECTIONS)]
+    if changed:
+        raise ConfigError(f"sweep member {out} was done with other settings ({'; '.join(changed)}): its results would "
+                          f"be stale. Give the sweep its own name (sweep.name, now {sweep_cfg.sweep.name!r}), or remove "
+                          f"{out} to run the member again")
 
 
 def run_member(cfg: RunConfig, log=print) -> dict:
@@ -58,7 +78,7 @@ def run_member(cfg: RunConfig, log=print) -> dict:
         for p, v in offline["sensor_ablation"]["per_phase"].items()))
     closed = run_closed_loop(cfg, log=log, feature_cache=frame_cache_path(cfg))
     done = {"train_s": trained - start, "eval_s": time.time() - trained, "best_val": summary["best_val"],
-            "offline_policy_mse": offline["predictors"]["policy"]["mse"]}
+            "offline_policy_mse": offline["predictors"]["policy"]["mse"], "run_config": cfg.to_dict()}
     save_results(closed, Path(cfg.run_dir) / "closed_loop_results.json")
     write_json(Path(cfg.run_dir) / DONE, done)  # atomic: the marker that the member is done
     return {"closed_loop": closed, **done}
