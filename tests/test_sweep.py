@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from vla_lib import sweep
+from vla_lib.sweep import run
 from vla_lib.config import RunConfig
 from vla_lib.errors import ConfigError
 
@@ -59,7 +60,7 @@ def test_killed_sweep_continues_with_what_is_left(tmp_path, monkeypatch):
             killed.append(cfg.run_name)
             raise KeyboardInterrupt  # killed mid-way through the third member
         ran.append(cfg.run_name)
-        (Path(cfg.run_dir) / sweep.DONE).write_text("{}")
+        run.mark_done(cfg, {})
 
     killed = []
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
@@ -83,21 +84,29 @@ def test_a_done_member_with_other_settings_is_refused_not_reused(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     ran = []
 
-    def fake_execute(src, dst, parameters, **kw):  # run_member's marker: the member's settings
+    def fake_execute(src, dst, parameters, **kw):  # run_member's marker
         cfg = RunConfig.from_yaml(tmp_path / parameters["params_file"])
         ran.append(cfg.run_name)
-        (Path(cfg.run_dir) / sweep.DONE).write_text(json.dumps({"run_config": cfg.to_dict()}))
+        run.mark_done(cfg, {"best_val": 0.1})
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     sweep.run_sweep("params/p.yaml", log=lambda *a: None)
     base["train"] = {"num_workers": 0}  # logistics: the done member stands
     (tmp_path / "params" / "p.yaml").write_text(yaml.safe_dump(base))
     assert [r["status"] for r in sweep.run_sweep("params/p.yaml", log=lambda *a: None)] == ["skipped (done)"]
-    for section, change in (("model", {"history_steps": 2}), ("closed_loop", {"episodes": 3})):
-        edited = {**base, section: change}  # what the member trained or was judged on
+    for section, change in (("model", {"history_steps": 2}), ("closed_loop", {"episodes": 3}),
+                            ("train", {"max_steps": 5}), ("data", {"root": "other_sessions"})):
+        edited = {**base, section: change}  # what the member trained on, or was judged on
         (tmp_path / "params" / "p.yaml").write_text(yaml.safe_dump(edited))
         with pytest.raises(ConfigError, match=f"{section}.*sweep.name"):
             sweep.run_sweep("params/p.yaml", log=lambda *a: None)
+    done = next((tmp_path / "outputs" / "s").glob(f"*/{sweep.DONE}"))
+    marker = json.loads(done.read_text())
+    assert marker["best_val"] == 0.1 and marker["run_config"]["train"]["seed"] == 0
+    (tmp_path / "params" / "p.yaml").write_text(yaml.safe_dump(base))
+    done.write_text("{}")  # a marker written before the settings were stored, and no params.yaml beside it
+    with pytest.raises(ConfigError, match="unknown"):
+        sweep.run_sweep("params/p.yaml", log=lambda *a: None)
     assert len(ran) == 1
 
 

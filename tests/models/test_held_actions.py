@@ -58,3 +58,10 @@ def test_held_dimensions_round_trip_and_old_checkpoints_hold_the_gripper_alone(t
     torch.save(blob, tmp_path / "old.pt")
     old = load_checkpoint(tmp_path / "old.pt").heads
     assert old.action_held.tolist() == [False] * 6 + [True]
+
+
+def test_training_builds_its_heads_with_the_held_dimensions():
+    from vla_lib.train_data import build_model
+
+    cfg = RunConfig.from_dict({"model": {"preset": "small"}})
+    assert build_model(cfg, _stats(), 16).action_held.tolist() == HELD

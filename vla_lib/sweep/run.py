@@ -13,8 +13,13 @@ from vla_lib.sweep.grid import base_values, frame_cache_path, member_dir, write_
 
 MEMBER_NOTEBOOK = "notebooks/sweep_member.ipynb"
 DONE = "sweep_done.json"
-# settings a resumed training may change (config_compat.RESUME_FREE) but that a done member's results depend on
-RESULT_SECTIONS = ("synthetic.", "eval.", "runtime.", "closed_loop.")
+# what a done member's results do not depend on: where files go, how fast, what is logged; and the weightless
+# predictors, which `grid._weightless_once` gives to one member of a group by grid order
+LOGISTICS = ("run_name", "output_root", "cache.dir", "cache.batch_size", "cache.num_workers", "cache.shard_size",
+             "cache.allow_inline_encoding", "backbone.device", "backbone.tiny_model_dir", "backbone.fast_",
+             "backbone.compile_cache_dir", "train.num_workers", "train.log_every_steps", "train.save_every_steps",
+             "train.output_dir", "train.wandb_", "live.", "sweep.", "closed_loop.predictors",
+             "closed_loop.plot_episodes", "closed_loop.torch_threads")
 
 
 def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
@@ -26,7 +31,7 @@ def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
     for k, (member, path) in enumerate(members, 1):
         out = root / member_dir(cfg, member)
         if (out / DONE).exists():
-            _refuse_stale(out, path, cfg)
+            _refuse_stale(out, root / path, cfg)
             log(f"[sweep] member {k}/{len(members)} {member}: done already, skipped")
             rows.append({"member": member, "status": "skipped (done)", "seconds": 0.0})
             continue
@@ -45,17 +50,24 @@ def run_sweep(source: RunConfig | str | Path, log=print) -> list[dict]:
 
 def _refuse_stale(out: Path, params: Path, sweep_cfg: RunConfig) -> None:
     """A done member is skipped only if it was done with its settings now: after an edit of the params (the model,
-    the closed loop's levels) its results would be stale, and the sweep stops saying what changed and what to do."""
+    the closed loop's levels, the data) its results would be stale, and the sweep stops saying what changed and what
+    to do. A marker without the settings (written before they were stored) is judged by the member's params.yaml."""
     stored = json.loads((out / DONE).read_text()).get("run_config")
-    if stored is None:  # marked done before the marker held its settings: they cannot be compared
-        return
+    if stored is None and (out / "params.yaml").exists():
+        stored = RunConfig.from_yaml(out / "params.yaml").to_dict()
     now = RunConfig.from_yaml(params).to_dict()
-    changed = settings_changed(stored, now) + [c for c in settings_changed(stored, now, free_only=True)
-                                               if c.startswith(RESULT_SECTIONS)]
+    changed = ["its settings are unknown"] if stored is None else [
+        c for c in settings_changed(stored, now) + settings_changed(stored, now, free_only=True)
+        if not c.startswith(LOGISTICS)]
     if changed:
         raise ConfigError(f"sweep member {out} was done with other settings ({'; '.join(changed)}): its results would "
                           f"be stale. Give the sweep its own name (sweep.name, now {sweep_cfg.sweep.name!r}), or remove "
                           f"{out} to run the member again")
+
+
+def mark_done(cfg: RunConfig, done: dict) -> None:
+    """The marker that a member is done (atomic), with the settings it was done with (`_refuse_stale` reads them)."""
+    write_json(Path(cfg.run_dir) / DONE, {**done, "run_config": cfg.to_dict()})
 
 
 def run_member(cfg: RunConfig, log=print) -> dict:
@@ -78,7 +90,7 @@ def run_member(cfg: RunConfig, log=print) -> dict:
         for p, v in offline["sensor_ablation"]["per_phase"].items()))
     closed = run_closed_loop(cfg, log=log, feature_cache=frame_cache_path(cfg))
     done = {"train_s": trained - start, "eval_s": time.time() - trained, "best_val": summary["best_val"],
-            "offline_policy_mse": offline["predictors"]["policy"]["mse"], "run_config": cfg.to_dict()}
+            "offline_policy_mse": offline["predictors"]["policy"]["mse"]}
     save_results(closed, Path(cfg.run_dir) / "closed_loop_results.json")
-    write_json(Path(cfg.run_dir) / DONE, done)  # atomic: the marker that the member is done
+    mark_done(cfg, done)
     return {"closed_loop": closed, **done}
