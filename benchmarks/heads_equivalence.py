@@ -57,6 +57,7 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
         views = torch.tensor([[p is not None for p in index.view_paths(i)] + [True] for i in rows])
         b["vl"] = torch.randn(len(rows), views.shape[1], 2048, generator=gen)
         b["vl_mask"] = views
+        b["contact"] = _random_contact(len(rows), gen)  # the check's sessions may never touch: a memory that counts
         batches.append(b)
     torch.manual_seed(0)
     base = build_model(cfg, compute_stats(index), 2048).to(device).train()
@@ -113,6 +114,11 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
 
 
 
+def _random_contact(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Contact-memory values for an equivalence check: in contact or not, displacements of a few mm."""
+    return torch.cat([torch.randint(0, 2, (n, 1), generator=gen).float(), torch.randn(n, 3, generator=gen)], 1)
+
+
 def action_graph_vs_eager(params: str, overrides: dict | None = None) -> float | None:
     """The largest relative difference between the action step replayed as a CUDA graph (`models.action_graph`) and
     eager bf16 autocast on the same weights, over a few real samples of `params`' data at batch 1 (None on the CPU,
@@ -137,6 +143,7 @@ def action_graph_vs_eager(params: str, overrides: dict | None = None) -> float |
         batch = collate([data[i]])
         n_tokens = len(cfg.data.views) + 1
         batch["vl"], batch["vl_mask"] = torch.randn(1, n_tokens, 2048), torch.ones(1, n_tokens, dtype=torch.bool)
+        batch["contact"] = _random_contact(1, torch.Generator().manual_seed(i))
         x = inputs_from_batch(batch, "cuda")
         step = step or ActionStep(heads, x.vl.shape[1], like=x)
         got = step(x).float()
