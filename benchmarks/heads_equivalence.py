@@ -38,29 +38,15 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
     import copy
     import math
 
-    from vla_lib.data.batches import collate
-    from vla_lib.data.normalization import compute_stats
-    from vla_lib.data.samples import SampleDataset
     from vla_lib.train import loss_fn
-    from vla_lib.train_data import build_model
     from vla_lib.train_objective import param_groups
 
-    cfg = RunConfig.from_yaml(params).with_overrides({"model.dropout": 0.0, **(overrides or {})})
+    cfg, index, data, heads = _check_setup(params, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    index = build_index(cfg.data, verbose=False)
-    data = SampleDataset(index, cfg.data)
     gen = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(n_batches):
-        rows = torch.randperm(len(index), generator=gen)[:batch_size].tolist()
-        b = collate([data[i] for i in rows])
-        views = torch.tensor([[p is not None for p in index.view_paths(i)] + [True] for i in rows])
-        b["vl"] = torch.randn(len(rows), views.shape[1], 2048, generator=gen)
-        b["vl_mask"] = views
-        b["contact"] = _random_contact(len(rows), gen)  # the check's sessions may never touch: a memory that counts
-        batches.append(b)
-    torch.manual_seed(0)
-    base = build_model(cfg, compute_stats(index), 2048).to(device).train()
+    batches = [_check_batch(index, data, torch.randperm(len(index), generator=gen)[:batch_size].tolist(), gen)
+               for _ in range(n_batches)]
+    base = heads.to(device).train()
 
     def loss_and_grad(model, batch, bf16):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
@@ -114,40 +100,50 @@ def compare_compiled_to_eager(params: str, steps: int = 50, batch_size: int = 64
 
 
 
-def _random_contact(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Contact-memory values for an equivalence check: in contact or not, displacements of a few mm."""
-    return torch.cat([torch.randint(0, 2, (n, 1), generator=gen).float(), torch.randn(n, 3, generator=gen)], 1)
-
-
-def action_graph_vs_eager(params: str, overrides: dict | None = None) -> float | None:
-    """The largest relative difference between the action step replayed as a CUDA graph (`models.action_graph`) and
-    eager bf16 autocast on the same weights, over a few real samples of `params`' data at batch 1 (None on the CPU,
-    where the step runs eager)."""
-    if not torch.cuda.is_available():
-        return None
-    from vla_lib.data.batches import collate
+def _check_setup(params: str, overrides: dict | None):
+    """(config, index, dataset, heads) of a check: the params' heads (dropout 0; `overrides` on top) for the 3B
+    backbone's 2048-d features, initialised from seed 0."""
     from vla_lib.data.normalization import compute_stats
     from vla_lib.data.samples import SampleDataset
-    from vla_lib.models.action_graph import ActionStep
-    from vla_lib.models.inputs import inputs_from_batch
     from vla_lib.train_data import build_model
 
-    cfg = RunConfig.from_yaml(params).with_overrides(overrides or {})
+    cfg = RunConfig.from_yaml(params).with_overrides({"model.dropout": 0.0, **(overrides or {})})
     index = build_index(cfg.data, verbose=False)
-    data = SampleDataset(index, cfg.data)
     torch.manual_seed(0)
-    heads = build_model(cfg, compute_stats(index), 2048).cuda().eval()
-    rows = torch.randperm(len(index), generator=torch.Generator().manual_seed(1))[:8].tolist()
+    return cfg, index, SampleDataset(index, cfg.data), build_model(cfg, compute_stats(index), 2048)
+
+
+def _check_batch(index, data, rows: list[int], gen: torch.Generator) -> dict:
+    """The samples `rows` collated, with random 2048-d VL features under each sample's view mask and random
+    contact-memory values (in contact or not, displacements of a few mm: the check's sessions may never touch)."""
+    from vla_lib.data.batches import collate
+
+    b = collate([data[i] for i in rows])
+    b["vl_mask"] = torch.tensor([[p is not None for p in index.view_paths(i)] + [True] for i in rows])
+    b["vl"] = torch.randn(len(rows), b["vl_mask"].shape[1], 2048, generator=gen)
+    b["contact"] = torch.cat([torch.randint(0, 2, (len(rows), 1), generator=gen).float(),
+                              torch.randn(len(rows), 3, generator=gen)], 1)
+    return b
+
+
+def action_graph_vs_eager(params: str, overrides: dict | None = None, device: str = "cuda") -> float | None:
+    """The largest relative difference between the action step replayed as a CUDA graph (`models.action_graph`) and
+    eager bf16 autocast on the same weights, over a few samples of `params`' data at batch 1 (None without CUDA,
+    where the step runs eager; `device="cpu"` runs the same comparison eager against eager, to check this code)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
+    from vla_lib.models.action_graph import ActionStep
+    from vla_lib.models.inputs import inputs_from_batch
+
+    _, index, data, heads = _check_setup(params, overrides)
+    heads = heads.to(device).eval()
+    gen = torch.Generator().manual_seed(1)
     step, worst = None, 0.0
-    for i in rows:
-        batch = collate([data[i]])
-        n_tokens = len(cfg.data.views) + 1
-        batch["vl"], batch["vl_mask"] = torch.randn(1, n_tokens, 2048), torch.ones(1, n_tokens, dtype=torch.bool)
-        batch["contact"] = _random_contact(1, torch.Generator().manual_seed(i))
-        x = inputs_from_batch(batch, "cuda")
-        step = step or ActionStep(heads, x.vl.shape[1], like=x)
+    for i in torch.randperm(len(index), generator=gen)[:8].tolist():
+        x = inputs_from_batch(_check_batch(index, data, [i], gen), device)
+        step = step or ActionStep(heads, x.vl.shape[1], like=x, use_graph=device == "cuda")
         got = step(x).float()
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             ref = step.heads.predict(x).float()  # the graph's own bf16 weights, eager
         worst = max(worst, float((got - ref).norm() / ref.norm().clamp(min=1e-12)))
     return worst
