@@ -1,4 +1,6 @@
 """How the heads read the arm's own motion: the residual on the last delta, history dropout, the checkpoint."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,15 +48,21 @@ def test_residual_with_zero_correction_predicts_the_last_delta_on_every_step():
     torch.testing.assert_close(off.predict(x)[..., :6], torch.tensor(MEAN[:6]).expand(3, 8, 6))
 
 
-def test_history_dropout_zeroes_whole_samples_in_training_only():
-    p = _policy(history_dropout=0.5)
-    h = torch.randn(512, 4, 6) + 3.0  # no row is zero by chance
-    torch.manual_seed(0)
-    seen = p.train()._history_token(h)
-    dropped = (seen == 0).all(2).all(1)
-    assert torch.equal(seen[~dropped], h[~dropped]) and 0.35 < dropped.float().mean() < 0.65
-    assert torch.equal(p.eval()._history_token(h), h)
-    assert torch.equal(_policy().train()._history_token(h), h)  # off: unchanged in training too
+def test_history_dropout_gives_whole_samples_the_no_history_token_in_training_only():
+    p = _policy(history_dropout=0.5, dropout=0.0)  # no layer dropout: the outputs differ only where the history is read
+    x = _inputs(b=256)
+    other = dataclasses.replace(x, history=x.history + 1.0)  # the same samples with another history
+
+    def reads_history(model) -> torch.Tensor:
+        torch.manual_seed(0)  # the same draw of dropped samples for both inputs
+        a = model(x)
+        torch.manual_seed(0)
+        return (a - model(other)).abs().amax((1, 2)) > 0
+
+    read = reads_history(p.train())
+    assert 0.35 < read.float().mean() < 0.65
+    assert reads_history(p.eval()).all()
+    assert reads_history(_policy(dropout=0.0).train()).all()  # off: every sample reads it in training too
 
 
 def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_path):
@@ -68,6 +76,7 @@ def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_
     blob = torch.load(tmp_path / "new.pt", weights_only=True)  # a checkpoint written before the settings existed
     for key in ("residual_last_delta", "history_dropout"):
         del blob["policy_config"][key]
+    del blob["model_state_dict"]["expert.history_null"]
     torch.save(blob, tmp_path / "old.pt")
     old = load_checkpoint(tmp_path / "old.pt").heads.config
     assert old.residual_last_delta is False and old.history_dropout == 0.0
@@ -78,3 +87,14 @@ def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_
 def test_settings_that_cannot_work_are_refused(model):
     with pytest.raises(ConfigError):
         _cfg(**model)
+
+
+def test_heads_trained_with_history_dropout_before_its_token_existed_still_load(tmp_path):
+    cfg = _cfg(history_dropout=0.2)
+    p = Stage1Policy(cfg.model, MEAN, STD).eval()
+    stats = NormStats(MEAN, STD, {}, -3.0, 0.1, [0.0] * 1025, [1.0] * 1025, ["s"])
+    save_checkpoint(tmp_path / "c.pt", p, stats, cfg, 1, 1, 0.0)
+    blob = torch.load(tmp_path / "c.pt", weights_only=True)
+    del blob["model_state_dict"]["expert.history_null"]
+    torch.save(blob, tmp_path / "c.pt")
+    torch.testing.assert_close(load_checkpoint(tmp_path / "c.pt").heads.predict(_inputs()), p.predict(_inputs()))

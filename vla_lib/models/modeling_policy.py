@@ -145,6 +145,9 @@ class ActionExpert(nn.Module):
         self.fusion = cfg.fusion if cfg.sensor_enabled else "none"
         adopt(self, FUSIONS[self.fusion](cfg))  # its layers first: the parameter order checkpoints were saved in
         self.history = nn.Linear(cfg.history_steps * POSE_DIMS, d) if cfg.history_steps else None
+        # history dropout's "no history" token: a learned embedding, not the token of zero deltas (which is also the
+        # token of an arm moving at the mean speed, so dropping would blur the samples that really do)
+        self.history_null = nn.Parameter(torch.zeros(d)) if cfg.history_steps and cfg.history_dropout else None
         self.contact = nn.Linear(CONTACT_DIMS, d) if cfg.contact_memory else None
         self.queries = nn.Parameter(torch.randn(1, cfg.horizon, d))
         layer = nn.TransformerDecoderLayer(d, cfg.expert_heads, cfg.expert_ff, cfg.dropout, batch_first=True)
@@ -153,10 +156,16 @@ class ActionExpert(nn.Module):
         self.head = nn.Linear(d, cfg.action_dim)
 
     def forward(self, vl: torch.Tensor, vl_mask: torch.Tensor, sensor: torch.Tensor | None,
-                history: torch.Tensor | None = None, contact: torch.Tensor | None = None) -> torch.Tensor:
+                history: torch.Tensor | None = None, contact: torch.Tensor | None = None,
+                history_kept: torch.Tensor | None = None) -> torch.Tensor:
+        """`history_kept` (B,) bool, training only: the samples whose token is the measured history (the others get
+        `history_null`); None: every sample's."""
         cond = self.condition(vl, vl_mask, sensor)
         if self.history is not None:  # (B, K, 6) normalised -> one more memory token
-            cond = torch.cat([cond, self.history(history.flatten(1)).unsqueeze(1)], 1)
+            tok = self.history(history.flatten(1))
+            if history_kept is not None:
+                tok = torch.where(history_kept.view(-1, 1), tok, self.history_null.to(tok.dtype))
+            cond = torch.cat([cond, tok.unsqueeze(1)], 1)
         if self.contact is not None:  # (B, 4): in contact, mm since the onset -> one more memory token
             cond = torch.cat([cond, self.contact(contact.to(cond.dtype)).unsqueeze(1)], 1)
         h = self.decoder(self.queries.expand(vl.shape[0], -1, -1), cond)
@@ -190,6 +199,10 @@ class Stage1Policy(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # heads saved before `action_held` existed held the gripper alone: the default
         state_dict.setdefault(prefix + "action_held", _held(None, self.config.action_dim))
+        # heads trained with history dropout before its token existed saw zero deltas instead; the token is read in
+        # training only, so their predictions do not change
+        if self.expert.history_null is not None:
+            state_dict.setdefault(prefix + "expert.history_null", torch.zeros_like(self.expert.history_null))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: PolicyInputs) -> torch.Tensor:
@@ -207,7 +220,7 @@ class Stage1Policy(nn.Module):
             enc = self.sensor_encoder(w, x.sensor_mask, has)
             s = torch.where(has.view(-1, 1), enc, self.null_sensor.to(enc.dtype).expand(len(has), -1))
         h = self._history(x)
-        out = self.expert(x.vl, x.vl_mask, s, self._history_token(h), self._contact(x))
+        out = self.expert(x.vl, x.vl_mask, s, h, self._contact(x), self._history_kept(h))
         if self.config.residual_last_delta:  # normalised: last + c * std in physical units; the gripper keeps its mean
             last = nn.functional.pad(h[:, -1], (0, out.shape[-1] - POSE_DIMS))
             out = out + last.unsqueeze(1).to(out.dtype)
@@ -236,14 +249,13 @@ class Stage1Policy(nn.Module):
             return torch.zeros_like(x.contact)
         return x.contact * x.has_sensor.view(-1, 1).to(x.contact.dtype)
 
-    def _history_token(self, h: torch.Tensor | None) -> torch.Tensor | None:
-        """What the proprioception token sees: in training, a `history_dropout` share of samples see zeros (the
-        mean delta), drawn on the device per sample (no host sync, static shapes)."""
+    def _history_kept(self, h: torch.Tensor | None) -> torch.Tensor | None:
+        """In training, which samples' proprioception token sees their history: a `history_dropout` share do not
+        (drawn on the device per sample: no host sync, static shapes); None (all of them) otherwise."""
         p = self.config.history_dropout
         if h is None or not (self.training and p):
-            return h
-        keep = torch.rand(h.shape[0], 1, 1, device=h.device) >= p
-        return h * keep.to(h.dtype)
+            return None
+        return torch.rand(h.shape[0], device=h.device) >= p
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return (actions - self.action_mean) / self.action_std
