@@ -43,8 +43,8 @@ class PolicyConfig:
     # `residual_last_delta`: every step is the newest history delta plus a learned correction, so the step the arm
     # has already committed to (latency + lag) comes from the measurement and the heads learn only the change.
     residual_last_delta: bool = False
-    # Training only: the share of samples whose proprioception token sees zero deltas (the training mean), so the
-    # expert cannot lean on the arm's own speed alone (the copycat problem) and must read the sensor too.
+    # Training only: the share of samples whose proprioception token is a learned "no history" token, so the expert
+    # cannot lean on the arm's own speed alone (the copycat problem) and must read the sensor too.
     history_dropout: float = 0.0
     # The contact memory (data/contact.py) as one more condition token: where the force began, so a film above the
     # target and a layer below it (the same two reflections in one window) are told apart.
