@@ -63,6 +63,17 @@ def test_history_dropout_gives_whole_samples_the_no_history_token_in_training_on
     assert 0.35 < read.float().mean() < 0.65
     assert reads_history(p.eval()).all()
     assert reads_history(_policy(dropout=0.0).train()).all()  # off: every sample reads it in training too
+    # the dropped samples read the learned "no history" token (not the token of zero deltas, an arm at the mean
+    # speed): it trains, and it is what changes their outputs
+    torch.manual_seed(0)
+    p.train()(x).square().mean().backward()
+    assert p.expert.history_null.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    before = p(x).detach()
+    with torch.no_grad():
+        p.expert.history_null.add_(1.0)
+    torch.manual_seed(0)
+    assert torch.equal((p(x) - before).abs().amax((1, 2)) > 0, ~read)
 
 
 def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_path):
@@ -89,7 +100,7 @@ def test_settings_that_cannot_work_are_refused(model):
         _cfg(**model)
 
 
-def test_heads_trained_with_history_dropout_before_its_token_existed_still_load(tmp_path):
+def test_heads_trained_with_history_dropout_before_its_token_existed_load_with_the_token_they_saw(tmp_path):
     cfg = _cfg(history_dropout=0.2)
     p = Stage1Policy(cfg.model, MEAN, STD).eval()
     stats = NormStats(MEAN, STD, {}, -3.0, 0.1, [0.0] * 1025, [1.0] * 1025, ["s"])
@@ -97,4 +108,7 @@ def test_heads_trained_with_history_dropout_before_its_token_existed_still_load(
     blob = torch.load(tmp_path / "c.pt", weights_only=True)
     del blob["model_state_dict"]["expert.history_null"]
     torch.save(blob, tmp_path / "c.pt")
-    torch.testing.assert_close(load_checkpoint(tmp_path / "c.pt").heads.predict(_inputs()), p.predict(_inputs()))
+    loaded = load_checkpoint(tmp_path / "c.pt").heads
+    torch.testing.assert_close(loaded.predict(_inputs()), p.predict(_inputs()))
+    # what they gave a dropped sample: the token of zero deltas, the history layer's bias
+    torch.testing.assert_close(loaded.expert.history_null, p.expert.history.bias)

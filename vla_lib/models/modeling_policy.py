@@ -199,10 +199,11 @@ class Stage1Policy(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # heads saved before `action_held` existed held the gripper alone: the default
         state_dict.setdefault(prefix + "action_held", _held(None, self.config.action_dim))
-        # heads trained with history dropout before its token existed saw zero deltas instead; the token is read in
-        # training only, so their predictions do not change
-        if self.expert.history_null is not None:
-            state_dict.setdefault(prefix + "expert.history_null", torch.zeros_like(self.expert.history_null))
+        # heads trained with history dropout before its token existed gave a dropped sample the token of zero deltas,
+        # the history layer's bias: that token, so that resumed training sees what it saw (predictions never read it)
+        bias = state_dict.get(prefix + "expert.history.bias")
+        if self.expert.history_null is not None and bias is not None:
+            state_dict.setdefault(prefix + "expert.history_null", bias.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: PolicyInputs) -> torch.Tensor:
