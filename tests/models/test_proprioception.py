@@ -48,16 +48,21 @@ def test_residual_with_zero_correction_predicts_the_last_delta_on_every_step():
     torch.testing.assert_close(off.predict(x)[..., :6], torch.tensor(MEAN[:6]).expand(3, 8, 6))
 
 
+def _reads_history(model, x: PolicyInputs) -> torch.Tensor:
+    """(B,) bool: the samples whose output changes with their history (the same draw of dropped samples for both)."""
+    other = dataclasses.replace(x, history=x.history + 1.0)
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(0)
+    return (a - model(other)).abs().amax((1, 2)) > 0
+
+
 def test_history_dropout_gives_whole_samples_the_no_history_token_in_training_only():
     p = _policy(history_dropout=0.5, dropout=0.0)  # no layer dropout: the outputs differ only where the history is read
     x = _inputs(b=256)
-    other = dataclasses.replace(x, history=x.history + 1.0)  # the same samples with another history
 
     def reads_history(model) -> torch.Tensor:
-        torch.manual_seed(0)  # the same draw of dropped samples for both inputs
-        a = model(x)
-        torch.manual_seed(0)
-        return (a - model(other)).abs().amax((1, 2)) > 0
+        return _reads_history(model, x)
 
     read = reads_history(p.train())
     assert 0.35 < read.float().mean() < 0.65
@@ -75,6 +80,18 @@ def test_history_dropout_gives_whole_samples_the_no_history_token_in_training_on
     torch.manual_seed(0)
     assert torch.equal((p(x) - before).abs().amax((1, 2)) > 0, ~read)
 
+
+
+@pytest.mark.quality  # a CPU compile (Inductor), ~1 min
+def test_history_dropout_compiles_into_one_graph():
+    """The draw stays on the device (no host sync, no graph break: what the compiled and CUDA-graph training step
+    needs); compiled, a share of the samples still ignores its history and the no-history token still trains."""
+    p = _policy(history_dropout=0.5, dropout=0.0).train()
+    compiled = torch.compile(p, fullgraph=True)
+    read = _reads_history(compiled, _inputs(b=256))
+    assert 0.35 < read.float().mean() < 0.65
+    compiled(_inputs(b=256)).square().mean().backward()
+    assert p.expert.history_null.grad.abs().sum() > 0
 
 def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_path):
     cfg = _cfg(residual_last_delta=True, history_dropout=0.3)
