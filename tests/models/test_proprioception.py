@@ -1,4 +1,5 @@
-"""How the heads read the arm's own motion: the residual on the last delta, history dropout, the checkpoint."""
+"""How the heads read the arm's own motion: the residual on the last delta, history dropout, history until contact,
+the checkpoint."""
 import dataclasses
 
 import pytest
@@ -23,11 +24,13 @@ def _policy(**model) -> Stage1Policy:
     return Stage1Policy(_cfg(**model).model, MEAN, STD)
 
 
-def _inputs(b=3, k=4) -> PolicyInputs:
+def _inputs(b=3, k=4, contact=False) -> PolicyInputs:
+    """`contact`: with a contact memory, every other sample in contact (1 mm in)."""
     g = torch.Generator().manual_seed(1)
+    memory = torch.tensor([[1.0, 0.0, 0.0, -1.0], [0.0] * 4]).repeat(b, 1)[:b] if contact else None
     return PolicyInputs(torch.randn(b, 6, 16, generator=g), torch.ones(b, 6, dtype=torch.bool),
                         torch.randn(b, 65, 1026, generator=g), torch.ones(b, 65, dtype=torch.bool),
-                        torch.randn(b, k, 6, generator=g))
+                        torch.randn(b, k, 6, generator=g), memory)
 
 
 def _zero_correction(p: Stage1Policy) -> None:
@@ -94,24 +97,36 @@ def test_history_dropout_compiles_into_one_graph():
     assert p.expert.history_null.grad.abs().sum() > 0
 
 def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_path):
-    cfg = _cfg(residual_last_delta=True, history_dropout=0.3)
+    cfg = _cfg(residual_last_delta=True, history_dropout=0.3, history_until_contact=True, contact_memory=True)
     p = Stage1Policy(cfg.model, MEAN, STD).eval()
     stats = NormStats(MEAN, STD, {}, -3.0, 0.1, [0.0] * 1025, [1.0] * 1025, ["s"])
     save_checkpoint(tmp_path / "new.pt", p, stats, cfg, 1, 1, 0.0)
     loaded = load_checkpoint(tmp_path / "new.pt").heads
     assert loaded.config.residual_last_delta and loaded.config.history_dropout == 0.3
-    torch.testing.assert_close(loaded.predict(_inputs()), p.predict(_inputs()))
+    assert loaded.config.history_until_contact
+    x = _inputs(contact=True)
+    torch.testing.assert_close(loaded.predict(x), p.predict(x))
     blob = torch.load(tmp_path / "new.pt", weights_only=True)  # a checkpoint written before the settings existed
-    for key in ("residual_last_delta", "history_dropout"):
+    for key in ("residual_last_delta", "history_dropout", "history_until_contact"):
         del blob["policy_config"][key]
     del blob["model_state_dict"]["expert.history_null"]
     torch.save(blob, tmp_path / "old.pt")
     old = load_checkpoint(tmp_path / "old.pt").heads.config
-    assert old.residual_last_delta is False and old.history_dropout == 0.0
+    assert old.residual_last_delta is False and old.history_dropout == 0.0 and old.history_until_contact is False
+
+
+def test_history_until_contact_reads_the_arm_in_free_air_only():
+    p = _policy(history_until_contact=True, contact_memory=True, dropout=0.0).eval()
+    x = _inputs(b=8, contact=True)  # samples 0, 2, 4, 6 in contact
+    assert torch.equal(_reads_history(p, x), x.contact[:, 0] == 0)
+    off = _policy(contact_memory=True, dropout=0.0).eval()
+    assert _reads_history(off, x).all()
 
 
 @pytest.mark.parametrize("model", [{"history_steps": 0, "residual_last_delta": True},
-                                   {"history_steps": 0, "history_dropout": 0.2}, {"history_dropout": 1.0}])
+                                   {"history_steps": 0, "history_dropout": 0.2}, {"history_dropout": 1.0},
+                                   {"history_until_contact": True},  # no contact memory to read
+                                   {"history_steps": 0, "history_until_contact": True, "contact_memory": True}])
 def test_settings_that_cannot_work_are_refused(model):
     with pytest.raises(ConfigError):
         _cfg(**model)

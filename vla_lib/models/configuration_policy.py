@@ -46,6 +46,10 @@ class PolicyConfig:
     # Training only: the share of samples whose proprioception token is a learned "no history" token, so the expert
     # cannot lean on the arm's own speed alone (the copycat problem) and must read the sensor too.
     history_dropout: float = 0.0
+    # Proprioception in free air only: once the contact memory says the tip is in contact, the proprioception token is
+    # the "no history" one (training and inference alike), so in tissue the heads act on the sensor, not on the arm's
+    # speed (which they would copy past the target when the arm lags). Needs history_steps >= 1 and contact_memory.
+    history_until_contact: bool = False
     # The contact memory (data/contact.py) as one more condition token: where the force began, so a film above the
     # target and a layer below it (the same two reflections in one window) are told apart.
     contact_memory: bool = False
@@ -66,6 +70,8 @@ class PolicyConfig:
             raise ConfigError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if (self.residual_last_delta or self.history_dropout) and not self.history_steps:
             raise ConfigError("model.residual_last_delta and model.history_dropout need model.history_steps >= 1")
+        if self.history_until_contact and not (self.history_steps and self.contact_memory):
+            raise ConfigError("model.history_until_contact needs model.history_steps >= 1 and model.contact_memory")
         if not 0.0 <= self.history_dropout < 1.0:  # 1 would train a token that evaluation then feeds real deltas
             raise ConfigError(f"model.history_dropout must be in [0, 1), got {self.history_dropout}")
         if self.sensor_dim % self.sensor_heads or self.expert_hidden % self.expert_heads:

@@ -147,7 +147,8 @@ class ActionExpert(nn.Module):
         self.history = nn.Linear(cfg.history_steps * POSE_DIMS, d) if cfg.history_steps else None
         # history dropout's "no history" token: a learned embedding, not the token of zero deltas (which is also the
         # token of an arm moving at the mean speed, so dropping would blur the samples that really do)
-        self.history_null = nn.Parameter(torch.zeros(d)) if cfg.history_steps and cfg.history_dropout else None
+        self.history_null = nn.Parameter(torch.zeros(d)) if cfg.history_steps and (
+            cfg.history_dropout or cfg.history_until_contact) else None
         self.contact = nn.Linear(CONTACT_DIMS, d) if cfg.contact_memory else None
         self.queries = nn.Parameter(torch.randn(1, cfg.horizon, d))
         layer = nn.TransformerDecoderLayer(d, cfg.expert_heads, cfg.expert_ff, cfg.dropout, batch_first=True)
@@ -158,8 +159,8 @@ class ActionExpert(nn.Module):
     def forward(self, vl: torch.Tensor, vl_mask: torch.Tensor, sensor: torch.Tensor | None,
                 history: torch.Tensor | None = None, contact: torch.Tensor | None = None,
                 history_kept: torch.Tensor | None = None) -> torch.Tensor:
-        """`history_kept` (B,) bool, training only: the samples whose token is the measured history (the others get
-        `history_null`); None: every sample's."""
+        """`history_kept` (B,) bool: the samples whose token is the measured history (the others get `history_null`);
+        None: every sample's."""
         cond = self.condition(vl, vl_mask, sensor)
         if self.history is not None:  # (B, K, 6) normalised -> one more memory token
             tok = self.history(history.flatten(1))
@@ -220,8 +221,8 @@ class Stage1Policy(nn.Module):
             w = w * x.sensor_mask.unsqueeze(-1).to(w.dtype)  # invalid points carry no value (and are masked)
             enc = self.sensor_encoder(w, x.sensor_mask, has)
             s = torch.where(has.view(-1, 1), enc, self.null_sensor.to(enc.dtype).expand(len(has), -1))
-        h = self._history(x)
-        out = self.expert(x.vl, x.vl_mask, s, h, self._contact(x), self._history_kept(h))
+        h, contact = self._history(x), self._contact(x)
+        out = self.expert(x.vl, x.vl_mask, s, h, contact, self._history_kept(h, contact))
         if self.config.residual_last_delta:  # normalised: last + c * std in physical units; the gripper keeps its mean
             last = nn.functional.pad(h[:, -1], (0, out.shape[-1] - POSE_DIMS))
             out = out + last.unsqueeze(1).to(out.dtype)
@@ -250,13 +251,17 @@ class Stage1Policy(nn.Module):
             return torch.zeros_like(x.contact)
         return x.contact * x.has_sensor.view(-1, 1).to(x.contact.dtype)
 
-    def _history_kept(self, h: torch.Tensor | None) -> torch.Tensor | None:
-        """In training, which samples' proprioception token sees their history: a `history_dropout` share do not
-        (drawn on the device per sample: no host sync, static shapes); None (all of them) otherwise."""
-        p = self.config.history_dropout
-        if h is None or not (self.training and p):
-            return None
-        return torch.rand(h.shape[0], device=h.device) >= p
+    def _history_kept(self, h: torch.Tensor | None, contact: torch.Tensor | None) -> torch.Tensor | None:
+        """Which samples' proprioception token sees their history (None: all of them): in training not a
+        `history_dropout` share (drawn on the device per sample: no host sync, static shapes); with
+        `history_until_contact` not those in contact (the contact memory's flag)."""
+        kept = None
+        if h is not None and self.training and self.config.history_dropout:
+            kept = torch.rand(h.shape[0], device=h.device) >= self.config.history_dropout
+        if h is not None and self.config.history_until_contact:
+            free = contact[:, 0] < 0.5
+            kept = free if kept is None else kept & free
+        return kept
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return (actions - self.action_mean) / self.action_std
