@@ -1,9 +1,9 @@
 """On the scripted-scenario parameters (the previous demo: synthetic sessions, tiny VLM, CPU minutes) the trained
 policy beats the trivial baselines on held-out sessions, evaluated without teacher forcing; on the demo's (the sensor
-task) it beats the last delta on every step of the chunk after the first. The full checks (30 epochs, every baseline, the whole
-horizon; the demo's 4 epochs) are in the quality gate; the unit suite keeps a small version that fails the same way
-when training or evaluation breaks. (The demo is judged in closed loop too: tests/evaluation/test_closed_loop.py,
-notebook 05.)"""
+task) it beats the last delta on every step of the chunk after the first. The full checks (30 epochs, every
+baseline, the whole horizon; the demo's 4 epochs) are in the quality gate; the unit suite keeps a small version that
+fails the same way when training or evaluation breaks. (The demo is judged in closed loop too:
+tests/evaluation/test_closed_loop.py, notebook 05.)"""
 from pathlib import Path
 
 import pytest
