@@ -145,8 +145,8 @@ class ActionExpert(nn.Module):
         self.fusion = cfg.fusion if cfg.sensor_enabled else "none"
         adopt(self, FUSIONS[self.fusion](cfg))  # its layers first: the parameter order checkpoints were saved in
         self.history = nn.Linear(cfg.history_steps * POSE_DIMS, d) if cfg.history_steps else None
-        # history dropout's "no history" token: a learned embedding, not the token of zero deltas (which is also the
-        # token of an arm moving at the mean speed, so dropping would blur the samples that really do)
+        # the "no history" token (history dropout, history until contact): a learned embedding, not the token of zero
+        # deltas, which is also the token of an arm moving at the mean speed (dropping would blur the samples that do)
         self.history_null = nn.Parameter(torch.zeros(d)) if cfg.history_steps and (
             cfg.history_dropout or cfg.history_until_contact) else None
         self.contact = nn.Linear(CONTACT_DIMS, d) if cfg.contact_memory else None
