@@ -97,15 +97,17 @@ def test_history_dropout_compiles_into_one_graph():
     assert p.expert.history_null.grad.abs().sum() > 0
 
 def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_path):
-    cfg = _cfg(residual_last_delta=True, history_dropout=0.3, history_until_contact=True, contact_memory=True)
+    cfg = _cfg(history_dropout=0.3, history_until_contact=True, contact_memory=True)
     p = Stage1Policy(cfg.model, MEAN, STD).eval()
     stats = NormStats(MEAN, STD, {}, -3.0, 0.1, [0.0] * 1025, [1.0] * 1025, ["s"])
     save_checkpoint(tmp_path / "new.pt", p, stats, cfg, 1, 1, 0.0)
     loaded = load_checkpoint(tmp_path / "new.pt").heads
-    assert loaded.config.residual_last_delta and loaded.config.history_dropout == 0.3
-    assert loaded.config.history_until_contact
+    assert loaded.config.history_dropout == 0.3 and loaded.config.history_until_contact
     x = _inputs(contact=True)
     torch.testing.assert_close(loaded.predict(x), p.predict(x))
+    cfg = _cfg(residual_last_delta=True)
+    save_checkpoint(tmp_path / "residual.pt", Stage1Policy(cfg.model, MEAN, STD), stats, cfg, 1, 1, 0.0)
+    assert load_checkpoint(tmp_path / "residual.pt").heads.config.residual_last_delta
     blob = torch.load(tmp_path / "new.pt", weights_only=True)  # a checkpoint written before the settings existed
     for key in ("residual_last_delta", "history_dropout", "history_until_contact"):
         del blob["policy_config"][key]
@@ -116,9 +118,13 @@ def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_
 
 
 def test_history_until_contact_reads_the_arm_in_free_air_only():
-    p = _policy(history_until_contact=True, contact_memory=True, dropout=0.0).eval()
+    p = _policy(history_until_contact=True, contact_memory=True, dropout=0.0)
     x = _inputs(b=8, contact=True)  # samples 0, 2, 4, 6 in contact
-    assert torch.equal(_reads_history(p, x), x.contact[:, 0] == 0)
+    free = x.contact[:, 0] == 0
+    assert torch.equal(_reads_history(p.eval(), x), free)
+    assert torch.equal(_reads_history(p.train(), x), free)  # trained as it is run
+    no_sensor = dataclasses.replace(x, sensor_mask=torch.zeros_like(x.sensor_mask))
+    assert _reads_history(p.eval(), no_sensor).all()  # no sensor, no contact memory: the history throughout
     off = _policy(contact_memory=True, dropout=0.0).eval()
     assert _reads_history(off, x).all()
 
@@ -126,6 +132,7 @@ def test_history_until_contact_reads_the_arm_in_free_air_only():
 @pytest.mark.parametrize("model", [{"history_steps": 0, "residual_last_delta": True},
                                    {"history_steps": 0, "history_dropout": 0.2}, {"history_dropout": 1.0},
                                    {"history_until_contact": True},  # no contact memory to read
+                                   {"history_until_contact": True, "contact_memory": True, "residual_last_delta": True},
                                    {"history_steps": 0, "history_until_contact": True, "contact_memory": True}])
 def test_settings_that_cannot_work_are_refused(model):
     with pytest.raises(ConfigError):

@@ -48,7 +48,9 @@ class PolicyConfig:
     history_dropout: float = 0.0
     # Proprioception in free air only: once the contact memory says the tip is in contact, the proprioception token is
     # the "no history" one (training and inference alike), so in tissue the heads act on the sensor, not on the arm's
-    # speed (which they would copy past the target when the arm lags). Needs history_steps >= 1 and contact_memory.
+    # speed (which they would copy past the target when the arm lags). A sample without sensor data has no contact
+    # memory, so it reads its history throughout. Needs history_steps >= 1 and contact_memory; not with
+    # residual_last_delta (its residual would carry the arm's speed into the tissue all the same).
     history_until_contact: bool = False
     # The contact memory (data/contact.py) as one more condition token: where the force began, so a film above the
     # target and a layer below it (the same two reflections in one window) are told apart.
@@ -72,6 +74,9 @@ class PolicyConfig:
             raise ConfigError("model.residual_last_delta and model.history_dropout need model.history_steps >= 1")
         if self.history_until_contact and not (self.history_steps and self.contact_memory):
             raise ConfigError("model.history_until_contact needs model.history_steps >= 1 and model.contact_memory")
+        if self.history_until_contact and self.residual_last_delta:
+            raise ConfigError("model.history_until_contact and model.residual_last_delta exclude each other: the "
+                              "residual adds the arm's last delta in contact too")
         if not 0.0 <= self.history_dropout < 1.0:  # 1 would train a token that evaluation then feeds real deltas
             raise ConfigError(f"model.history_dropout must be in [0, 1), got {self.history_dropout}")
         if self.sensor_dim % self.sensor_heads or self.expert_hidden % self.expert_heads:

@@ -201,7 +201,8 @@ class Stage1Policy(nn.Module):
         # heads saved before `action_held` existed held the gripper alone: the default
         state_dict.setdefault(prefix + "action_held", _held(None, self.config.action_dim))
         # heads trained with history dropout before its token existed gave a dropped sample the token of zero deltas,
-        # the history layer's bias: that token, so that resumed training sees what it saw (predictions never read it)
+        # the history layer's bias: that token, so that training on from these weights sees what it saw (predictions
+        # never read it; an exact resume of such a run is refused: its optimizer state has one parameter less)
         bias = state_dict.get(prefix + "expert.history.bias")
         if self.expert.history_null is not None and bias is not None:
             state_dict.setdefault(prefix + "expert.history_null", bias.clone())
