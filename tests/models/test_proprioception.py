@@ -63,14 +63,10 @@ def _reads_history(model, x: PolicyInputs) -> torch.Tensor:
 def test_history_dropout_gives_whole_samples_the_no_history_token_in_training_only():
     p = _policy(history_dropout=0.5, dropout=0.0)  # no layer dropout: the outputs differ only where the history is read
     x = _inputs(b=256)
-
-    def reads_history(model) -> torch.Tensor:
-        return _reads_history(model, x)
-
-    read = reads_history(p.train())
+    read = _reads_history(p.train(), x)
     assert 0.35 < read.float().mean() < 0.65
-    assert reads_history(p.eval()).all()
-    assert reads_history(_policy(dropout=0.0).train()).all()  # off: every sample reads it in training too
+    assert _reads_history(p.eval(), x).all()
+    assert _reads_history(_policy(dropout=0.0).train(), x).all()  # off: every sample reads it in training too
     # the dropped samples read the learned "no history" token (not the token of zero deltas, an arm at the mean
     # speed): it trains, and it is what changes their outputs
     torch.manual_seed(0)
@@ -84,7 +80,6 @@ def test_history_dropout_gives_whole_samples_the_no_history_token_in_training_on
     assert torch.equal((p(x) - before).abs().amax((1, 2)) > 0, ~read)
 
 
-
 @pytest.mark.quality  # a CPU compile (Inductor), ~1 min
 def test_history_dropout_compiles_into_one_graph():
     """The draw stays on the device (no host sync, no graph break: what the compiled and CUDA-graph training step
@@ -95,6 +90,7 @@ def test_history_dropout_compiles_into_one_graph():
     assert 0.35 < read.float().mean() < 0.65
     compiled(_inputs(b=256)).square().mean().backward()
     assert p.expert.history_null.grad.abs().sum() > 0
+
 
 def test_the_settings_round_trip_through_a_checkpoint_and_old_ones_load_off(tmp_path):
     cfg = _cfg(history_dropout=0.3, history_until_contact=True, contact_memory=True)
